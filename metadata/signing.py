@@ -1,0 +1,146 @@
+"""Signatures as Notary makes them: ECDSA raw r||s, RSA-PSS salt 32, Ed25519 (spec 3.9)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from tufnotary.metadata.errors import FormatError
+from tufnotary.metadata.keys import ECDSA, ED25519, MIN_RSA_BITS, RSA, Key, b64decode, b64encode
+
+ECDSA_METHOD = "ecdsa"
+RSAPSS_METHOD = "rsapss"
+EDDSA_METHOD = "eddsa"
+RSA_PKCS1_METHOD = "rsapkcs1v15"
+PSS_SALT_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One entry of a document's ``signatures`` list."""
+
+    keyid: str
+    method: str
+    value: bytes
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Signature:
+        if not isinstance(data, dict):
+            raise FormatError("signature must be an object")
+        keyid, method = data.get("keyid"), data.get("method")
+        if not isinstance(keyid, str) or not isinstance(method, str):
+            raise FormatError("signature keyid and method must be strings")
+        return cls(keyid, method.lower(), b64decode(data.get("sig"), "signature sig"))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"keyid": self.keyid, "method": self.method, "sig": b64encode(self.value)}
+
+
+def _curve_bytes(curve: ec.EllipticCurve) -> int:
+    return (curve.key_size + 7) // 8
+
+
+def verify_signature(key: Key, signature: Signature, message: bytes) -> bool:
+    """True if ``signature`` is a valid signature of ``message`` by ``key``.
+
+    Unknown key types and methods, unreadable keys and wrong signature sizes are simply
+    invalid, so they never count towards a threshold.
+    """
+    try:
+        public = key.public_key()
+    except FormatError:
+        return False
+    value = signature.value
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            size = _curve_bytes(public.curve)
+            if signature.method != ECDSA_METHOD or len(value) != 2 * size:
+                return False
+            der = encode_dss_signature(
+                int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
+            )
+            public.verify(der, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            if public.key_size < MIN_RSA_BITS or len(value) < MIN_RSA_BITS // 8:
+                return False
+            if signature.method == RSAPSS_METHOD:
+                scheme: padding.AsymmetricPadding = padding.PSS(
+                    mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH
+                )
+            elif signature.method == RSA_PKCS1_METHOD:
+                scheme = padding.PKCS1v15()
+            else:
+                return False
+            public.verify(value, message, scheme, hashes.SHA256())
+        else:
+            if signature.method != EDDSA_METHOD or len(value) != 64:
+                return False
+            public.verify(value, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+PrivateKeyType = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+class PrivateKey:
+    """A private key that signs the way Notary verifies; ``public`` is its bare public key."""
+
+    def __init__(self, key: PrivateKeyType) -> None:
+        self._key = key
+        self.public = Key.from_public_key(key.public_key())
+
+    @classmethod
+    def generate(cls, algorithm: str = ECDSA) -> PrivateKey:
+        if algorithm == ECDSA:
+            return cls(ec.generate_private_key(ec.SECP256R1()))
+        if algorithm == ED25519:
+            return cls(ed25519.Ed25519PrivateKey.generate())
+        if algorithm == RSA:
+            return cls(rsa.generate_private_key(public_exponent=65537, key_size=3072))
+        raise ValueError(f"unsupported key algorithm {algorithm!r}")
+
+    @classmethod
+    def from_pkcs8(cls, der: bytes, password: bytes | None = None) -> PrivateKey:
+        key = serialization.load_der_private_key(der, password)
+        if not isinstance(key, PrivateKeyType):
+            raise FormatError(f"unsupported private key {type(key).__name__}")
+        return cls(key)
+
+    def to_pkcs8(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @property
+    def crypto_key(self) -> PrivateKeyType:
+        return self._key
+
+    @property
+    def algorithm(self) -> str:
+        return self.public.keytype
+
+    def sign(self, message: bytes, keyid: str | None = None) -> Signature:
+        """Sign ``message``; ``keyid`` overrides the id (certificate keys sign as the cert)."""
+        keyid = keyid or self.public.key_id
+        key = self._key
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+            size = _curve_bytes(key.curve)
+            raw = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+            return Signature(keyid, ECDSA_METHOD, raw)
+        if isinstance(key, rsa.RSAPrivateKey):
+            scheme = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
+            return Signature(keyid, RSAPSS_METHOD, key.sign(message, scheme, hashes.SHA256()))
+        return Signature(keyid, EDDSA_METHOD, key.sign(message))

@@ -1,0 +1,320 @@
+"""The routes of spec 1.1: parse the request, call the service, render the response.
+
+Routes are matched in the reference's order against the decoded path, with its regular
+expressions (GUNs span slashes), so one catch-all Flask rule hands every request to
+``dispatch``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+from werkzeug.http import http_date
+
+from tufnotary.metadata.model import TIMESTAMP, format_expires
+from tufnotary.server.errors import (
+    InvalidGun,
+    InvalidParameters,
+    MalformedUpload,
+    NoFilename,
+    NoRoute,
+    ServerError,
+    TooLarge,
+)
+from tufnotary.server.service import TrustService
+from tufnotary.server.storage import StorageError, StoredFile
+from tufnotary.server.updates import Part
+
+bp = Blueprint("notary", __name__)
+
+METHODS = ["GET", "POST", "PUT", "HEAD", "DELETE"]
+_GUN = r"(?P<gun>[^*]+)"
+_ROLE = r"(?P<role>root|targets(?:/[^/\s]+)*|snapshot|timestamp)"
+_TUF = rf"/v2/{_GUN}/_trust/tuf/"
+MAX_GUN_BYTES = 255
+DEFAULT_RECORDS, MAX_RECORDS = 100, 1000
+_INT32 = 2**31
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the routes need from the server settings."""
+
+    max_body_bytes: int
+    max_parts: int
+    cache_max_age_current: int
+    cache_max_age_consistent: int
+    gun_prefixes: tuple[str, ...]
+
+
+def _service() -> TrustService:
+    return current_app.extensions["tufnotary.service"]  # type: ignore[no-any-return]
+
+
+def _settings() -> Settings:
+    return current_app.extensions["tufnotary.api_settings"]  # type: ignore[no-any-return]
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, status, content_type="application/json")
+
+
+def _cache_headers(response: Response, max_age: int, current: bool) -> None:
+    if max_age > 0:
+        value = f"public, max-age={max_age}, s-maxage={max_age}"
+        response.headers["Cache-Control"] = value + (", must-revalidate" if current else "")
+    else:
+        response.headers["Cache-Control"] = "max-age=0, no-cache, no-store"
+        response.headers["Pragma"] = "no-cache"
+
+
+def _metadata(file: StoredFile, current: bool) -> Response:
+    """Stored bytes with caching headers; 304 when the client holds this exact version."""
+    settings = _settings()
+    wanted = request.if_none_match
+    not_modified = wanted.star_tag or file.sha256 in wanted
+    response = Response(b"" if not_modified else file.data, 304 if not_modified else 200)
+    if not not_modified:
+        response.content_type = "application/json"
+    response.set_etag(file.sha256)
+    response.headers["Last-Modified"] = http_date(file.created_at)
+    max_age = settings.cache_max_age_current if current else settings.cache_max_age_consistent
+    _cache_headers(response, max_age, current)
+    return response
+
+
+def _key(key_json: dict[str, Any]) -> Response:
+    """A public key the way Go's encoder writes it: keytype, then keyval{public, private}."""
+    return _json(
+        {
+            "keytype": key_json["keytype"],
+            "keyval": {"public": key_json["keyval"]["public"], "private": None},
+        }
+    )
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def ping(**_: str) -> Response:
+    return Response(b"{}", 200, content_type="application/json")
+
+
+def health(**_: str) -> Response:
+    try:
+        _service().ping()
+    except StorageError as exc:
+        return _json({"DB operational": str(exc)}, 503)
+    return _json({})
+
+
+def metrics(**_: str) -> Response:
+    data = current_app.extensions["tufnotary.metrics"]()
+    return Response(data, 200, content_type=CONTENT_TYPE_LATEST)
+
+
+def by_checksum(gun: str, role: str, checksum: str) -> Response:
+    return _metadata(_service().by_checksum(gun, role, checksum), current=False)
+
+
+def by_version(gun: str, role: str, version: str) -> Response:
+    return _metadata(_service().by_version(gun, role, int(version)), current=False)
+
+
+def current(gun: str, role: str) -> Response:
+    return _metadata(_service().current(gun, role), current=True)
+
+
+def get_key(gun: str, role: str) -> Response:
+    return _key(_service().server_key(gun, role).to_dict())
+
+
+def rotate_key(gun: str, role: str) -> Response:
+    return _key(_service().rotate_key(gun, role).to_dict())
+
+
+def delete(gun: str) -> Response:
+    g.audit = {"removed": _service().delete(gun)}
+    return Response(b"", 200)
+
+
+def upload(gun: str) -> Response:
+    files = _service().publish(gun, _read_parts())
+    g.audit = {"stored": {file.role: file.version for file in files}}
+    return Response(b"", 200)
+
+
+def changefeed(gun: str | None = None) -> Response:
+    records_text = request.args.get("records", "")
+    try:
+        records = int(records_text) if records_text else DEFAULT_RECORDS
+        if not -_INT32 <= records < _INT32:
+            raise ValueError("out of range")
+    except ValueError as exc:
+        raise InvalidParameters(f"invalid records parameter: {records_text!r}: {exc}") from exc
+    records = max(-MAX_RECORDS, min(MAX_RECORDS, records or DEFAULT_RECORDS))
+    change_text = request.args.get("change_id", "")
+    try:
+        change_id = int(change_text) if change_text else 0
+        if not -_INT32 <= change_id < _INT32:
+            raise ValueError("out of range")
+    except ValueError as exc:
+        raise InvalidParameters({}) from exc
+    changes = _service().changes(gun, change_id, records)
+    items = [
+        {
+            "ID": str(change.id),
+            "CreatedAt": format_expires(change.created_at),
+            "GUN": change.gun,
+            "Version": change.version,
+            "SHA256": change.sha256,
+            "Category": change.category,
+        }
+        for change in changes
+    ]
+    return _json({"count": len(items), "records": items})
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+def _read_parts() -> dict[str, Part]:
+    """Multipart body -> parts by role (the last of a role wins); nothing is read past the cap."""
+    settings = _settings()
+    mimetype, options = request.mimetype, request.mimetype_params
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        raise MalformedUpload(log=f"content type {request.content_type!r} is not multipart")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise TooLarge(log=f"declared body of {request.content_length} bytes")
+    parser = FormDataParser(
+        max_form_memory_size=settings.max_body_bytes,
+        max_content_length=settings.max_body_bytes,
+        max_form_parts=settings.max_parts + 1,
+        silent=False,
+    )
+    try:
+        stream = request.stream
+        _, form, files = parser.parse(stream, mimetype, request.content_length, options)
+    except RequestEntityTooLarge as exc:
+        raise TooLarge(log="body or part count over the limit") from exc
+    except ValueError as exc:
+        raise MalformedUpload(log=f"unreadable multipart body: {exc}") from exc
+    if form:
+        raise NoFilename(log="a part has no filename")
+    limits = _service().limits
+    parts: dict[str, Part] = {}
+    for _, storage in files.items(multi=True):
+        if not storage.filename:
+            raise NoFilename(log="a part has an empty filename")
+        part = Part.parse(storage.filename, storage.read(), limits)
+        if part.role != TIMESTAMP:  # the server always makes the timestamp itself
+            parts[part.role] = part
+    return parts
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+Handler = Callable[..., Response]
+ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
+    (method, re.compile(pattern), handler, needs_gun)
+    for method, pattern, handler, needs_gun in [
+        ("GET", r"/v2/", ping, False),
+        ("POST", _TUF, upload, True),
+        ("GET", _TUF + _ROLE + r"\.(?P<checksum>[0-9a-fA-F]{64})\.json", by_checksum, True),
+        ("GET", _TUF + r"(?P<version>[0-9]+)\." + _ROLE + r"\.json", by_version, True),
+        ("GET", _TUF + _ROLE + r"\.json", current, True),
+        ("GET", _TUF + r"(?P<role>snapshot|timestamp)\.key", get_key, True),
+        ("POST", _TUF + r"(?P<role>snapshot|timestamp)\.key", rotate_key, True),
+        ("DELETE", _TUF, delete, True),
+        ("GET", rf"/v2/{_GUN}/_trust/changefeed", changefeed, True),
+        ("GET", r"/v2/_trust/changefeed", changefeed, False),
+        ("GET", r"/_notary_server/health", health, False),
+        ("GET", r"/metrics", metrics, False),
+    ]
+]
+OPERATIONS = {
+    upload: "UpdateTUF",
+    by_checksum: "GetRoleByHash",
+    by_version: "GetRoleByVersion",
+    current: "GetRole",
+    get_key: "GetKey",
+    rotate_key: "RotateKey",
+    delete: "DeleteTUF",
+    changefeed: "Changefeed",
+}
+
+
+def clean_path(path: str) -> str:
+    """Go's path.Clean, keeping a trailing slash, as the reference's router does."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned
+
+
+def check_gun(gun: str) -> None:
+    """Decision 21: 1-255 bytes, no '..', no empty segment, no control characters."""
+    problem = None
+    if len(gun.encode("utf-8", "surrogatepass")) > MAX_GUN_BYTES:
+        problem = f"longer than {MAX_GUN_BYTES} bytes"
+    elif ".." in gun:
+        problem = "contains '..'"
+    elif "" in gun.split("/"):
+        problem = "has an empty path segment"
+    elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in gun):
+        problem = "contains control characters"
+    if problem:
+        raise InvalidGun(f"invalid repository name: {problem}")
+
+
+def _prefix_filter(gun: str, handler: Handler) -> None:
+    prefixes = _settings().gun_prefixes
+    if prefixes and not gun.startswith(prefixes):
+        if handler is upload:
+            raise InvalidGun(f"Require GUNs with prefix: [{' '.join(prefixes)}]")
+        raise NoRoute()
+
+
+@bp.route("/", defaults={"path": ""}, methods=METHODS, provide_automatic_options=False)
+@bp.route("/<everything:path>", methods=METHODS, provide_automatic_options=False)
+def dispatch(path: str) -> Response:
+    """Match the decoded path against the route table in order; the first match wins."""
+    path = request.path
+    cleaned = clean_path(path)
+    if cleaned != path:
+        query = request.query_string.decode("latin-1")
+        response = Response(b"", 301)
+        response.headers["Location"] = cleaned + (f"?{query}" if query else "")
+        return response
+    method = "GET" if request.method == "HEAD" else request.method
+    for route_method, pattern, handler, needs_gun in ROUTES:
+        match = pattern.fullmatch(path)
+        if match is None or route_method != method:
+            continue
+        arguments = match.groupdict()
+        g.operation = OPERATIONS.get(handler)
+        if needs_gun:
+            g.gun = arguments["gun"]
+            _prefix_filter(arguments["gun"], handler)
+            check_gun(arguments["gun"])
+        return handler(**arguments)
+    raise NoRoute()
+
+
+def render_error(error: ServerError) -> Response:
+    return Response(error.body(), error.status, content_type="application/json; charset=utf-8")

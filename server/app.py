@@ -1,0 +1,163 @@
+"""create_app(settings): wires configuration, storage, server keys and the routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
+
+from tufnotary.server import api
+from tufnotary.server.config import Settings
+from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.service import TrustService
+from tufnotary.server.signer import KeyVault, ServerKeys
+from tufnotary.server.storage import MetadataStore
+from tufnotary.server.updates import Limits
+
+log = logging.getLogger("tufnotary.server")
+access_log = logging.getLogger("tufnotary.access")
+
+REQUEST_SECONDS = Histogram(
+    "notary_server_http_request_duration_seconds",
+    "Time spent answering requests, by notary-server operation.",
+    ["operation", "method", "status"],
+)
+
+
+class _EverythingConverter(BaseConverter):
+    """Matches any path, slashes and empty segments included."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger("tufnotary")
+    if not any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JSONFormatter())
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level.upper())
+
+
+def _metrics_renderer() -> Callable[[], bytes]:
+    """Prometheus exposition; aggregated over gunicorn workers when PROMETHEUS_MULTIPROC_DIR
+    is set (the ``serve`` command sets it)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return lambda: generate_latest(registry)
+    return generate_latest
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The WSGI application for ``settings`` (default: ``Settings.load()``)."""
+    settings = settings or Settings.load()
+    configure_logging(settings.log_level)
+    store = MetadataStore.from_url(settings.effective_database_url)
+    vault = KeyVault.from_settings(
+        settings.key_passphrase, settings.key_passphrase_file, settings.data_dir
+    )
+    limits = Limits(settings.max_delegations, settings.max_delegation_depth)
+    service = TrustService(
+        store,
+        ServerKeys(store, vault, settings.key_algorithm),
+        limits,
+        refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
+    )
+
+    app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
+    app.url_map.converters["everything"] = _EverythingConverter
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["tufnotary.service"] = service
+    app.extensions["tufnotary.metrics"] = _metrics_renderer()
+    app.extensions["tufnotary.api_settings"] = api.Settings(
+        settings.max_body_bytes,
+        settings.max_parts,
+        settings.cache_max_age_current,
+        settings.cache_max_age_consistent,
+        settings.gun_prefixes,
+    )
+    app.register_blueprint(api.bp)
+    _install_hooks(app)
+    return app
+
+
+def _install_hooks(app: Flask) -> None:
+    @app.before_request
+    def start() -> None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+
+    @app.errorhandler(ServerError)
+    def server_error(error: ServerError) -> Response:
+        g.error = f"{error.code}: {error}"
+        return api.render_error(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if isinstance(error, RequestEntityTooLarge):
+            return server_error(TooLarge())
+        if error.code == 405:
+            return Response(b"", 405)
+        return server_error(NoRoute())
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
+        return server_error(ServerError())
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        operation = g.get("operation") or "other"
+        REQUEST_SECONDS.labels(operation, request.method, str(response.status_code)).observe(
+            seconds
+        )
+        fields = {
+            "request_id": g.get("request_id"),
+            "remote": request.remote_addr,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "bytes": response.content_length,
+            "ms": round(seconds * 1000, 2),
+            "operation": g.get("operation"),
+            "gun": g.get("gun"),
+            "error": g.get("error"),
+            **g.get("audit", {}),
+        }
+        access_log.info(
+            "request", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
+        )
+        return response

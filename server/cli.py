@@ -1,0 +1,183 @@
+"""`tufnotary-server serve | migrate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from .config import ConfigError, Settings
+from .tls import ensure_self_signed
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from gunicorn.arbiter import Arbiter
+
+PROG = "tufnotary-server"
+GRACEFUL_TIMEOUT = 20
+
+
+class ConfigurationFailure(click.ClickException):
+    """Bad configuration: reported as one line on stderr, exit status 2 (like a usage error)."""
+
+    exit_code = 2
+
+
+def _say(message: str) -> None:
+    click.echo(f"{PROG}: {message}", err=True)
+
+
+def _load_settings(config_file: Path | None, **overrides: Any) -> Settings:
+    try:
+        return Settings.load(config_file, **overrides)
+    except ConfigError as exc:
+        raise ConfigurationFailure(f"configuration: {exc}") from None
+
+
+def _given_tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The configured certificate chain and key (checked to exist), or None if not configured."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    for name, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
+        if not path.is_file():
+            raise ConfigurationFailure(f"configuration: {name}: no such file: {path}")
+    return settings.tls_cert, settings.tls_key
+
+
+def _is_sqlite(settings: Settings) -> bool:
+    return settings.effective_database_url.startswith("sqlite")
+
+
+_path = click.Path(path_type=Path)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML settings file (default: $TUFNOTARY_CONFIG).",
+)
+data_dir_option = click.option(
+    "--data-dir", type=_path, help="Directory for the SQLite database and generated TLS files."
+)
+database_option = click.option(
+    "--database",
+    "database_url",
+    metavar="URL",
+    help="SQLAlchemy database URL (default: SQLite file in the data directory).",
+)
+
+
+@click.group()
+def main() -> None:
+    """Notary-compatible trust server."""
+
+
+@main.command()
+@config_option
+@click.option("--listen", metavar="HOST:PORT", help="Address to listen on (IPv6 as [::1]:4443).")
+@data_dir_option
+@database_option
+@click.option("--tls-cert", type=_path, help="PEM certificate chain (with --tls-key).")
+@click.option("--tls-key", type=_path, help="PEM private key (with --tls-cert).")
+@click.option("--workers", type=int, help="Number of worker processes.")
+@click.option("--key-algorithm", help="Algorithm of server-held keys: ecdsa or ed25519.")
+@click.option("--log-level", help="debug, info, warning, error or critical.")
+def serve(config_file: Path | None, **overrides: Any) -> None:
+    """Serve the Notary API over HTTPS.
+
+    SQLite databases are migrated automatically; without --tls-cert/--tls-key a development CA
+    and a localhost certificate are created in the data directory.
+    """
+    settings = _load_settings(config_file, **overrides)
+    tls_files = _given_tls_files(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if _is_sqlite(settings):
+        _migrate(settings.effective_database_url, "head", downgrade=False)
+    if tls_files is None:
+        generated = ensure_self_signed(settings.data_dir)
+        tls_files = generated.cert, generated.key
+        _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
+    cert, key = tls_files
+
+    def when_ready(_arbiter: Arbiter) -> None:
+        _say(f"listening on https://{settings.listen}")
+
+    _ServerApplication(
+        settings,
+        {
+            "bind": [settings.listen],
+            "workers": settings.workers,
+            "worker_class": "sync",
+            "certfile": str(cert),
+            "keyfile": str(key),
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": settings.log_level,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "preload_app": False,
+            "proc_name": PROG,
+            "when_ready": when_ready,
+        },
+    ).run()
+
+
+@main.command()
+@config_option
+@data_dir_option
+@database_option
+@click.option("--revision", help="Target revision (default: head; required with --downgrade).")
+@click.option("--downgrade", is_flag=True, help="Downgrade to --revision instead of upgrading.")
+def migrate(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    revision: str | None,
+    downgrade: bool,
+) -> None:
+    """Apply database migrations."""
+    if downgrade and revision is None:
+        raise click.UsageError("--downgrade needs --revision (for example -1 or base)")
+    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
+    if _is_sqlite(settings):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    target = revision or "head"
+    _migrate(settings.effective_database_url, target, downgrade=downgrade)
+    _say(f"database {'downgraded' if downgrade else 'upgraded'} to {target}")
+
+
+def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import migrate as migrations
+
+    try:
+        (migrations.downgrade if downgrade else migrations.upgrade)(url, revision)
+    except (SQLAlchemyError, CommandError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"database: {str(cause).strip().splitlines()[0]}") from None
+
+
+class _ServerApplication(BaseApplication):
+    """Gunicorn configured from code; each worker builds its own app (and database engine)."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self.options.items():
+            self.cfg.set(name, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1; unused here
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Flask:
+        from .app import create_app
+
+        return create_app(self.settings)
+
+
+if __name__ == "__main__":
+    main(prog_name=PROG)

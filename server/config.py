@@ -1,0 +1,243 @@
+"""Server settings: defaults < TOML config file < TUFNOTARY_* environment < explicit overrides."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TUFNOTARY_"
+CONFIG_ENV = "TUFNOTARY_CONFIG"
+KEY_ALGORITHMS = ("ecdsa", "ed25519")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MAX_CACHE_AGE = 31_536_000
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names the setting and source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads at start-up.
+
+    Build it with `Settings.load`, which converts and validates; direct construction (for tests)
+    trusts its arguments.
+    """
+
+    listen: str = "127.0.0.1:4443"
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    workers: int = 2
+    key_algorithm: str = "ecdsa"
+    key_passphrase: str | None = None
+    key_passphrase_file: Path | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_parts: int = 1000
+    max_delegations: int = 10_000
+    max_delegation_depth: int = 32
+    cache_max_age_current: int = 300
+    cache_max_age_consistent: int = 2_592_000
+    gun_prefixes: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @property
+    def effective_database_url(self) -> str:
+        """`database_url`, or an SQLite file `tufnotary.db` in `data_dir` when it is not set."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tufnotary.db').absolute()}"
+
+    @classmethod
+    def load(
+        cls,
+        config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Merge defaults, config file, environment and overrides, then validate.
+
+        `config_file` defaults to `$TUFNOTARY_CONFIG`; a relative path in the file is resolved
+        against the file's directory. `env` defaults to `os.environ`; each field is read from
+        `TUFNOTARY_<FIELD>` (empty values count as unset; `gun_prefixes` is comma-separated).
+        Overrides are field values; `None` means "not given".
+        """
+        env = os.environ if env is None else env
+        unknown = sorted(set(overrides) - _FIELDS.keys())
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        raw: dict[str, tuple[object, str, Path | None]] = {}
+        if config_file is None and env.get(CONFIG_ENV):
+            config_file = Path(env[CONFIG_ENV])
+        if config_file is not None:
+            config_file = Path(config_file)
+            source, base_dir = f"config file {config_file}", config_file.absolute().parent
+            for name, value in _read_toml(config_file).items():
+                if name not in _FIELDS:
+                    raise ConfigError(f"{name}: unknown setting (from {source})")
+                raw[name] = (value, source, base_dir)
+        for name in _FIELDS:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value:
+                raw[name] = (value, f"environment variable {ENV_PREFIX}{name.upper()}", None)
+        for name, value in overrides.items():
+            if value is not None:
+                raw[name] = (value, "command line", None)
+
+        settings = cls(**{name: _convert(name, *entry) for name, entry in raw.items()})
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            given = "tls_cert" if settings.tls_cert is not None else "tls_key"
+            raise ConfigError(
+                f"tls_cert, tls_key: set both or neither ({given} from {raw[given][1]})"
+            )
+        if settings.key_passphrase is not None and settings.key_passphrase_file is not None:
+            raise ConfigError(
+                "key_passphrase, key_passphrase_file: set at most one (key_passphrase from "
+                f"{raw['key_passphrase'][1]}, key_passphrase_file from "
+                f"{raw['key_passphrase_file'][1]})"
+            )
+        return settings
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _convert(name: str, value: object, source: str, base_dir: Path | None) -> object:
+    """Convert one raw value to the field's type and check it, naming `source` on failure."""
+    hint = _FIELDS[name]
+    if isinstance(hint, types.UnionType):  # X | None
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    try:
+        if hint is int:
+            converted: object = _to_int(value)
+        elif hint is str:
+            converted = _to_str(value)
+        elif hint is Path:
+            converted = _to_path(value, base_dir)
+        else:
+            converted = _to_str_tuple(value)
+        check = _CHECKS.get(name)
+        return converted if check is None else check(converted)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc} (from {source})") from None
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _to_str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _to_path(value: object, base_dir: Path | None) -> Path:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise TypeError(f"expected a file path, got {type(value).__name__} {value!r}")
+    path = Path(value)
+    return base_dir / path if base_dir is not None and not path.is_absolute() else path
+
+
+def _to_str_tuple(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise TypeError(f"expected a list of strings, got {type(value).__name__} {value!r}")
+
+
+def _int_range(minimum: int, maximum: int | None = None) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"{minimum}..{maximum}"
+            raise ValueError(f"must be {bounds}, got {value}")
+        return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return check
+
+
+_LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]{1,5})")
+
+
+def _check_listen(value: str) -> str:
+    match = _LISTEN.fullmatch(value)
+    if match is None:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            raise ValueError(f"{match['ipv6']!r} is not an IPv6 address") from None
+    if not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"port must be 1-65535, got {match['port']}")
+    return value
+
+
+_DATABASE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*", re.DOTALL)
+
+
+def _check_database_url(value: str) -> str:
+    if not _DATABASE_URL.fullmatch(value):
+        raise ValueError("expected a URL such as postgresql://user:password@host:5432/name")
+    return value
+
+
+def _check_gun_prefixes(value: tuple[str, ...]) -> tuple[str, ...]:
+    for prefix in value:
+        cleaned = posixpath.normpath(prefix) + "/"
+        if not prefix.endswith("/") or prefix.startswith(("/", "..")) or cleaned != prefix:
+            raise ValueError(
+                f"{prefix!r} must end with '/', not start with '/' or '..', and be in clean form"
+            )
+    return value
+
+
+_FIELDS: dict[str, Any] = typing.get_type_hints(Settings)
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "listen": _check_listen,
+    "database_url": _check_database_url,
+    "workers": _int_range(1),
+    "key_algorithm": _one_of(KEY_ALGORITHMS),
+    "max_body_bytes": _int_range(1),
+    "max_parts": _int_range(1),
+    "max_delegations": _int_range(1),
+    "max_delegation_depth": _int_range(1),
+    "cache_max_age_current": _int_range(0, MAX_CACHE_AGE),
+    "cache_max_age_consistent": _int_range(0, MAX_CACHE_AGE),
+    "gun_prefixes": _check_gun_prefixes,
+    "log_level": _one_of(LOG_LEVELS),
+}

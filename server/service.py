@@ -1,0 +1,261 @@
+"""What the routes do, without HTTP: current files, publishing, re-signing, keys, deletion."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from tufnotary.metadata.errors import MetadataError
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import (
+    ROOT,
+    SNAPSHOT,
+    TIMESTAMP,
+    FileMeta,
+    Metadata,
+    Root,
+    Signed,
+    Snapshot,
+    Timestamp,
+    format_expires,
+)
+from tufnotary.server.errors import (
+    MetadataNotFound,
+    Unavailable,
+    UpdateFailed,
+    VersionConflictError,
+)
+from tufnotary.server.signer import ServerKeys
+from tufnotary.server.storage import (
+    Change,
+    MetadataStore,
+    NewFile,
+    StorageError,
+    StoredFile,
+    VersionConflict,
+)
+from tufnotary.server.updates import (
+    SNAPSHOT_LIFETIME,
+    TIMESTAMP_LIFETIME,
+    Limits,
+    Part,
+    UpdateValidator,
+)
+
+log = logging.getLogger(__name__)
+S = TypeVar("S", bound=Signed)
+_PARSED_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class _Current:
+    """The current timestamp of a GUN and the snapshot it names."""
+
+    timestamp: StoredFile
+    snapshot: StoredFile | None
+
+
+class TrustService:
+    """The trust collections of every GUN, on one MetadataStore."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        keys: ServerKeys,
+        limits: Limits,
+        refresh_margin: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.limits = limits
+        self.refresh_margin = refresh_margin
+        self._parsed: OrderedDict[tuple[str, str], Signed] = OrderedDict()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _parse(self, file: StoredFile, signed_class: type[S]) -> S:
+        """The signed part of a stored file, cached by checksum (stored bytes never change)."""
+        key = (file.role, file.sha256)
+        cached = self._parsed.get(key)
+        if cached is None:
+            cached = Metadata.from_bytes(file.data, signed_class).signed
+            self._parsed[key] = cached
+            if len(self._parsed) > _PARSED_CACHE_SIZE:
+                self._parsed.popitem(last=False)
+        assert isinstance(cached, signed_class)
+        return cached
+
+    def _walk(self, gun: str) -> _Current | None:
+        """Latest timestamp and the snapshot it lists: what "current" means (spec 1.5.3)."""
+        timestamp = self.store.latest(gun, TIMESTAMP)
+        if timestamp is None:
+            return None
+        entry = self._parse(timestamp, Timestamp).meta.get(SNAPSHOT)
+        sha256 = entry.sha256_hex if entry else None
+        snapshot = self.store.by_checksum(gun, SNAPSHOT, sha256) if sha256 else None
+        return _Current(timestamp, snapshot)
+
+    def current_file(self, gun: str, role: str) -> StoredFile | None:
+        """The version of ``role`` the latest timestamp reaches, or None."""
+        current = self._walk(gun)
+        if current is None:
+            return None
+        if role == TIMESTAMP:
+            return current.timestamp
+        if current.snapshot is None or role == SNAPSHOT:
+            return current.snapshot
+        entry = self._parse(current.snapshot, Snapshot).meta.get(role)
+        sha256 = entry.sha256_hex if entry else None
+        return self.store.by_checksum(gun, role, sha256) if sha256 else None
+
+    def current(self, gun: str, role: str) -> StoredFile:
+        """GET ``role.json``: timestamps and server-signed snapshots are refreshed first."""
+        with _storage_errors(Unavailable):
+            if role in (TIMESTAMP, SNAPSHOT):
+                current = self._fresh(gun)
+                found = current.timestamp if role == TIMESTAMP else current.snapshot
+            else:
+                found = self.current_file(gun, role)
+        if found is None:
+            raise MetadataNotFound()
+        return found
+
+    def by_checksum(self, gun: str, role: str, sha256: str) -> StoredFile:
+        with _storage_errors(Unavailable):
+            found = self.store.by_checksum(gun, role, sha256.lower())
+        if found is None:
+            raise MetadataNotFound()
+        return found
+
+    def by_version(self, gun: str, role: str, version: int) -> StoredFile:
+        with _storage_errors(Unavailable):
+            found = self.store.by_version(gun, role, version) if 0 < version < 2**31 else None
+        if found is None:
+            raise MetadataNotFound()
+        return found
+
+    # -- refreshing on read (spec 2.8) -------------------------------------------------------
+
+    def _expiring(self, signed: Signed, now: datetime) -> bool:
+        return signed.expires_at <= now + self.refresh_margin
+
+    def _fresh(self, gun: str) -> _Current:
+        """The current timestamp and snapshot, re-signed first if they are about to expire.
+
+        Concurrent readers race to store the same next version: the loser reads the winner's.
+        """
+        current = self._walk(gun)
+        if current is None:
+            raise MetadataNotFound()
+        try:
+            files = self._refreshed(gun, current, datetime.now(UTC))
+        except MetadataError as exc:
+            log.warning("cannot refresh the timestamp of %s: %s", gun, exc)
+            return current
+        if not files:
+            return current
+        # A conflict means another reader or a publish stored a newer timestamp: serve that.
+        with suppress(VersionConflict):
+            self.store.update_many(gun, files)
+        return self._walk(gun) or current
+
+    def _refreshed(self, gun: str, current: _Current, now: datetime) -> list[NewFile]:
+        """New snapshot (if server-signed and expiring) and timestamp versions, or nothing."""
+        if current.snapshot is None:
+            return []
+        timestamp = self._parse(current.timestamp, Timestamp)
+        snapshot = self._parse(current.snapshot, Snapshot)
+        snapshot_due = self._expiring(snapshot, now)
+        if not snapshot_due and not self._expiring(timestamp, now):
+            return []
+        root_entry = snapshot.meta.get(ROOT)
+        root_sha256 = root_entry.sha256_hex if root_entry else None
+        root_file = self.store.by_checksum(gun, ROOT, root_sha256) if root_sha256 else None
+        if root_file is None:
+            return []
+        root = self._parse(root_file, Root)
+        files = []
+        if snapshot_due and self.keys.can_sign(gun, SNAPSHOT, root):
+            meta = {**snapshot.meta, ROOT: FileMeta.of(root_file.data)}
+            renewed = Snapshot(snapshot.version + 1, format_expires(now + SNAPSHOT_LIFETIME), meta)
+            data = self.keys.sign(gun, SNAPSHOT, root, renewed)
+            if data is not None:
+                files.append(NewFile(SNAPSHOT, renewed.version, data))
+        snapshot_data = files[0].data if files else current.snapshot.data
+        renewed_timestamp = Timestamp(
+            timestamp.version + 1,
+            format_expires(now + TIMESTAMP_LIFETIME),
+            {SNAPSHOT: FileMeta.of(snapshot_data)},
+        )
+        data = self.keys.sign(gun, TIMESTAMP, root, renewed_timestamp)
+        if data is None:
+            log.warning("%s: the server holds no timestamp key to re-sign with", gun)
+            return []
+        return [*files, NewFile(TIMESTAMP, renewed_timestamp.version, data)]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def publish(self, gun: str, parts: dict[str, Part]) -> list[NewFile]:
+        """Validate an upload against the current state and store it atomically."""
+        with _storage_errors(UpdateFailed):
+            state = _StoreState(self, gun)
+            files = UpdateValidator(gun, state, self.keys, self.limits).validate(parts)
+            try:
+                self.store.update_many(gun, files)
+            except VersionConflict as exc:
+                raise VersionConflictError(log=str(exc)) from exc
+        return files
+
+    def delete(self, gun: str) -> int:
+        with _storage_errors(UpdateFailed):
+            return self.store.delete_gun(gun)
+
+    def changes(self, gun: str | None, change_id: int, records: int) -> list[Change]:
+        with _storage_errors(Unavailable):
+            return self.store.changes(gun, change_id, records)
+
+    # -- server keys -------------------------------------------------------------------------
+
+    def _root(self, gun: str) -> Root | None:
+        root_file = self.current_file(gun, ROOT)
+        return self._parse(root_file, Root) if root_file else None
+
+    def server_key(self, gun: str, role: str) -> Key:
+        with _storage_errors(UpdateFailed):
+            return self.keys.get_or_create(gun, role, self._root(gun))
+
+    def rotate_key(self, gun: str, role: str) -> Key:
+        with _storage_errors(UpdateFailed):
+            return self.keys.rotate(gun, role)
+
+    def ping(self) -> None:
+        self.store.ping()
+
+
+class _StoreState:
+    """RepositoryState over the store: the update validator's view of one GUN."""
+
+    def __init__(self, service: TrustService, gun: str) -> None:
+        self._service = service
+        self._gun = gun
+
+    def current(self, role: str) -> bytes | None:
+        found = self._service.current_file(self._gun, role)
+        return found.data if found else None
+
+
+@contextmanager
+def _storage_errors(error: type[UpdateFailed] | type[Unavailable]) -> Iterator[None]:
+    """Turns a StorageError into the given server error (details go to the log)."""
+    try:
+        yield
+    except VersionConflict:
+        raise
+    except StorageError as exc:
+        log.error("storage failure: %s", exc)
+        raise error(log=str(exc)) from exc

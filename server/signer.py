@@ -1,0 +1,172 @@
+"""Server-held timestamp and snapshot keys: create, rotate, sign; encrypted at rest.
+
+Private keys are stored as AES-256-GCM ciphertexts under a key derived (scrypt, per-key salt)
+from the master passphrase; the key's id, GUN and role are bound as associated data, so a
+row copied onto another GUN does not decrypt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import Metadata, Root, Signed
+from tufnotary.metadata.signing import PrivateKey
+from tufnotary.server.storage import MetadataStore, StoredKey
+
+log = logging.getLogger(__name__)
+
+SERVER_ROLES = ("timestamp", "snapshot")
+_FORMAT = b"\x01"
+_SALT, _NONCE = 16, 12
+DEV_MASTER_KEY = "master.key"
+
+
+class KeyDecryptionError(Exception):
+    """A stored private key does not decrypt with the configured passphrase."""
+
+
+class KeyVault:
+    """Encrypts private keys with a passphrase (AES-256-GCM, scrypt-derived key)."""
+
+    def __init__(self, passphrase: bytes) -> None:
+        if not passphrase:
+            raise ValueError("the key passphrase is empty")
+        self._passphrase = passphrase
+
+    @classmethod
+    def from_settings(
+        cls, passphrase: str | None, passphrase_file: Path | None, data_dir: Path
+    ) -> KeyVault:
+        """Passphrase from the setting, else its file, else a generated dev key in data_dir."""
+        if passphrase:
+            return cls(passphrase.encode())
+        if passphrase_file:
+            return cls(passphrase_file.read_bytes().strip())
+        path = data_dir / DEV_MASTER_KEY
+        if not path.exists():
+            # Several workers may start at once: write aside, then link atomically.
+            data_dir.mkdir(parents=True, exist_ok=True)
+            draft = data_dir / f".{DEV_MASTER_KEY}.{os.getpid()}"
+            descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+            with suppress(FileExistsError):
+                os.link(draft, path)
+            draft.unlink()
+        log.warning(
+            "no key passphrase configured: server keys are encrypted with the generated key "
+            "in %s; set TUFNOTARY_KEY_PASSPHRASE or TUFNOTARY_KEY_PASSPHRASE_FILE in production",
+            path,
+        )
+        return cls(path.read_bytes().strip())
+
+    def _aead(self, salt: bytes) -> AESGCM:
+        return AESGCM(Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(self._passphrase))
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+        salt, nonce = os.urandom(_SALT), os.urandom(_NONCE)
+        return _FORMAT + salt + nonce + self._aead(salt).encrypt(nonce, plaintext, context)
+
+    def decrypt(self, blob: bytes, context: bytes) -> bytes:
+        if blob[:1] != _FORMAT:
+            raise KeyDecryptionError("unknown private key format")
+        salt, nonce = blob[1 : 1 + _SALT], blob[1 + _SALT : 1 + _SALT + _NONCE]
+        try:
+            return self._aead(salt).decrypt(nonce, blob[1 + _SALT + _NONCE :], context)
+        except InvalidTag as exc:
+            raise KeyDecryptionError("wrong passphrase or tampered key") from exc
+
+
+def _context(key_id: str, gun: str, role: str) -> bytes:
+    return f"{key_id}\0{gun}\0{role}".encode()
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A server key able to sign, with the id metadata lists it under."""
+
+    key_id: str
+    private: PrivateKey
+
+
+class ServerKeys:
+    """The timestamp and snapshot keys the server holds for each GUN."""
+
+    def __init__(self, store: MetadataStore, vault: KeyVault, algorithm: str) -> None:
+        self._store = store
+        self._vault = vault
+        self._algorithm = algorithm
+        self._cache: dict[str, PrivateKey] = {}
+        self._used: set[str] = set()
+
+    def _create(self, gun: str, role: str) -> Key:
+        """A new key, or one created earlier for this GUN and role that never signed."""
+        unused = self._store.unused_key(gun, role, self._algorithm)
+        if unused is not None:
+            return Key(unused.algorithm, unused.public)
+        private = PrivateKey.generate(self._algorithm)
+        key_id = private.public.key_id
+        blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
+        now = datetime.now(UTC)
+        self._store.add_key(
+            StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
+        )
+        self._cache[key_id] = private
+        return private.public
+
+    def _stored(self, gun: str, role: str, key_id: str) -> StoredKey | None:
+        stored = self._store.get_key(key_id)
+        return stored if stored and stored.gun == gun and stored.role == role else None
+
+    def get_or_create(self, gun: str, role: str, root: Root | None) -> Key:
+        """GET ``role.key``: the key current root lists for ``role`` if held, else a new one."""
+        if root is not None and role in root.roles:
+            for key_id in root.roles[role].keyids:
+                if self._stored(gun, role, key_id) is not None:
+                    return root.keys[key_id]
+        return self._create(gun, role)
+
+    def rotate(self, gun: str, role: str) -> Key:
+        """POST ``role.key``: a key the client can list in its next root."""
+        return self._create(gun, role)
+
+    def held(self, gun: str, role: str, root: Root) -> list[HeldKey]:
+        """The keys root lists for ``role`` that this server can sign with."""
+        held = []
+        for key_id in root.roles[role].keyids if role in root.roles else []:
+            private = self._cache.get(key_id)
+            if private is None:
+                stored = self._stored(gun, role, key_id)
+                if stored is None:
+                    continue
+                plain = self._vault.decrypt(stored.private, _context(key_id, gun, role))
+                private = self._cache.setdefault(key_id, PrivateKey.from_pkcs8(plain))
+            held.append(HeldKey(key_id, private))
+        return held
+
+    def can_sign(self, gun: str, role: str, root: Root) -> bool:
+        return len(self.held(gun, role, root)) >= root.roles[role].threshold
+
+    def sign(self, gun: str, role: str, root: Root, signed: Signed) -> bytes | None:
+        """Wire bytes of ``signed`` signed by the held keys, or None below the threshold."""
+        keys = self.held(gun, role, root)
+        if len(keys) < root.roles[role].threshold:
+            return None
+        metadata = Metadata(signed)
+        for key in keys:
+            metadata.sign(key.private, key.key_id)
+            if key.key_id not in self._used:
+                self._store.mark_key_used(key.key_id)
+                self._used.add(key.key_id)
+        return metadata.to_bytes()

@@ -1,0 +1,440 @@
+"""Database schema and the metadata store (spec 1.8, 2.9 and 5.1).
+
+Every method runs in one transaction and returns plain frozen dataclasses. Database failures
+raise :class:`StorageError`; a version clash, including one lost to a concurrent writer, raises
+:class:`VersionConflict` on every engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+_MYSQL = ("mysql", "mariadb")
+_SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
+
+
+class ExactString(TypeDecorator[str]):
+    """``VARCHAR(length)`` compared byte-exactly (case and trailing spaces count) on every engine.
+
+    MySQL/MariaDB collations are case-insensitive or pad with spaces, so there the text is stored
+    as UTF-8 in ``VARBINARY(4 * length)``.
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in _MYSQL:
+            return dialect.type_descriptor(mysql.VARBINARY(4 * self.length))
+        return dialect.type_descriptor(sa.String(self.length))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | bytes | None:
+        if value is not None and dialect.name in _MYSQL:
+            return value.encode("utf-8")
+        return value
+
+    def process_result_value(self, value: str | bytes | None, dialect: Dialect) -> str | None:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamp stored as naive UTC with microseconds, returned timezone-aware."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in _MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` is the schema the Alembic migrations create."""
+
+
+class TufFileRow(Base):
+    """One stored version of one role's metadata file."""
+
+    __tablename__ = "tuf_files"
+    __table_args__ = (
+        sa.UniqueConstraint("gun", "role", "version", name="uq_tuf_files_gun_role_version"),
+        sa.Index("ix_tuf_files_gun_role_sha256", "gun", "role", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    gun: Mapped[str] = mapped_column(ExactString(255))
+    role: Mapped[str] = mapped_column(ExactString(255))
+    version: Mapped[int]
+    sha256: Mapped[str] = mapped_column(ExactString(64))
+    data: Mapped[bytes] = mapped_column(_BLOB)
+
+
+class ChangefeedRow(Base):
+    """One changefeed record: a timestamp was stored, or a GUN was deleted."""
+
+    __tablename__ = "changefeed"
+    __table_args__ = (sa.Index("idx_changefeed_gun", "gun"),)
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    gun: Mapped[str] = mapped_column(ExactString(255))
+    version: Mapped[int]
+    # VARCHAR, not CHAR: PostgreSQL would return a deletion's '' padded to 64 spaces.
+    sha256: Mapped[str] = mapped_column(sa.String(64), server_default="")
+    category: Mapped[str] = mapped_column(sa.String(20))
+
+
+class ServerKeyRow(Base):
+    """A server-managed signing key (timestamp or snapshot) of one GUN."""
+
+    __tablename__ = "server_keys"
+    __table_args__ = (sa.Index("ix_server_keys_gun_role", "gun", "role"),)
+
+    key_id: Mapped[str] = mapped_column(ExactString(64), primary_key=True)
+    gun: Mapped[str] = mapped_column(ExactString(255))
+    role: Mapped[str] = mapped_column(ExactString(255))
+    algorithm: Mapped[str] = mapped_column(sa.String(20))
+    public: Mapped[bytes] = mapped_column(_BLOB)
+    private: Mapped[bytes] = mapped_column(_BLOB)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored metadata file."""
+
+    gun: str
+    role: str
+    version: int
+    sha256: str
+    data: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A metadata file to store; its sha256 is computed by the store."""
+
+    role: str
+    version: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Change:
+    """A changefeed record; category is ``update`` or ``deletion``."""
+
+    id: int
+    created_at: datetime
+    gun: str
+    version: int
+    sha256: str
+    category: str
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A server-managed key; ``private`` is opaque (encrypted by the caller)."""
+
+    key_id: str
+    gun: str
+    role: str
+    algorithm: str
+    public: bytes
+    private: bytes
+    created_at: datetime
+    last_used: datetime | None
+
+
+class StorageError(Exception):
+    """A database failure; the message is safe to log."""
+
+
+class VersionConflict(StorageError):
+    """A stored version of a role is >= a new one, or two new files share role and version."""
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine: psycopg 3 for PostgreSQL, PyMySQL (utf8mb4) for MySQL/MariaDB, and
+    SQLite in WAL mode whose write transactions take the write lock at BEGIN."""
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in _MYSQL:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    if parsed.get_backend_name() in _MYSQL and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's begin event issues BEGIN itself
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Readers run single statements in autocommit mode; writers lock at BEGIN so that two
+    # writers never deadlock upgrading a read lock ("database is locked").
+    if not connection.get_execution_options().get(_SQLITE_READ):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _columns(model: type[Base], record: type) -> list[Any]:
+    """The model's columns named like the dataclass fields, in field order."""
+    return [getattr(model, field.name) for field in dataclasses.fields(record)]
+
+
+_FILE_COLUMNS = _columns(TufFileRow, StoredFile)
+_CHANGE_COLUMNS = _columns(ChangefeedRow, Change)
+_KEY_COLUMNS = _columns(ServerKeyRow, StoredKey)
+
+
+def _is_unique_violation(error: IntegrityError) -> bool:
+    orig = error.orig
+    return (
+        getattr(orig, "sqlstate", None) == "23505"  # PostgreSQL
+        or getattr(orig, "sqlite_errorname", None)
+        in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+        or (orig is not None and bool(orig.args) and orig.args[0] in (1022, 1062))  # MySQL
+    )
+
+
+def _describe(action: str, error: SQLAlchemyError) -> str:
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{action} failed: {type(cause).__name__}: {lines[0][:200] if lines else ''}"
+
+
+class MetadataStore:
+    """TUF metadata, changefeed and server keys in one SQL database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> MetadataStore:
+        """A store on a new engine for ``url`` (see :func:`make_engine`)."""
+        return cls(make_engine(url))
+
+    @contextmanager
+    def _transaction(
+        self, action: str, *, write: bool = False, conflicts: bool = False
+    ) -> Iterator[Connection]:
+        """One transaction; SQLAlchemy errors become StorageError (unique violations become
+        VersionConflict when ``conflicts``)."""
+        try:
+            if write:
+                with self.engine.begin() as connection:
+                    yield connection
+            else:
+                with self.engine.connect() as connection:
+                    yield connection.execution_options(**{_SQLITE_READ: True})
+        except IntegrityError as error:
+            if conflicts and _is_unique_violation(error):
+                raise VersionConflict(f"{action}: a concurrent writer stored it first") from error
+            raise StorageError(_describe(action, error)) from error
+        except SQLAlchemyError as error:
+            raise StorageError(_describe(action, error)) from error
+
+    def _file(self, action: str, *conditions: Any, newest: bool = False) -> StoredFile | None:
+        query = sa.select(*_FILE_COLUMNS).where(*conditions).limit(1)
+        if newest:
+            query = query.order_by(TufFileRow.version.desc())
+        with self._transaction(action) as connection:
+            row = connection.execute(query).first()
+        return None if row is None else StoredFile(**row._mapping)
+
+    def latest(self, gun: str, role: str) -> StoredFile | None:
+        """The highest stored version of a role."""
+        return self._file("latest", TufFileRow.gun == gun, TufFileRow.role == role, newest=True)
+
+    def by_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
+        """The stored version of a role whose bytes have this SHA-256 (lower-case hex)."""
+        return self._file(
+            "by_checksum",
+            TufFileRow.gun == gun,
+            TufFileRow.role == role,
+            TufFileRow.sha256 == sha256,
+        )
+
+    def by_version(self, gun: str, role: str, version: int) -> StoredFile | None:
+        """One stored version of a role."""
+        return self._file(
+            "by_version",
+            TufFileRow.gun == gun,
+            TufFileRow.role == role,
+            TufFileRow.version == version,
+        )
+
+    def update_many(self, gun: str, files: Sequence[NewFile]) -> list[Change]:
+        """Store all files or none (spec 2.9); returns the changefeed rows of the timestamps."""
+        if len({(file.role, file.version) for file in files}) != len(files):
+            raise VersionConflict(f"update of {gun}: two files with the same role and version")
+        lowest: dict[str, int] = {}
+        for file in files:
+            lowest[file.role] = min(file.version, lowest.get(file.role, file.version))
+        now = datetime.now(UTC)
+        # A fixed insert order makes concurrent batches wait on each other instead of deadlocking.
+        rows = [
+            {
+                "created_at": now,
+                "gun": gun,
+                "role": file.role,
+                "version": file.version,
+                "sha256": hashlib.sha256(file.data).hexdigest(),
+                "data": file.data,
+            }
+            for file in sorted(files, key=lambda file: (file.role, file.version))
+        ]
+        with self._transaction(f"update of {gun}", write=True, conflicts=True) as connection:
+            for role, version in lowest.items():
+                stored = connection.execute(
+                    sa.select(TufFileRow.version)
+                    .where(
+                        TufFileRow.gun == gun,
+                        TufFileRow.role == role,
+                        TufFileRow.version >= version,
+                    )
+                    .limit(1)
+                ).scalar()
+                if stored is not None:
+                    raise VersionConflict(
+                        f"update of {gun}: {role} version {stored} is stored, new is {version}"
+                    )
+            if rows:
+                connection.execute(sa.insert(TufFileRow), rows)
+            return [
+                _append_change(connection, gun, row["version"], row["sha256"], "update", now)
+                for row in rows
+                if row["role"] == "timestamp"
+            ]
+
+    def delete_gun(self, gun: str) -> int:
+        """Delete every stored file of exactly this GUN; returns the number of rows removed."""
+        with self._transaction(f"delete of {gun}", write=True) as connection:
+            removed = connection.execute(
+                sa.delete(TufFileRow).where(TufFileRow.gun == gun)
+            ).rowcount
+            if removed:
+                _append_change(connection, gun, 0, "", "deletion", datetime.now(UTC))
+        return removed
+
+    def changes(self, gun: str | None, change_id: int, records: int) -> list[Change]:
+        """A page of the changefeed, oldest first (spec 1.8)."""
+        backwards = change_id < 0 or records < 0
+        query = sa.select(*_CHANGE_COLUMNS).limit(abs(records))
+        if gun is not None:
+            query = query.where(ChangefeedRow.gun == gun)
+        if not backwards:
+            query = query.where(ChangefeedRow.id > change_id).order_by(ChangefeedRow.id)
+        else:
+            if change_id > 0:
+                query = query.where(ChangefeedRow.id < change_id)
+            query = query.order_by(ChangefeedRow.id.desc())
+        with self._transaction("changefeed") as connection:
+            found = [Change(**row._mapping) for row in connection.execute(query)]
+        return found[::-1] if backwards else found
+
+    def add_key(self, key: StoredKey) -> None:
+        """Store a new server key."""
+        with self._transaction(f"add key {key.key_id}", write=True) as connection:
+            connection.execute(sa.insert(ServerKeyRow).values(**dataclasses.asdict(key)))
+
+    def _keys(self, action: str, query: sa.Select[Any]) -> list[StoredKey]:
+        with self._transaction(action) as connection:
+            return [StoredKey(**row._mapping) for row in connection.execute(query)]
+
+    def get_key(self, key_id: str) -> StoredKey | None:
+        """The key with this id."""
+        query = sa.select(*_KEY_COLUMNS).where(ServerKeyRow.key_id == key_id)
+        found = self._keys("get_key", query)
+        return found[0] if found else None
+
+    def keys_for(self, gun: str, role: str) -> list[StoredKey]:
+        """All keys of a GUN's role, oldest first."""
+        query = (
+            sa.select(*_KEY_COLUMNS)
+            .where(ServerKeyRow.gun == gun, ServerKeyRow.role == role)
+            .order_by(ServerKeyRow.created_at, ServerKeyRow.key_id)
+        )
+        return self._keys("keys_for", query)
+
+    def unused_key(self, gun: str, role: str, algorithm: str) -> StoredKey | None:
+        """The newest key of a GUN's role with this algorithm that was never used."""
+        query = (
+            sa.select(*_KEY_COLUMNS)
+            .where(
+                ServerKeyRow.gun == gun,
+                ServerKeyRow.role == role,
+                ServerKeyRow.algorithm == algorithm,
+                ServerKeyRow.last_used.is_(None),
+            )
+            .order_by(ServerKeyRow.created_at.desc(), ServerKeyRow.key_id.desc())
+            .limit(1)
+        )
+        found = self._keys("unused_key", query)
+        return found[0] if found else None
+
+    def mark_key_used(self, key_id: str) -> None:
+        """Record the first use of a key (later calls change nothing)."""
+        with self._transaction(f"mark key {key_id} used", write=True) as connection:
+            connection.execute(
+                sa.update(ServerKeyRow)
+                .where(ServerKeyRow.key_id == key_id, ServerKeyRow.last_used.is_(None))
+                .values(last_used=datetime.now(UTC))
+            )
+
+    def ping(self) -> None:
+        """Raise StorageError unless ``tuf_files`` can be read (health check)."""
+        with self._transaction("ping") as connection:
+            connection.execute(sa.select(TufFileRow.id).limit(1)).all()
+
+
+def _append_change(
+    connection: Connection, gun: str, version: int, sha256: str, category: str, now: datetime
+) -> Change:
+    result = connection.execute(
+        sa.insert(ChangefeedRow).values(
+            created_at=now, gun=gun, version=version, sha256=sha256, category=category
+        )
+    )
+    return Change(result.inserted_primary_key[0], now, gun, version, sha256, category)

@@ -1,0 +1,103 @@
+"""Shared fixtures: a fresh database per test on SQLite, PostgreSQL and MariaDB.
+
+PostgreSQL and MariaDB are reached through admin URLs (override with TUFNOTARY_TEST_POSTGRES_URL
+and TUFNOTARY_TEST_MARIADB_URL); each test gets its own database, dropped afterwards. An
+unreachable server skips those tests, or fails them when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import sqlalchemy as sa
+
+from tufnotary.server.migrate import upgrade
+from tufnotary.server.storage import MetadataStore, make_engine
+
+# engine id -> (name, environment variable, default admin URL)
+_SERVERS = {
+    "postgresql": (
+        "PostgreSQL",
+        "TUFNOTARY_TEST_POSTGRES_URL",
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+    ),
+    "mariadb": ("MariaDB", "TUFNOTARY_TEST_MARIADB_URL", "mariadb://root@127.0.0.1:3306/"),
+}
+
+
+def _unavailable(message: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _admin(engine_id: str) -> Iterator[tuple[sa.Connection, sa.URL]]:
+    """An autocommit admin connection to the server, and its URL as configured."""
+    name, variable, default = _SERVERS[engine_id]
+    url = sa.make_url(os.environ.get(variable, default))
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except sa.exc.DBAPIError as error:
+        engine.dispose()
+        reason = " ".join(str(error.orig).split())
+        _unavailable(
+            f"{name} not reachable on {url.host}:{url.port}: {reason}; "
+            f"set {variable} to point elsewhere"
+        )
+    with connection:
+        yield connection, url
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgresql_admin() -> Iterator[tuple[sa.Connection, sa.URL]]:
+    """Session-wide admin connection to PostgreSQL."""
+    yield from _admin("postgresql")
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin() -> Iterator[tuple[sa.Connection, sa.URL]]:
+    """Session-wide admin connection to MariaDB."""
+    yield from _admin("mariadb")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(engine_id, marks=pytest.mark.engines)
+        for engine_id in ("sqlite", "postgresql", "mariadb")
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a new, empty database on each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tufnotary.db'}"
+        return
+    admin, url = request.getfixturevalue(f"{request.param}_admin")
+    name = f"tufnotary_test_{secrets.token_hex(6)}"
+    admin.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        force = " WITH (FORCE)" if request.param == "postgresql" else ""
+        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    """``database_url`` with the schema migrated to head."""
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+def store(migrated_url: str) -> Iterator[MetadataStore]:
+    """A store on the migrated database; its engine is disposed afterwards."""
+    metadata_store = MetadataStore.from_url(migrated_url)
+    yield metadata_store
+    metadata_store.engine.dispose()

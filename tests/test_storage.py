@@ -1,0 +1,390 @@
+"""MetadataStore and migrations on SQLite, PostgreSQL and MariaDB (spec 1.8, 2.9, 5.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+
+from tufnotary.server.migrate import downgrade, upgrade
+from tufnotary.server.storage import (
+    Base,
+    MetadataStore,
+    NewFile,
+    StorageError,
+    StoredFile,
+    StoredKey,
+    TufFileRow,
+    VersionConflict,
+    make_engine,
+)
+
+GUN = "example.com/team/app"
+TABLES = {"tuf_files", "changefeed", "server_keys"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new(role: str, version: int, data: bytes | None = None) -> NewFile:
+    return NewFile(role, version, f"{role} v{version}".encode() if data is None else data)
+
+
+def versions(store: MetadataStore, gun: str = GUN) -> dict[str, int | None]:
+    """The latest version of every top-level role (None when absent)."""
+    latest = {
+        role: store.latest(gun, role) for role in ("root", "targets", "snapshot", "timestamp")
+    }
+    return {role: None if file is None else file.version for role, file in latest.items()}
+
+
+def test_upgrade_downgrade_upgrade(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        assert set(sa.inspect(engine).get_table_names()) >= TABLES
+        downgrade(engine)
+        assert not set(sa.inspect(engine).get_table_names()) & TABLES
+        upgrade(database_url)
+        assert set(sa.inspect(engine).get_table_names()) >= TABLES
+        store = MetadataStore(engine)
+        store.update_many(GUN, [new("root", 1)])
+        assert store.latest(GUN, "root") is not None
+    finally:
+        engine.dispose()
+
+
+def test_migration_matches_models(store: MetadataStore) -> None:
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_reads(store: MetadataStore) -> None:
+    before = datetime.now(UTC)
+    store.update_many(GUN, [new("root", 1), new("targets", 1), new("targets", 2)])
+    after = datetime.now(UTC)
+
+    latest = store.latest(GUN, "targets")
+    assert latest is not None
+    assert latest == StoredFile(
+        GUN, "targets", 2, sha256(b"targets v2"), b"targets v2", latest.created_at
+    )
+    assert latest.created_at.tzinfo == UTC
+    assert before <= latest.created_at <= after
+    assert store.by_version(GUN, "targets", 1) == StoredFile(
+        GUN, "targets", 1, sha256(b"targets v1"), b"targets v1", latest.created_at
+    )
+    assert store.by_checksum(GUN, "targets", sha256(b"targets v1")) == store.by_version(
+        GUN, "targets", 1
+    )
+    assert store.by_checksum(GUN, "root", sha256(b"targets v1")) is None
+    assert store.by_checksum(GUN, "targets", sha256(b"targets v1").upper()) is None
+    assert store.by_checksum(GUN, "targets", "ü" * 64) is None
+    assert store.by_version(GUN, "targets", 3) is None
+    assert store.latest(GUN, "snapshot") is None
+    assert store.latest("example.com/team/other", "targets") is None
+
+
+def test_conflict_rules_and_version_skipping(store: MetadataStore) -> None:
+    store.update_many(GUN, [new("targets", 3)])
+    for batch in (
+        [new("targets", 3, b"same version")],
+        [new("targets", 2)],
+        [new("targets", 4), new("targets", 2)],
+        [new("targets", 5), new("targets", 5, b"duplicate in one batch")],
+    ):
+        with pytest.raises(VersionConflict):
+            store.update_many(GUN, batch)
+        assert versions(store)["targets"] == 3
+
+    store.update_many(GUN, [new("targets", 7)])
+    with pytest.raises(VersionConflict):
+        store.update_many(GUN, [new("targets", 5)])
+    store.update_many(GUN, [new("targets", 9), new("targets", 8)])
+    assert [store.by_version(GUN, "targets", v) is not None for v in (3, 5, 7, 8, 9)] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+def test_conflict_on_one_role_writes_nothing(store: MetadataStore) -> None:
+    roles = ("root", "targets", "snapshot", "timestamp")
+    store.update_many(GUN, [new(role, 1) for role in roles])
+    with pytest.raises(VersionConflict):
+        store.update_many(
+            GUN,
+            [new("targets", 2), new("snapshot", 2), new("timestamp", 2), new("root", 1, b"x")],
+        )
+    assert versions(store) == dict.fromkeys(roles, 1)
+    assert [change.version for change in store.changes(None, 0, 100)] == [1]
+
+
+def test_timestamps_write_changes(store: MetadataStore) -> None:
+    changes = store.update_many(
+        GUN, [new("root", 1), new("targets", 1), new("snapshot", 1), new("timestamp", 1)]
+    )
+    assert [(c.gun, c.version, c.sha256, c.category) for c in changes] == [
+        (GUN, 1, sha256(b"timestamp v1"), "update")
+    ]
+    assert changes[0].created_at == store.latest(GUN, "timestamp").created_at  # type: ignore[union-attr]
+    assert store.changes(None, 0, 100) == changes
+    assert store.update_many(GUN, [new("targets", 2), new("snapshot", 2)]) == []
+    assert store.update_many(GUN, []) == []
+    assert store.changes(None, 0, 100) == changes
+
+
+def test_delete_gun_removes_exactly_that_gun(store: MetadataStore) -> None:
+    others = ("x/ab", "x/a/b", "X/A", "x/a ")
+    for gun in ("x/a", *others):
+        store.update_many(gun, [new("root", 1), new("timestamp", 1)])
+    key = StoredKey("k" * 64, "x/a", "timestamp", "ecdsa", b"pub", b"priv", datetime.now(UTC), None)
+    store.add_key(key)
+
+    assert store.delete_gun("x/a") == 2
+    assert versions(store, "x/a") == dict.fromkeys(("root", "targets", "snapshot", "timestamp"))
+    for gun in others:
+        assert versions(store, gun)["root"] == 1
+    changes = store.changes(None, 0, 100)
+    assert len(changes) == 6
+    assert (changes[-1].gun, changes[-1].version, changes[-1].sha256) == ("x/a", 0, "")
+    assert changes[-1].category == "deletion"
+
+    assert store.delete_gun("x/a") == 0
+    assert store.delete_gun("never/published") == 0
+    assert store.changes(None, 0, 100) == changes
+    assert store.get_key(key.key_id) == key
+    store.update_many("x/a", [new("root", 1)])
+    assert versions(store, "x/a")["root"] == 1
+
+
+def test_changes_paging(store: MetadataStore) -> None:
+    for version in (1, 2, 3):
+        store.update_many("g/one", [new("timestamp", version)])
+        store.update_many("g/two", [new("timestamp", version)])
+    every = store.changes(None, 0, 100)
+    ids = [change.id for change in every]
+    assert ids == sorted(set(ids)) and len(ids) == 6
+    assert [(c.gun, c.version) for c in every] == [
+        ("g/one", 1),
+        ("g/two", 1),
+        ("g/one", 2),
+        ("g/two", 2),
+        ("g/one", 3),
+        ("g/two", 3),
+    ]
+
+    def page(gun: str | None, change_id: int, records: int) -> list[int]:
+        return [change.id for change in store.changes(gun, change_id, records)]
+
+    assert page(None, 0, 2) == ids[:2]
+    assert page(None, ids[1], 2) == ids[2:4]
+    assert page(None, ids[5], 2) == []
+    assert page(None, -1, 2) == ids[4:]
+    assert page(None, -1, -2) == ids[4:]
+    assert page(None, 0, -2) == ids[4:]
+    assert page(None, ids[4], -2) == ids[2:4]
+    assert page(None, ids[0], -5) == []
+    assert page(None, 0, 0) == []
+    assert page("g/two", 0, 100) == ids[1::2]
+    assert page("g/two", ids[1], 1) == [ids[3]]
+    assert page("g/two", -1, 1) == [ids[5]]
+    assert page("g/two", ids[5], -5) == [ids[1], ids[3]]
+    assert page("g/tw", 0, 100) == []
+    assert page("G/TWO", 0, 100) == []
+
+
+def test_five_mib_blob_round_trips(store: MetadataStore) -> None:
+    data = os.urandom(5 * 1024 * 1024)
+    store.update_many(GUN, [NewFile("targets", 1, data)])
+    stored = store.latest(GUN, "targets")
+    assert stored is not None
+    assert stored.data == data
+    assert stored.sha256 == sha256(data)
+    assert store.by_checksum(GUN, "targets", sha256(data)) == stored
+
+
+def test_guns_are_exact_and_unicode(store: MetadataStore) -> None:
+    guns = ("example.com/App", "example.com/app", "example.com/app ", "example.com/ünïcødé")
+    for gun in guns:
+        store.update_many(gun, [NewFile("root", 1, gun.encode()), new("timestamp", 1)])
+    for gun in guns:
+        stored = store.latest(gun, "root")
+        assert stored is not None
+        assert (stored.gun, stored.data) == (gun, gun.encode())
+        assert [change.gun for change in store.changes(gun, 0, 100)] == [gun]
+    assert store.latest("EXAMPLE.COM/APP", "root") is None
+    assert store.latest("example.com/app", "Root") is None
+    assert store.latest("example.com/unicode", "root") is None
+
+
+def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: MetadataStore) -> None:
+    store.update_many(GUN, [new("snapshot", 1), new("timestamp", 1)])
+    writers = [MetadataStore.from_url(migrated_url) for _ in range(8)]
+    barrier = threading.Barrier(len(writers), timeout=30)
+
+    def publish(index: int) -> VersionConflict | None:
+        writers[index].ping()  # connect before the race
+        barrier.wait()
+        batch = [
+            new(role, 2, f"{role} from {index}".encode()) for role in ("snapshot", "timestamp")
+        ]
+        try:
+            writers[index].update_many(GUN, batch)
+        except VersionConflict as conflict:
+            return conflict
+        return None
+
+    try:
+        with ThreadPoolExecutor(len(writers)) as pool:
+            outcomes = list(pool.map(publish, range(len(writers))))
+    finally:
+        for writer in writers:
+            writer.engine.dispose()
+
+    winners = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    assert len(winners) == 1
+    assert sum(isinstance(outcome, VersionConflict) for outcome in outcomes) == 7
+    for role in ("snapshot", "timestamp"):
+        assert store.latest(GUN, role).data == f"{role} from {winners[0]}".encode()  # type: ignore[union-attr]
+    assert [change.version for change in store.changes(GUN, 0, 100)] == [1, 2]
+
+
+def test_unique_index_stops_a_racing_writer(migrated_url: str, store: MetadataStore) -> None:
+    store.update_many(GUN, [new("timestamp", 1)])
+    rival = MetadataStore.from_url(migrated_url)
+    outcomes: list[StorageError | None] = []
+
+    def publish() -> None:
+        try:
+            store.update_many(GUN, [new("timestamp", 2, b"loser")])
+        except StorageError as error:
+            outcomes.append(error)
+        else:
+            outcomes.append(None)
+
+    try:
+        with rival.engine.begin() as connection:
+            connection.execute(
+                sa.insert(TufFileRow).values(
+                    created_at=datetime.now(UTC),
+                    gun=GUN,
+                    role="timestamp",
+                    version=2,
+                    sha256=sha256(b"winner"),
+                    data=b"winner",
+                )
+            )
+            thread = threading.Thread(target=publish)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waits on the uncommitted row (SQLite: on the write lock)
+        thread.join(30)
+    finally:
+        rival.engine.dispose()
+
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], VersionConflict)
+    if store.engine.dialect.name != "sqlite":  # SQLite writers are serialised at BEGIN
+        assert isinstance(outcomes[0].__cause__, IntegrityError)
+    assert store.latest(GUN, "timestamp").data == b"winner"  # type: ignore[union-attr]
+    assert [change.version for change in store.changes(GUN, 0, 100)] == [1]
+
+
+def test_server_keys(store: MetadataStore) -> None:
+    start = datetime(2024, 6, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+    def key(name: str, seconds: int, **changes: str) -> StoredKey:
+        fields = {"gun": GUN, "role": "timestamp", "algorithm": "ecdsa", **changes}
+        return StoredKey(
+            key_id=name * 64,
+            public=f"public {name}".encode(),
+            private=b"\x00encrypted " + name.encode(),
+            created_at=start + timedelta(seconds=seconds),
+            last_used=None,
+            **fields,
+        )
+
+    older, newer = key("a", 0), key("b", 1)
+    ed25519, snapshot, other_gun = (
+        key("c", 2, algorithm="ed25519"),
+        key("d", 3, role="snapshot"),
+        key("e", 4, gun="example.com/other"),
+    )
+    for stored in (newer, older, ed25519, snapshot, other_gun):
+        store.add_key(stored)
+
+    assert store.get_key(older.key_id) == older
+    assert store.get_key(older.key_id).created_at.tzinfo == UTC  # type: ignore[union-attr]
+    assert store.get_key("f" * 64) is None
+    assert store.keys_for(GUN, "timestamp") == [older, newer, ed25519]
+    assert store.keys_for(GUN, "snapshot") == [snapshot]
+    assert store.unused_key(GUN, "timestamp", "ecdsa") == newer
+
+    before = datetime.now(UTC)
+    store.mark_key_used(newer.key_id)
+    used = store.get_key(newer.key_id)
+    assert used is not None and used.last_used is not None
+    assert before <= used.last_used <= datetime.now(UTC)
+    assert store.unused_key(GUN, "timestamp", "ecdsa") == older
+    store.mark_key_used(newer.key_id)
+    assert store.get_key(newer.key_id) == used
+
+    store.mark_key_used(older.key_id)
+    assert store.unused_key(GUN, "timestamp", "ecdsa") is None
+    assert store.unused_key(GUN, "timestamp", "ed25519") == ed25519
+    with pytest.raises(StorageError):
+        store.add_key(older)
+
+
+def test_ping_needs_the_schema(database_url: str) -> None:
+    store = MetadataStore.from_url(database_url)
+    try:
+        with pytest.raises(StorageError, match="ping failed"):
+            store.ping()
+        upgrade(store.engine)
+        store.ping()
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://user@db.example/notary", "postgresql+psycopg"),
+        ("postgresql+psycopg://user@db.example/notary", "postgresql+psycopg"),
+        ("mysql://user@db.example/notary", "mysql+pymysql"),
+        ("mariadb://user@db.example/notary", "mariadb+pymysql"),
+    ],
+)
+def test_make_engine_picks_drivers(url: str, driver: str) -> None:
+    engine = make_engine(url)
+    assert engine.url.drivername == driver
+    if driver.endswith("pymysql"):
+        assert engine.url.query["charset"] == "utf8mb4"
+
+
+def test_sqlite_settings(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'settings.db'}")
+    try:
+        with engine.connect() as connection:
+            pragmas = [
+                connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "busy_timeout", "foreign_keys")
+            ]
+        assert pragmas == ["wal", 30000, 1]
+    finally:
+        engine.dispose()
