@@ -17,8 +17,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser
 from werkzeug.http import http_date
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from tufnotary.metadata.model import TIMESTAMP, format_expires
 from tufnotary.server.errors import (
@@ -43,6 +43,7 @@ _TUF = rf"/v2/{_GUN}/_trust/tuf/"
 MAX_GUN_BYTES = 255
 DEFAULT_RECORDS, MAX_RECORDS = 100, 1000
 _INT32 = 2**31
+_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -191,35 +192,51 @@ def changefeed(gun: str | None = None) -> Response:
 # -- uploads ----------------------------------------------------------------------------------
 
 
+def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[str, bytes]]:
+    """(filename, body) of each part in order; nothing is read past ``limit`` bytes."""
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=max_parts)
+    files: list[tuple[str, bytearray]] = []
+    received = 0
+    while True:
+        event = decoder.next_event()
+        if isinstance(event, NeedData):
+            chunk = request.stream.read(_CHUNK)
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(log=f"body over {limit} bytes")
+            if not received:
+                raise MalformedUpload(log="empty body")
+            decoder.receive_data(chunk or None)
+        elif isinstance(event, Field):
+            raise NoFilename(log=f"part {event.name!r} has no filename")
+        elif isinstance(event, File):
+            files.append((event.filename, bytearray()))
+        elif isinstance(event, Data) and files:
+            files[-1][1].extend(event.data)
+        elif isinstance(event, Epilogue):
+            return [(name, bytes(body)) for name, body in files]
+
+
 def _read_parts() -> dict[str, Part]:
-    """Multipart body -> parts by role (the last of a role wins); nothing is read past the cap."""
+    """Multipart body -> parts by role, checked in order; the last part of a role wins."""
     settings = _settings()
-    mimetype, options = request.mimetype, request.mimetype_params
-    if mimetype != "multipart/form-data" or not options.get("boundary"):
+    boundary = request.mimetype_params.get("boundary")
+    if request.mimetype != "multipart/form-data" or not boundary:
         raise MalformedUpload(log=f"content type {request.content_type!r} is not multipart")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise TooLarge(log=f"declared body of {request.content_length} bytes")
-    parser = FormDataParser(
-        max_form_memory_size=settings.max_body_bytes,
-        max_content_length=settings.max_body_bytes,
-        max_form_parts=settings.max_parts + 1,
-        silent=False,
-    )
     try:
-        stream = request.stream
-        _, form, files = parser.parse(stream, mimetype, request.content_length, options)
+        files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts)
     except RequestEntityTooLarge as exc:
-        raise TooLarge(log="body or part count over the limit") from exc
+        raise TooLarge(log="more parts than allowed") from exc
     except ValueError as exc:
         raise MalformedUpload(log=f"unreadable multipart body: {exc}") from exc
-    if form:
-        raise NoFilename(log="a part has no filename")
     limits = _service().limits
     parts: dict[str, Part] = {}
-    for _, storage in files.items(multi=True):
-        if not storage.filename:
+    for filename, data in files:
+        if not filename:
             raise NoFilename(log="a part has an empty filename")
-        part = Part.parse(storage.filename, storage.read(), limits)
+        part = Part.parse(filename, data, limits)
         if part.role != TIMESTAMP:  # the server always makes the timestamp itself
             parts[part.role] = part
     return parts

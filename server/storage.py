@@ -314,7 +314,7 @@ class MetadataStore:
             lowest[file.role] = min(file.version, lowest.get(file.role, file.version))
         now = datetime.now(UTC)
         # A fixed insert order makes concurrent batches wait on each other instead of deadlocking.
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "created_at": now,
                 "gun": gun,
@@ -437,4 +437,6 @@ def _append_change(
             created_at=now, gun=gun, version=version, sha256=sha256, category=category
         )
     )
-    return Change(result.inserted_primary_key[0], now, gun, version, sha256, category)
+    key = result.inserted_primary_key
+    assert key is not None  # a single-row INSERT always reports its key
+    return Change(key[0], now, gun, version, sha256, category)

@@ -40,6 +40,13 @@ def new(role: str, version: int, data: bytes | None = None) -> NewFile:
     return NewFile(role, version, f"{role} v{version}".encode() if data is None else data)
 
 
+def newest(store: MetadataStore, role: str) -> StoredFile:
+    """The latest version of a role of GUN, which must exist."""
+    file = store.latest(GUN, role)
+    assert file is not None
+    return file
+
+
 def versions(store: MetadataStore, gun: str = GUN) -> dict[str, int | None]:
     """The latest version of every top-level role (None when absent)."""
     latest = {
@@ -75,8 +82,7 @@ def test_reads(store: MetadataStore) -> None:
     store.update_many(GUN, [new("root", 1), new("targets", 1), new("targets", 2)])
     after = datetime.now(UTC)
 
-    latest = store.latest(GUN, "targets")
-    assert latest is not None
+    latest = newest(store, "targets")
     assert latest == StoredFile(
         GUN, "targets", 2, sha256(b"targets v2"), b"targets v2", latest.created_at
     )
@@ -140,7 +146,7 @@ def test_timestamps_write_changes(store: MetadataStore) -> None:
     assert [(c.gun, c.version, c.sha256, c.category) for c in changes] == [
         (GUN, 1, sha256(b"timestamp v1"), "update")
     ]
-    assert changes[0].created_at == store.latest(GUN, "timestamp").created_at  # type: ignore[union-attr]
+    assert changes[0].created_at == newest(store, "timestamp").created_at
     assert store.changes(None, 0, 100) == changes
     assert store.update_many(GUN, [new("targets", 2), new("snapshot", 2)]) == []
     assert store.update_many(GUN, []) == []
@@ -259,7 +265,7 @@ def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: MetadataS
     assert len(winners) == 1
     assert sum(isinstance(outcome, VersionConflict) for outcome in outcomes) == 7
     for role in ("snapshot", "timestamp"):
-        assert store.latest(GUN, role).data == f"{role} from {winners[0]}".encode()  # type: ignore[union-attr]
+        assert newest(store, role).data == f"{role} from {winners[0]}".encode()
     assert [change.version for change in store.changes(GUN, 0, 100)] == [1, 2]
 
 
@@ -300,7 +306,7 @@ def test_unique_index_stops_a_racing_writer(migrated_url: str, store: MetadataSt
     assert isinstance(outcomes[0], VersionConflict)
     if store.engine.dialect.name != "sqlite":  # SQLite writers are serialised at BEGIN
         assert isinstance(outcomes[0].__cause__, IntegrityError)
-    assert store.latest(GUN, "timestamp").data == b"winner"  # type: ignore[union-attr]
+    assert newest(store, "timestamp").data == b"winner"
     assert [change.version for change in store.changes(GUN, 0, 100)] == [1]
 
 
@@ -327,8 +333,9 @@ def test_server_keys(store: MetadataStore) -> None:
     for stored in (newer, older, ed25519, snapshot, other_gun):
         store.add_key(stored)
 
-    assert store.get_key(older.key_id) == older
-    assert store.get_key(older.key_id).created_at.tzinfo == UTC  # type: ignore[union-attr]
+    fetched = store.get_key(older.key_id)
+    assert fetched is not None
+    assert fetched == older and fetched.created_at.tzinfo == UTC
     assert store.get_key("f" * 64) is None
     assert store.keys_for(GUN, "timestamp") == [older, newer, ed25519]
     assert store.keys_for(GUN, "snapshot") == [snapshot]
