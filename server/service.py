@@ -100,9 +100,11 @@ class TrustService:
         snapshot = self.store.by_checksum(gun, SNAPSHOT, sha256) if sha256 else None
         return _Current(timestamp, snapshot)
 
-    def current_file(self, gun: str, role: str) -> StoredFile | None:
-        """The version of ``role`` the latest timestamp reaches, or None."""
-        current = self._walk(gun)
+    def current_file(
+        self, gun: str, role: str, current: _Current | None = None
+    ) -> StoredFile | None:
+        """The version of ``role`` the latest timestamp reaches (``current``: walked already)."""
+        current = current or self._walk(gun)
         if current is None:
             return None
         if role == TIMESTAMP:
@@ -238,15 +240,21 @@ class TrustService:
 
 
 class _StoreState:
-    """RepositoryState over the store: the update validator's view of one GUN."""
+    """RepositoryState over the store: the update validator's view of one GUN, read once."""
 
     def __init__(self, service: TrustService, gun: str) -> None:
         self._service = service
         self._gun = gun
+        self._walked = service._walk(gun)
+        self._files: dict[str, bytes | None] = {}
 
     def current(self, role: str) -> bytes | None:
-        found = self._service.current_file(self._gun, role)
-        return found.data if found else None
+        if self._walked is None:
+            return None
+        if role not in self._files:
+            found = self._service.current_file(self._gun, role, self._walked)
+            self._files[role] = found.data if found else None
+        return self._files[role]
 
 
 @contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from tufnotary.metadata.model import (
     Targets,
     Timestamp,
 )
-from tufnotary.metadata.signing import PrivateKey
+from tufnotary.metadata.signing import PrivateKey, Signature
 from tufnotary.metadata.verify import verify_threshold
 
 GUN = "registry.example.com/team/app"
@@ -152,11 +154,15 @@ def test_nothing_is_stored_when_one_file_is_refused(engine_server: Server) -> No
     repo.add_target("v1", b"x")
     targets = repo.targets_bytes()
     snapshot = repo.snapshot_bytes()
-    bad = bytearray(snapshot)
-    bad[bad.index(b'"sig":"') + 8] ^= 1
-    assert _invalid_update(engine_server.upload(GUN, {TARGETS: targets, SNAPSHOT: bytes(bad)}))[
-        0
-    ] == ("ErrBadSnapshot")
+    tampered = Metadata.from_bytes(snapshot, Snapshot)
+    signature = tampered.signatures[0]
+    forged = bytes([signature.value[0] ^ 1]) + signature.value[1:]
+    tampered.signatures = [Signature(signature.keyid, signature.method, forged)]
+    bad = tampered.to_bytes()
+    assert _invalid_update(engine_server.upload(GUN, {TARGETS: targets, SNAPSHOT: bad})) == (
+        "ErrBadSnapshot",
+        "valid signatures did not meet threshold for snapshot",
+    )
     assert engine_server.get(GUN, "3.targets.json").status_code == 404
     assert _timestamp(engine_server).version == 1
 
@@ -598,3 +604,29 @@ def test_multipart_helper_matches_go_layout() -> None:
     assert body.startswith(
         b'--ab\r\nContent-Disposition: form-data; name="files"; filename="targets"'
     )
+
+
+def test_concurrent_readers_of_an_expiring_timestamp_never_fail(engine_server: Server) -> None:
+    """Every reader re-signs at once; the losers of the race serve the winner's version."""
+    repo = engine_server.new_repo(GUN, server_snapshot=True)
+    engine_server.app.extensions["tufnotary.service"].refresh_margin = timedelta(days=15)
+    barrier = threading.Barrier(8)
+
+    def read(_: int) -> tuple[int, bytes]:
+        client = engine_server.app.test_client()
+        barrier.wait()
+        response = client.get(engine_server.tuf(GUN, "timestamp.json"))
+        return response.status_code, response.data
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, range(8)))
+    assert {status for status, _ in results} == {200}
+    keys = {repo.timestamp_key.key_id: repo.timestamp_key}
+    versions = set()
+    for _, data in results:
+        timestamp = Metadata.from_bytes(data, Timestamp)
+        verify_threshold(timestamp, keys, 1, TIMESTAMP)
+        versions.add(timestamp.signed.version)
+    feed = json.loads(engine_server.client.get(f"/v2/{GUN}/_trust/changefeed").data)["records"]
+    stored = [record["Version"] for record in feed]
+    assert stored == sorted(set(stored)) and versions <= set(stored) and max(stored) >= 2
