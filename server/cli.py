@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 PROG = "tufnotary-server"
 GRACEFUL_TIMEOUT = 20
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ConfigurationFailure(click.ClickException):
@@ -100,8 +103,15 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
         _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
     cert, key = tls_files
 
+    _share_metrics_between_workers(settings.data_dir / "metrics")
+
     def when_ready(_arbiter: Arbiter) -> None:
         _say(f"listening on https://{settings.listen}")
+
+    def child_exit(_arbiter: Arbiter, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
     _ServerApplication(
         settings,
@@ -118,8 +128,18 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "preload_app": False,
             "proc_name": PROG,
             "when_ready": when_ready,
+            "child_exit": child_exit,
         },
     ).run()
+
+
+def _share_metrics_between_workers(directory: Path) -> None:
+    """Point prometheus-client at a fresh directory so /metrics adds up every worker."""
+    if os.environ.get(METRICS_ENV):
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[METRICS_ENV] = str(directory)
 
 
 @main.command()

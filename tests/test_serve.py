@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 import sys
@@ -137,3 +138,28 @@ def test_configuration_errors_exit_2_with_a_readable_message(tmp_path: Path) -> 
         run_cli("migrate", "--database", "db.sqlite"), "database_url: expected a URL"
     )
     assert_usage_error(run_cli("migrate", "--downgrade"), "--downgrade needs --revision")
+
+
+def test_metrics_add_up_every_worker_and_requests_are_logged_as_json(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--workers", "3") as server:
+        session = requests.Session()
+        for _ in range(9):
+            response = session.get(
+                f"{server.url}/v2/example.com/app/_trust/tuf/root.json",
+                verify=str(server.ca_cert),
+                headers={"Connection": "close"},  # spread over the workers, as Go clients do
+                timeout=10,
+            )
+            assert response.status_code == 404
+        metrics = requests.get(f"{server.url}/metrics", verify=str(server.ca_cert), timeout=10)
+        assert (
+            'notary_server_http_request_duration_seconds_count{method="GET",'
+            'operation="GetRole",status="404"} 9.0'
+        ) in metrics.text
+        lines = [
+            json.loads(line) for line in server.log.read_text().splitlines() if line[:1] == "{"
+        ]
+    requests_logged = [line for line in lines if line.get("path", "").endswith("/root.json")]
+    assert len(requests_logged) == 9
+    assert {line["status"] for line in requests_logged} == {404}
+    assert all(line["gun"] == "example.com/app" and line["request_id"] for line in requests_logged)
