@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -193,7 +194,9 @@ class NotaryCLI:
     def lookup(self, gun: str, name: str) -> tuple[str, int]:
         """`notary lookup GUN NAME` as (sha256 hex, size)."""
         result = self.run("lookup", gun, name)
-        match = re.fullmatch(rf"{re.escape(name)} sha256:([0-9a-f]{{64}}) (\d+)", result.stdout.strip())
+        match = re.fullmatch(
+            rf"{re.escape(name)} sha256:([0-9a-f]{{64}}) (\d+)", result.stdout.strip()
+        )
         assert match, describe(result)
         return match[1], int(match[2])
 
@@ -327,7 +330,10 @@ def canonical(value: Any) -> bytes:
 
 def key_id(key: Mapping[str, Any]) -> str:
     """Key id: hex sha256 of the canonical {"keytype", "keyval": {"private": null, "public"}}."""
-    body = {"keytype": key["keytype"], "keyval": {"private": None, "public": key["keyval"]["public"]}}
+    body = {
+        "keytype": key["keytype"],
+        "keyval": {"private": None, "public": key["keyval"]["public"]},
+    }
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
@@ -340,12 +346,13 @@ def pem_body(pem: bytes) -> bytes:
 
 def ecdsa_public_key(spki_der: bytes) -> dict[str, Any]:
     """The `ecdsa` key dict for a DER SubjectPublicKeyInfo."""
-    return {"keytype": "ecdsa", "keyval": {"private": None, "public": base64.b64encode(spki_der).decode()}}
+    return {
+        "keytype": "ecdsa",
+        "keyval": {"private": None, "public": base64.b64encode(spki_der).decode()},
+    }
 
 
 def _public_key(key: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
-    from cryptography import x509
-
     raw = base64.b64decode(key["keyval"]["public"])
     keytype = key["keytype"]
     if keytype == "ed25519":
