@@ -1,0 +1,136 @@
+"""HTTP to a notary-compatible server: URLs, size caps, error envelopes (spec 1, 4.3)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from tufnotary.metadata.keys import Key
+
+MiB = 1024 * 1024
+TIMESTAMP_CAP = 1 * MiB
+ROOT_CAP = 100 * MiB
+KEY_CAP = 256 * 1024
+ERROR_CAP = 1024
+_CHUNK = 64 * 1024
+
+
+class RemoteError(Exception):
+    """The server could not be reached or answered something other than what was asked."""
+
+
+class NotFoundError(RemoteError):
+    """404: the repository, role, version or checksum does not exist on the server."""
+
+
+class OversizedError(RemoteError):
+    """The server sent more bytes than the referencing metadata allows."""
+
+
+class RejectedError(RemoteError):
+    """The server refused the request (400 and others) with its error envelope."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        text = f"server rejected the request ({status} {code}): {message}"
+        if isinstance(detail, dict) and isinstance(detail.get("Error"), dict):
+            text += f": {detail.get('Name', '')}: {detail['Error'].get('Msg', '')}"
+        elif isinstance(detail, str) and detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One trust server. ``verify`` is a CA bundle path, True (system CAs) or False."""
+
+    url: str
+    verify: str | bool = True
+    timeout: float = 30.0
+    session: requests.Session | None = None
+
+    def _session(self) -> requests.Session:
+        return self.session or requests.Session()
+
+    def _url(self, gun: str, name: str) -> str:
+        return f"{self.url.rstrip('/')}/v2/{quote(gun, safe='/:@')}/_trust/tuf/{name}"
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self._session().request(
+                method, url, verify=self.verify, timeout=self.timeout, stream=True, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise RemoteError(f"cannot reach the trust server {self.url}: {exc}") from exc
+
+    @staticmethod
+    def _raise_for(response: requests.Response) -> None:
+        if response.status_code == 200:
+            return
+        body = response.raw.read(ERROR_CAP, decode_content=True)
+        response.close()
+        if response.status_code == 404:
+            raise NotFoundError(f"not found on the trust server: {response.url}")
+        try:
+            error = json.loads(body)["errors"][0]
+            code, message = str(error["code"]), str(error.get("message", ""))
+        except (ValueError, KeyError, IndexError, TypeError):
+            text = body[:200].decode("utf-8", "replace")
+            raise RejectedError(response.status_code, "", text) from None
+        raise RejectedError(response.status_code, code, message, error.get("detail"))
+
+    def fetch(self, gun: str, name: str, max_bytes: int) -> bytes:
+        """GET ``<name>.json``; OversizedError as soon as more than ``max_bytes`` arrive."""
+        response = self._request("GET", self._url(gun, f"{name}.json"))
+        with response:
+            self._raise_for(response)
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise OversizedError(f"{name}: server announces {declared} bytes, over {max_bytes}")
+            data = bytearray()
+            for chunk in response.iter_content(_CHUNK):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise OversizedError(f"{name}: server sent more than {max_bytes} bytes")
+        return bytes(data)
+
+    def server_key(self, gun: str, role: str, *, rotate: bool = False) -> Key:
+        """GET (or, to rotate, POST) ``<role>.key``: a key the server holds for ``role``."""
+        url = self._url(gun, f"{role}.key")
+        response = self._request("POST" if rotate else "GET", url)
+        with response:
+            self._raise_for(response)
+            body = response.raw.read(KEY_CAP + 1, decode_content=True)
+        if len(body) > KEY_CAP:
+            raise OversizedError(f"{role}.key: more than {KEY_CAP} bytes")
+        try:
+            return Key.from_dict(json.loads(body))
+        except ValueError as exc:
+            raise RemoteError(f"{role}.key: the server sent an unreadable key: {exc}") from exc
+
+    def upload(self, gun: str, files: Mapping[str, bytes]) -> None:
+        """POST every file in one multipart request, as the Go client does."""
+        boundary = secrets.token_hex(30)
+        part = 'Content-Disposition: form-data; name="files"; filename="{}"\r\n'
+        body = b"".join(
+            f"--{boundary}\r\n{part.format(role)}"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+            for role, data in files.items()
+        )
+        body += f"--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        with self._request("POST", self._url(gun, ""), data=body, headers=headers) as response:
+            self._raise_for(response)
+
+    def delete(self, gun: str) -> None:
+        """DELETE the whole trust collection of ``gun`` on the server."""
+        with self._request("DELETE", self._url(gun, "")) as response:
+            self._raise_for(response)
