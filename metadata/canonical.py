@@ -58,8 +58,8 @@ def loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value, end = _DECODER.raw_decode(text.lstrip(" \t\r\n"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JSONFormatError(str(exc)) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise JSONFormatError(str(exc) or "nested too deeply") from exc
     rest = text.lstrip(" \t\r\n")[end:]
     if rest.strip(" \t\r\n"):
         raise JSONFormatError("unexpected data after the JSON document")

@@ -149,10 +149,13 @@ def check_certificate(
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if not_before > not_after:
         raise FormatError("certificate validity window is inverted")
-    algorithm = cert.signature_hash_algorithm
-    if algorithm is None or isinstance(algorithm, hashes.SHA1):
-        raise FormatError("certificate is signed with SHA-1")
-    key = cert.public_key()
+    try:
+        algorithm = cert.signature_hash_algorithm
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise FormatError(f"unsupported certificate: {exc}") from exc
+    if isinstance(algorithm, hashes.SHA1 | hashes.MD5):
+        raise FormatError(f"certificate is signed with {algorithm.name}")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise FormatError("certificate RSA key is shorter than 2048 bits")
     if now is not None:
@@ -194,7 +197,7 @@ def root_certificate_key(key: Key, gun: str, now: datetime | None) -> Key | None
         certs = key.certificates()
         leaf, intermediates = certs[0], certs[1:]
         check_certificate(leaf, now, is_ca=False)
-    except (FormatError, IndexError, ValueError):
+    except (FormatError, IndexError, ValueError, UnsupportedAlgorithm):
         return None
     if not cn_matches_gun(common_name(leaf), gun):
         return None
@@ -202,7 +205,7 @@ def root_certificate_key(key: Key, gun: str, now: datetime | None) -> Key | None
     for cert in intermediates:
         try:
             check_certificate(cert, now or datetime.now(UTC), is_ca=True)
-        except (FormatError, ValueError):
+        except (FormatError, ValueError, UnsupportedAlgorithm):
             continue
         kept.append(cert)
     return Key.from_certificates(kept)

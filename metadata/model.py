@@ -119,8 +119,10 @@ def _require(data: Any, name: str, kind: type | tuple[type, ...], what: str) -> 
     return value
 
 
-def _collection(data: dict[str, Any], name: str, kind: type, what: str) -> Any:
+def _collection(data: Any, name: str, kind: type, what: str) -> Any:
     """A map or list member; ``null`` or absent read as empty, as Go does."""
+    if not isinstance(data, dict):
+        raise FormatError(f"{what} must be an object")
     value = data.get(name)
     if value is None:
         return kind()
@@ -472,6 +474,11 @@ class Envelope:
         if "expires" in signed:
             parse_expires(signed["expires"])
         sigs = _collection(document, "signatures", list, "document")
+        if b"\\ud" in data or b"\\uD" in data:  # a lone surrogate cannot be signed or verified
+            try:
+                encode_canonical(signed)
+            except JSONFormatError as exc:
+                raise FormatError(str(exc)) from exc
         return cls(signed, [Signature.from_dict(sig) for sig in sigs])
 
     @property

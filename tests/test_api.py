@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from support.api import Server, error_of, multipart
 from support.repo import RepoBuilder, expires_in, signed_bytes
-
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,

@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
-from support.server import server_environment
 
+from support.server import server_environment
 from tufnotary.server.cli import serve
 from tufnotary.server.config import Settings
 from tufnotary.server.storage import make_engine

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.clients import (
     DOCKER_HINT,
     NOTARY_HINT,

@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.repo import root_certificate, signed_bytes
 
+from support.repo import root_certificate, signed_bytes
 from tufnotary.metadata.canonical import (
     JSONFormatError,
     NumberFormatError,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import requests
+
 from support.server import (
     free_port,
     launched,
@@ -16,7 +17,6 @@ from support.server import (
     server_environment,
     wait_until_healthy,
 )
-
 from tufnotary.server.tls import ensure_self_signed
 
 CLI = [sys.executable, "-m", "tufnotary.server.cli"]
