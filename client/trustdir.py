@@ -321,8 +321,12 @@ class TrustDir:
         if directory.exists():
             shutil.rmtree(directory)
 
+    def repository_dir(self, gun: str) -> Path:
+        """``tuf/<gun>``: the cached metadata and staged changes of one repository."""
+        return self.path / "tuf" / _relative(gun, "GUN")
+
     def _metadata_dir(self, gun: str) -> Path:
-        return self.path / "tuf" / _relative(gun, "GUN") / "metadata"
+        return self.repository_dir(gun) / "metadata"
 
     def _metadata_path(self, gun: str, role: str) -> Path:
         return self._metadata_dir(gun) / f"{_relative(role, 'role')}.json"

@@ -12,31 +12,54 @@ Three byte forms matter:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from tufnotary.metadata.errors import FormatError
 
 MAX_SAFE_INTEGER = 2**53
 """Go verifiers decode numbers as float64: larger integers would silently change."""
 
 
-class JSONFormatError(ValueError):
+class JSONFormatError(FormatError, ValueError):
     """The bytes are not one strict JSON document (bad UTF-8, syntax, duplicate member...)."""
 
 
-class NumberFormatError(ValueError):
+class NumberFormatError(FormatError, ValueError):
     """A number cannot be encoded canonically: non-integral, or beyond 2**53."""
 
     def __init__(self, path: str, value: object) -> None:
-        super().__init__(f"number at {path} is not an integer within +/-2^53: {value!r}")
+        super().__init__(f"number at {path} is not an integer within +/-2^53: {value}")
         self.path = path
 
 
+class UnencodableNumber:
+    """A parsed number with no canonical form (non-integral or too large), kept as its text:
+    parsing succeeds, encoding it for signing or verification does not."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _parse_int(text: str) -> int | UnencodableNumber:
+    if len(text) > 17:  # longer than any integer within +/-2**53
+        return UnencodableNumber(text)
+    value = int(text)
+    return value if abs(value) <= MAX_SAFE_INTEGER else UnencodableNumber(text)
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise JSONFormatError(f"duplicate member {key!r} in one object")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise JSONFormatError(f"duplicate member {duplicate!r} in one object")
     return result
 
 
@@ -45,7 +68,11 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, strict=True
+    object_pairs_hook=_reject_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=UnencodableNumber,
+    parse_int=_parse_int,
+    strict=True,
 )
 
 
@@ -70,12 +97,11 @@ def check_numbers(value: Any, path: str = "signed") -> None:
     """Raise NumberFormatError naming the first number that has no canonical form."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise NumberFormatError(path, value)
-    elif isinstance(value, float):
+    if isinstance(value, UnencodableNumber | float) or (
+        isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER
+    ):
         raise NumberFormatError(path, value)
-    elif isinstance(value, Mapping):
+    if isinstance(value, Mapping):
         for key, item in value.items():
             check_numbers(item, f"{path}.{key}")
     elif isinstance(value, list):
@@ -83,61 +109,40 @@ def check_numbers(value: Any, path: str = "signed") -> None:
             check_numbers(item, f"{path}[{index}]")
 
 
-def _needs_go_escapes(value: Any) -> bool:
-    """True if a string holds backspace or form feed, which Go escapes as \\u0008/\\u000c."""
-    if isinstance(value, str):
-        return "\b" in value or "\f" in value
-    if isinstance(value, Mapping):
-        return any(_needs_go_escapes(k) or _needs_go_escapes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_needs_go_escapes(item) for item in value)
-    return False
+class _Unencodable(Exception):
+    pass
 
 
-def _quote(text: str) -> str:
-    out = ['"']
-    for char in text:
-        if char == '"':
-            out.append('\\"')
-        elif char == "\\":
-            out.append("\\\\")
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\r":
-            out.append("\\r")
-        elif char == "\t":
-            out.append("\\t")
-        elif char < " ":
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
+def _refuse(value: Any) -> Any:
+    raise _Unencodable()
 
 
-def _encode_slow(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return _quote(value)
-    if isinstance(value, list):
-        return "[" + ",".join(_encode_slow(item) for item in value) + "]"
-    return "{" + ",".join(_quote(k) + ":" + _encode_slow(value[k]) for k in sorted(value)) + "}"
+_BACKSLASHES_THEN_B_OR_F = re.compile(r"(\\+)([bf])")
+_GO_ESCAPE = {"b": "\\u0008", "f": "\\u000c"}
+
+
+def _go_escape(match: re.Match[str]) -> str:
+    """``\\b``/``\\f`` escapes as Go writes them; an escaped backslash before b/f stays."""
+    backslashes, letter = match.groups()
+    if len(backslashes) % 2 == 0:
+        return match.group(0)
+    return backslashes[:-1] + _GO_ESCAPE[letter]
 
 
 def canonical_text(value: Any) -> str:
-    """Canonical JSON text of ``value`` (spec 3.2)."""
-    check_numbers(value)
-    if _needs_go_escapes(value):
-        return _encode_slow(value)
-    # Python's encoder matches Go's canonical form except for \b and \f, handled above.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Canonical JSON text of ``value`` (spec 3.2); NumberFormatError names a bad number."""
+    if isinstance(value, float):
+        raise NumberFormatError("signed", value)
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse
+        )
+    except _Unencodable as exc:
+        check_numbers(value)
+        raise FormatError("value has no JSON form") from exc
+    if "\\b" in text or "\\f" in text:
+        text = _BACKSLASHES_THEN_B_OR_F.sub(_go_escape, text)
+    return text
 
 
 def encode_canonical(value: Any) -> bytes:
@@ -162,7 +167,9 @@ def html_safe(text: str) -> str:
 def encode_wire(signed: Mapping[str, Any], signatures: Iterable[Mapping[str, str]]) -> bytes:
     """The stored and served bytes of a document, exactly as the Go code writes them."""
     sigs = ",".join(
-        f'{{"keyid":{_quote(sig["keyid"])},"method":{_quote(sig["method"])},"sig":{_quote(sig["sig"])}}}'
+        "{"
+        + ",".join(f'"{name}":{canonical_text(sig[name])}' for name in ("keyid", "method", "sig"))
+        + "}"
         for sig in signatures
     )
     return (

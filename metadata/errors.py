@@ -42,5 +42,9 @@ class RootError(MetadataError):
     """A root cannot be trusted: certificates, rotation signatures, pinning."""
 
 
+class RotationError(RootError):
+    """A new root is not signed by the previous root's threshold of keys."""
+
+
 class HashMismatchError(MetadataError):
     """Bytes do not match the length or hashes that trusted metadata lists for them."""

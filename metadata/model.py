@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from tufnotary.metadata.canonical import JSONFormatError, encode_canonical, encode_wire, loads
+from tufnotary.metadata.canonical import encode_canonical, encode_wire, loads
 from tufnotary.metadata.errors import FormatError, HashMismatchError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
 from tufnotary.metadata.signing import PrivateKey, Signature
@@ -449,23 +449,23 @@ T = TypeVar("T", bound=Signed)
 class Envelope:
     """A parsed document before its ``signed`` object is read as a role.
 
-    ``signed_dict`` is the generic map that was received: signatures are verified over its
-    canonical form (unknown members included), as the Go verifiers do.
+    ``signed_dict`` is the generic map that was received; ``signing_bytes`` its canonical
+    form (unknown members included), over which signatures are verified, as Go does.
     """
 
     signed_dict: dict[str, Any]
     signatures: list[Signature]
+    signing_bytes: bytes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        """FormatError unless ``data`` is ``{"signed": {...}, "signatures": [...]}``."""
-        try:
-            document = loads(data)
-        except JSONFormatError as exc:
-            raise FormatError(f"not valid JSON: {exc}") from exc
+        """FormatError unless ``data`` is ``{"signed": {...}, "signatures": [...]}`` whose
+        ``signed`` has a canonical form (NumberFormatError names a number that has none)."""
+        document = loads(data)
         if not isinstance(document, dict) or not isinstance(document.get("signed"), dict):
             raise FormatError("document must be an object with a signed object")
         signed = document["signed"]
+        signing_bytes = encode_canonical(signed)
         if not isinstance(signed.get("_type", ""), str):
             raise FormatError("_type must be a string")
         version = signed.get("version", 0)
@@ -474,12 +474,7 @@ class Envelope:
         if "expires" in signed:
             parse_expires(signed["expires"])
         sigs = _collection(document, "signatures", list, "document")
-        if b"\\ud" in data or b"\\uD" in data:  # a lone surrogate cannot be signed or verified
-            try:
-                encode_canonical(signed)
-            except JSONFormatError as exc:
-                raise FormatError(str(exc)) from exc
-        return cls(signed, [Signature.from_dict(sig) for sig in sigs])
+        return cls(signed, [Signature.from_dict(sig) for sig in sigs], signing_bytes)
 
     @property
     def version(self) -> int:
@@ -488,31 +483,34 @@ class Envelope:
 
 @dataclass
 class Metadata(Generic[T]):
-    """A signed document: the typed ``signed`` object, its signatures and its source map."""
+    """A signed document: the typed ``signed`` object and its signatures.
+
+    ``received`` holds the signing bytes of a parsed document; it is dropped when the
+    document is signed again, which signs ``signed.to_dict()``.
+    """
 
     signed: T
     signatures: list[Signature] = field(default_factory=list)
-    signed_dict: dict[str, Any] | None = None
+    received: bytes | None = None
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, signed_class: type[T]) -> Metadata[T]:
-        return cls(
-            signed_class.from_dict(envelope.signed_dict), envelope.signatures, envelope.signed_dict
-        )
+        signed = signed_class.from_dict(envelope.signed_dict)
+        return cls(signed, envelope.signatures, envelope.signing_bytes)
 
     @classmethod
     def from_bytes(cls, data: bytes, signed_class: type[T]) -> Metadata[T]:
         return cls.from_envelope(Envelope.from_bytes(data), signed_class)
 
     def signing_bytes(self) -> bytes:
-        """Canonical bytes of the source map if parsed, else of ``signed.to_dict()``."""
-        return encode_canonical(
-            self.signed_dict if self.signed_dict is not None else self.signed.to_dict()
-        )
+        """The bytes signatures cover: as received if parsed, else of ``signed.to_dict()``."""
+        if self.received is not None:
+            return self.received
+        return encode_canonical(self.signed.to_dict())
 
     def sign(self, key: PrivateKey, keyid: str | None = None) -> Signature:
         """Add (or replace) the signature of ``key``; the document is taken as modified."""
-        self.signed_dict = None
+        self.received = None
         signature = key.sign(self.signing_bytes(), keyid)
         self.signatures = [s for s in self.signatures if s.keyid != signature.keyid]
         self.signatures.append(signature)

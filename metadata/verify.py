@@ -11,6 +11,7 @@ from tufnotary.metadata.errors import (
     FormatError,
     KeyIdMismatchError,
     RootError,
+    RotationError,
     ThresholdError,
     UnsignedError,
     VersionError,
@@ -65,8 +66,9 @@ def check_version(signed: Signed, role: str, minimum: int) -> None:
         raise VersionError(f"{role} version {signed.version} is lower than {minimum}")
 
 
-def _certificate_keys(root: Root, gun: str, now: datetime | None) -> dict[str, Key]:
-    """The root role's keys rebuilt from their certificates, by rebuilt key id."""
+def root_certificate_keys(root: Root, gun: str, now: datetime | None) -> dict[str, Key]:
+    """The root role's usable certificate keys for ``gun``, rebuilt, by rebuilt key id
+    (``now=None``: certificate expiry not checked)."""
     role = root.roles.get(ROOT)
     rebuilt = (
         root_certificate_key(root.keys[keyid], gun, now)
@@ -83,6 +85,7 @@ def verify_root(
     previous: Root | None = None,
     min_version: int = 1,
     allow_expired: bool = False,
+    check_certificate_expiry: bool = True,
     now: datetime | None = None,
 ) -> None:
     """Trust a root document for ``gun`` (spec 2.5), or raise.
@@ -90,23 +93,24 @@ def verify_root(
     Its root keys must be certificates for the GUN (unexpired, no SHA-1, RSA >= 2048), it
     must meet its own root threshold with them and, when a ``previous`` trusted root is
     given, that root's threshold with the previous certificates (their expiry is ignored).
+    ``check_certificate_expiry=False`` loads a root already trusted whose certificates expired.
     """
     now = now or datetime.now(UTC)
     root = metadata.signed
     root.check_structure()
-    own_keys = _certificate_keys(root, gun, now)
+    own_keys = root_certificate_keys(root, gun, now if check_certificate_expiry else None)
     if not own_keys:
         raise RootError(NO_VALID_LEAF)
     if previous is not None:
         try:
             verify_threshold(
                 metadata,
-                _certificate_keys(previous, gun, None),
+                root_certificate_keys(previous, gun, None),
                 previous.roles[ROOT].threshold,
                 ROOT,
             )
         except ThresholdError as exc:
-            raise RootError(ROTATION_FAILED) from exc
+            raise RotationError(ROTATION_FAILED) from exc
     verify_threshold(metadata, own_keys, root.roles[ROOT].threshold, ROOT)
     check_version(root, ROOT, min_version)
     if not allow_expired:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,18 @@ if TYPE_CHECKING:
 PROG = "tufnotary-server"
 GRACEFUL_TIMEOUT = 20
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+THREADS = 4
+_ssl_contexts: dict[str, ssl.SSLContext] = {}
+
+
+def _reused_ssl_context(
+    config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext:
+    """One TLS context per worker: gunicorn would build (and load CAs into) one per connection."""
+    context = _ssl_contexts.get("server")
+    if context is None:
+        context = _ssl_contexts.setdefault("server", default_ssl_context_factory())
+    return context
 
 
 class ConfigurationFailure(click.ClickException):
@@ -118,7 +132,9 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
         {
             "bind": [settings.listen],
             "workers": settings.workers,
-            "worker_class": "sync",
+            "worker_class": "gthread",
+            "threads": THREADS,
+            "ssl_context": _reused_ssl_context,
             "certfile": str(cert),
             "keyfile": str(key),
             "accesslog": None,

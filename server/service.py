@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.keys import Key
@@ -50,6 +51,39 @@ from tufnotary.server.updates import (
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Signed)
 _PARSED_CACHE_SIZE = 4096
+_REACHED_CACHE_BYTES = 64 * 1024 * 1024
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A thread-safe least-recently-used map bounded by the summed weight of its values."""
+
+    def __init__(self, budget: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._budget, self._weigh, self._used = budget, weigh, 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        weight = self._weigh(value)
+        if weight > self._budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._used += weight
+            while self._used > self._budget:
+                _, evicted = self._items.popitem(last=False)
+                self._used -= self._weigh(evicted)
 
 
 @dataclass(frozen=True)
@@ -74,7 +108,11 @@ class TrustService:
         self.keys = keys
         self.limits = limits
         self.refresh_margin = refresh_margin
-        self._parsed: OrderedDict[tuple[str, str], Signed] = OrderedDict()
+        self._parsed: _LRU[tuple[str, str], Signed] = _LRU(_PARSED_CACHE_SIZE)
+        # What a timestamp reaches never changes: (gun, timestamp sha256, role) -> file.
+        self._reached: _LRU[tuple[str, str, str], StoredFile] = _LRU(
+            _REACHED_CACHE_BYTES, weigh=lambda file: len(file.data)
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -84,9 +122,7 @@ class TrustService:
         cached = self._parsed.get(key)
         if cached is None:
             cached = Metadata.from_bytes(file.data, signed_class).signed
-            self._parsed[key] = cached
-            if len(self._parsed) > _PARSED_CACHE_SIZE:
-                self._parsed.popitem(last=False)
+            self._parsed.put(key, cached)
         assert isinstance(cached, signed_class)
         return cached
 
@@ -95,10 +131,24 @@ class TrustService:
         timestamp = self.store.latest(gun, TIMESTAMP)
         if timestamp is None:
             return None
-        entry = self._parse(timestamp, Timestamp).meta.get(SNAPSHOT)
+        return _Current(timestamp, self._reach(gun, timestamp, SNAPSHOT))
+
+    def _reach(self, gun: str, timestamp: StoredFile, role: str) -> StoredFile | None:
+        """The file of ``role`` that ``timestamp`` reaches through its snapshot."""
+        key = (gun, timestamp.sha256, role)
+        found = self._reached.get(key)
+        if found is not None:
+            return found
+        if role == SNAPSHOT:
+            entry = self._parse(timestamp, Timestamp).meta.get(SNAPSHOT)
+        else:
+            snapshot = self._reach(gun, timestamp, SNAPSHOT)
+            entry = self._parse(snapshot, Snapshot).meta.get(role) if snapshot else None
         sha256 = entry.sha256_hex if entry else None
-        snapshot = self.store.by_checksum(gun, SNAPSHOT, sha256) if sha256 else None
-        return _Current(timestamp, snapshot)
+        found = self.store.by_checksum(gun, role, sha256) if sha256 else None
+        if found is not None:
+            self._reached.put(key, found)
+        return found
 
     def current_file(
         self, gun: str, role: str, current: _Current | None = None
@@ -109,11 +159,7 @@ class TrustService:
             return None
         if role == TIMESTAMP:
             return current.timestamp
-        if current.snapshot is None or role == SNAPSHOT:
-            return current.snapshot
-        entry = self._parse(current.snapshot, Snapshot).meta.get(role)
-        sha256 = entry.sha256_hex if entry else None
-        return self.store.by_checksum(gun, role, sha256) if sha256 else None
+        return self._reach(gun, current.timestamp, role)
 
     def current(self, gun: str, role: str) -> StoredFile:
         """GET ``role.json``: timestamps and server-signed snapshots are refreshed first."""

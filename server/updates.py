@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from tufnotary.metadata.canonical import NumberFormatError, check_numbers
+from tufnotary.metadata.canonical import NumberFormatError
 from tufnotary.metadata.errors import FormatError, MetadataError
 from tufnotary.metadata.keys import X509_TYPES, Key, check_certificate
 from tufnotary.metadata.model import (
@@ -92,12 +92,10 @@ class Part:
             raise invalid(f"{role} is nested deeper than {limits.max_delegation_depth} levels")
         try:
             envelope = Envelope.from_bytes(data)
-        except (FormatError, ValueError) as exc:
-            raise MalformedJSON(log=f"{role}: {exc}") from exc
-        try:
-            check_numbers(envelope.signed_dict)
         except NumberFormatError as exc:
             raise invalid(f"{role}: {exc}") from exc
+        except FormatError as exc:
+            raise MalformedJSON(log=f"{role}: {exc}") from exc
         return cls(role, data, envelope)
 
 

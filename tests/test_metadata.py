@@ -116,6 +116,11 @@ def test_fixture_root_certificate_expiry_is_enforced() -> None:
 # -- canonical JSON ---------------------------------------------------------------------------
 
 
+def test_backspace_and_form_feed_escapes_next_to_backslashes() -> None:
+    value = {"k": "\\b\b\\\f\\\\f"}
+    assert encode_canonical(value) == b'{"k":"\\\\b\\u0008\\\\\\u000c\\\\\\\\f"}'
+
+
 def test_canonical_encoding_follows_go() -> None:
     value = {"b": [1, True, None], "a": 'x\b\f\x01\n\t"\\/<>&é☃\u2028'}
     assert (
@@ -129,11 +134,24 @@ def test_canonical_encoding_follows_go() -> None:
     )
 
 
-@pytest.mark.parametrize("value", [{"a": {"b": 1.5}}, {"a": [2**53 + 1]}, {"a": 1.0}])
-def test_non_canonical_numbers_are_refused_with_their_path(value: object) -> None:
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        (b'{"a":{"b":1.5}}', "signed.a.b"),
+        (b'{"a":[9007199254740993]}', "signed.a[0]"),
+        (b'{"a":1.0}', "signed.a"),
+        (b'{"a":1e400}', "signed.a"),
+        (b'{"a":-' + b"9" * 5000 + b"}", "signed.a"),
+    ],
+)
+def test_non_canonical_numbers_are_refused_with_their_path(document: bytes, path: str) -> None:
+    parsed = loads(document)  # parsing keeps them; encoding for signing refuses them
     with pytest.raises(NumberFormatError) as info:
-        encode_canonical(value)
-    assert info.value.path.startswith("signed.a")
+        encode_canonical(parsed)
+    assert info.value.path == path
+    assert encode_canonical(loads(b'{"n":9007199254740992,"m":-5}')) == (
+        b'{"m":-5,"n":9007199254740992}'
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,812 @@
+"""Benchmark tufnotary against the reference notary-server (Go) in the same run.
+
+Starts both servers on loopback with the same TLS certificate, publishes identical repositories to
+each, checks that both serve the same bytes, then times the same requests against both and prints
+per-scenario latency (median, p95), requests/s and the tufnotary/reference ratios.
+
+Run: ``/tmp/venvtest/bin/python bench/run.py [--quick] [--requests N] [--json out.json]``.
+See ``bench/README.md`` for how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from support.api import multipart  # noqa: E402
+from support.repo import RepoBuilder  # noqa: E402
+from tufnotary.metadata.keys import Key  # noqa: E402
+from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys  # noqa: E402
+from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
+
+TUF = "tufnotary"
+REF = "reference"
+SERVERS = (TUF, REF)
+HEALTH_PATH = "/_notary_server/health"
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+REQUEST_TIMEOUT = 60.0
+SMALL_GUN = "bench.example.com/small"
+LARGE_GUN = "bench.example.com/large"
+SMALL_TARGETS = 10
+BUSY_FRACTION = 0.2  # warn when other processes use more of the CPUs than this before the run
+ROUNDS = 4  # each scenario alternates the servers in this many blocks, to spread out drift
+
+
+class BenchError(Exception):
+    """A server answered something other than what the benchmark expects."""
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    """A started server: its name, base URL (no trailing slash) and log file."""
+
+    name: str
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def launched(
+    name: str, command: Sequence[str], url: str, log: Path, ca: Path, env: dict[str, str]
+) -> Iterator[Server]:
+    """Run `command` in its own process group until healthy; SIGTERM (then SIGKILL) at exit."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        wait_until_healthy(process, url, ca, log)
+        yield Server(name, url, log, process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], url: str, ca: Path, log: Path) -> None:
+    """Poll GET /_notary_server/health over verified TLS until it answers 200."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{url}: exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                response = session.get(url + HEALTH_PATH, verify=str(ca), timeout=5)
+        except requests.RequestException as exc:
+            last = repr(exc)
+        else:
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        time.sleep(0.1)
+    raise BenchError(
+        f"{url}: not healthy after {STARTUP_TIMEOUT:.0f}s ({last}):\n{log.read_text()}"
+    )
+
+
+def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
+    """`tufnotary.server.cli serve` with SQLite in `tmp/tufnotary`, 2 workers."""
+    return [
+        sys.executable,
+        "-m",
+        "tufnotary.server.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(tmp / "tufnotary"),
+        "--tls-cert",
+        str(tls.cert),
+        "--tls-key",
+        str(tls.key),
+        "--workers",
+        "2",
+        "--log-level",
+        log_level,
+    ]
+
+
+def reference_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
+    """`notary-server -config` with the memory store and the local (in-process) signer."""
+    config = {
+        "server": {
+            "http_addr": f"127.0.0.1:{port}",
+            "tls_cert_file": str(tls.cert),
+            "tls_key_file": str(tls.key),
+        },
+        "trust_service": {"type": "local"},
+        "storage": {"backend": "memory"},
+        "logging": {"level": log_level},
+    }
+    path = tmp / "notary-server.json"
+    path.write_text(json.dumps(config, indent=2))
+    return ["notary-server", "-config", str(path), "-logf", "json"]
+
+
+@contextlib.contextmanager
+def both_servers(tmp: Path, tls: TLSFiles, log_level: str) -> Iterator[dict[str, Server]]:
+    """Start tufnotary and the reference (both healthy on entry); stop both on exit."""
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUFNOTARY_")}
+    tuf_env = base_env | {"TUFNOTARY_KEY_PASSPHRASE": "benchmark passphrase"}
+    ref_env = {k: v for k, v in base_env.items() if not k.startswith("NOTARY_SERVER_")}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, make_command, env in (
+            (TUF, tufnotary_command, tuf_env),
+            (REF, reference_command, ref_env),
+        ):
+            port = free_port()
+            url = f"https://127.0.0.1:{port}"
+            command = make_command(tmp, tls, port, log_level)
+            log = tmp / f"{name}.log"
+            servers[name] = stack.enter_context(launched(name, command, url, log, tls.ca_cert, env))
+        yield servers
+
+
+# -- HTTP client ---------------------------------------------------------------------------------
+
+
+class Client:
+    """A keep-alive HTTPS session to one server, failing loudly on unexpected answers."""
+
+    def __init__(self, server: Server, ca: Path) -> None:
+        self.server = server
+        self.session = requests.Session()
+        self.session.trust_env = False  # else REQUESTS_CA_BUNDLE beats .verify, proxies apply
+        self.session.verify = str(ca)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def tuf(self, gun: str, name: str = "") -> str:
+        return f"{self.server.url}/v2/{gun}/_trust/tuf/{name}"
+
+    def get(self, gun: str, name: str, expected: bytes | None = None) -> bytes:
+        """GET a TUF file: 200 with a non-empty body (equal to `expected` if given)."""
+        response = self.session.get(self.tuf(gun, name), timeout=REQUEST_TIMEOUT)
+        body = response.content
+        if response.status_code != 200 or not body:
+            raise BenchError(
+                f"{self.server.name} GET {name}: {response.status_code} {body[:300]!r}"
+            )
+        if expected is not None and body != expected:
+            raise BenchError(f"{self.server.name} GET {name}: body differs from the upload")
+        return body
+
+    def post(self, gun: str, body: bytes, content_type: str) -> None:
+        """Upload a multipart body; 200 expected."""
+        response = self.session.post(
+            self.tuf(gun),
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=REQUEST_TIMEOUT,
+        )
+        if response.status_code != 200:
+            name = self.server.name
+            raise BenchError(f"{name} POST {gun}: {response.status_code} {response.text[:300]}")
+
+    def server_key(self, gun: str, role: str) -> Key:
+        return Key.from_dict(json.loads(self.get(gun, f"{role}.key")))
+
+
+# -- repositories --------------------------------------------------------------------------------
+
+
+def docker_target(index: int) -> tuple[str, FileMeta]:
+    """A tag as docker publishes it: name, manifest length and sha256 only."""
+    digest = hashlib.sha256(f"manifest {index}".encode()).digest()
+    return f"tag-{index:06d}", FileMeta(1500 + index % 1000, {"sha256": digest})
+
+
+@dataclass
+class Repo:
+    """One GUN published identically to both servers.
+
+    Both builders share the root, targets and snapshot keys and the targets document, so the
+    targets bytes are signed once and uploaded to both; root and snapshot differ only by each
+    server's timestamp key.
+    """
+
+    gun: str
+    builders: dict[str, RepoBuilder]
+    next_target: int = 0
+    targets_bytes: bytes = b""
+
+    @classmethod
+    def create(cls, gun: str, timestamp_keys: dict[str, Key]) -> Repo:
+        first, *others = SERVERS
+        main = RepoBuilder(gun, timestamp_keys[first])
+        builders = {first: main}
+        for name in others:
+            twin = RepoBuilder(gun, timestamp_keys[name])
+            twin.root_key, twin.root_cert = main.root_key, main.root_cert
+            twin.targets_key = main.targets_key
+            twin.snapshot_private, twin.snapshot_key = main.snapshot_private, main.snapshot_key
+            own = timestamp_keys[name]
+            old = set(main.root.roles[TIMESTAMP].keyids)
+            twin.root.keys = {k: v for k, v in main.root.keys.items() if k not in old}
+            twin.root.keys[own.key_id] = own
+            twin.root.roles = main.root.roles | {TIMESTAMP: RoleKeys([own.key_id], 1)}
+            twin.targets = main.targets  # one shared document
+            builders[name] = twin
+        return cls(gun, builders)
+
+    def add_targets(self, count: int) -> None:
+        for _ in range(count):
+            name, meta = docker_target(self.next_target)
+            self.builders[TUF].targets[TARGETS].targets[name] = meta
+            self.next_target += 1
+
+    def _sign_targets(self) -> None:
+        """Bump and sign targets once; every builder gets the same bytes."""
+        self.targets_bytes = self.builders[TUF].targets_bytes()
+        for builder in self.builders.values():
+            builder.files[TARGETS] = self.targets_bytes
+
+    def first_publish(self) -> dict[str, dict[str, bytes]]:
+        """Per server: root 1, targets 2, snapshot 2 (client-held snapshot key)."""
+        for builder in self.builders.values():
+            builder.root_bytes()
+        self._sign_targets()
+        return {
+            name: {
+                "root": b.files["root"],
+                TARGETS: self.targets_bytes,
+                "snapshot": b.snapshot_bytes(),
+            }
+            for name, b in self.builders.items()
+        }
+
+    def next_publish(self) -> dict[str, dict[str, bytes]]:
+        """Per server: one more target, targets and snapshot bumped by one."""
+        self.add_targets(1)
+        self._sign_targets()
+        return {
+            name: {TARGETS: self.targets_bytes, "snapshot": b.snapshot_bytes()}
+            for name, b in self.builders.items()
+        }
+
+
+def upload_body(files: dict[str, bytes]) -> tuple[bytes, str]:
+    return multipart(files.items())
+
+
+def publish_repo(gun: str, targets: int, clients: dict[str, Client]) -> Repo:
+    """Create `gun` with `targets` targets on both servers (first publish)."""
+    keys = {name: client.server_key(gun, "timestamp") for name, client in clients.items()}
+    repo = Repo.create(gun, keys)
+    repo.add_targets(targets)
+    for name, files in repo.first_publish().items():
+        clients[name].post(gun, *upload_body(files))
+    return repo
+
+
+def targets_name(data: bytes) -> str:
+    return f"targets.{hashlib.sha256(data).hexdigest()}.json"
+
+
+def check_identical(repo: Repo, clients: dict[str, Client]) -> None:
+    """Both servers return exactly the uploaded targets bytes, by checksum and as current."""
+    for client in clients.values():
+        client.get(repo.gun, targets_name(repo.targets_bytes), repo.targets_bytes)
+        client.get(repo.gun, "targets.json", repo.targets_bytes)
+        client.get(repo.gun, "timestamp.json")
+    for name, client in clients.items():
+        root = repo.builders[name].files["root"]
+        client.get(repo.gun, "root.json", root)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+Op = Callable[[Client, int], object]
+"""One request: (client, index within this server's run) -> anything; raises on failure."""
+
+
+@dataclass
+class Stats:
+    """Timings of one scenario on one server."""
+
+    count: int
+    median_ms: float
+    p95_ms: float
+    requests_per_s: float
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    """One scenario on both servers, with the tufnotary/reference ratios."""
+
+    scenario: str
+    threads: int
+    stats: dict[str, Stats]
+    time_ratio: float | None = None  # tufnotary median / reference median: > 1 = tufnotary slower
+    speed_ratio: float | None = None  # tufnotary req/s / reference req/s: > 1 = tufnotary faster
+    note: str = ""
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarise(latencies: list[float], elapsed: float, error: str | None) -> Stats:
+    if not latencies:
+        return Stats(0, math.nan, math.nan, math.nan, error)
+    ordered = sorted(latencies)
+    return Stats(
+        len(ordered),
+        statistics.median(ordered) * 1000,
+        percentile(ordered, 0.95) * 1000,
+        len(ordered) / elapsed if elapsed > 0 else math.nan,
+        error,
+    )
+
+
+@dataclass
+class Runner:
+    """Runs scenarios against both servers, alternating them in blocks, within a deadline."""
+
+    servers: dict[str, Server]
+    ca: Path
+    deadline: float
+    results: list[Result] = field(default_factory=list)
+
+    def client(self, name: str) -> Client:
+        return Client(self.servers[name], self.ca)
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def run(
+        self,
+        scenario: str,
+        ops: dict[str, Op],
+        count: int,
+        *,
+        threads: int = 1,
+        warmup: int = 0,
+        note: str = "",
+    ) -> Result:
+        """Time `count` calls of each server's op (split over `threads` threads)."""
+        latencies: dict[str, list[float]] = {name: [] for name in ops}
+        elapsed = dict.fromkeys(ops, 0.0)
+        errors: dict[str, str | None] = dict.fromkeys(ops)
+        done = dict.fromkeys(ops, 0)
+        if self.expired():
+            count = 0  # skipped: every server gets Stats with count 0 and no error
+        clients = {name: [self.client(name) for _ in range(threads)] for name in ops}
+        try:
+            for name, op in ops.items():  # warm up connections and caches, untimed
+                for i in range(warmup if count else 0):
+                    op(clients[name][i % threads], i)
+            blocks = min(ROUNDS, count)
+            for block in range(blocks):
+                order = list(ops) if block % 2 == 0 else list(reversed(ops))
+                for name in order:
+                    if errors[name] or self.expired():
+                        continue
+                    size = count * (block + 1) // blocks - done[name]
+                    start = done[name] + warmup
+                    took, lat, error = self._block(ops[name], clients[name], start, size)
+                    elapsed[name] += took
+                    latencies[name] += lat
+                    done[name] += len(lat)
+                    errors[name] = error
+        finally:
+            for group in clients.values():
+                for client in group:
+                    client.close()
+        stats = {name: summarise(latencies[name], elapsed[name], errors[name]) for name in ops}
+        result = Result(scenario, threads, stats, note=note)
+        tuf, ref = stats.get(TUF), stats.get(REF)
+        if tuf and ref and tuf.count and ref.count:
+            result.time_ratio = tuf.median_ms / ref.median_ms
+            result.speed_ratio = tuf.requests_per_s / ref.requests_per_s
+        self.results.append(result)
+        print(f"  {format_row(result)}", flush=True)
+        return result
+
+    def _block(
+        self, op: Op, clients: list[Client], start: int, size: int
+    ) -> tuple[float, list[float], str | None]:
+        """`size` requests from indices `start`.. over len(clients) threads: (wall, lat, error)."""
+        threads = len(clients)
+        per_thread: list[list[float]] = [[] for _ in clients]
+        errors: list[str] = []
+
+        def work(slot: int) -> None:
+            for i in range(start + slot, start + size, threads):
+                if errors or self.expired():
+                    return
+                began = time.perf_counter()
+                try:
+                    op(clients[slot], i)
+                except (BenchError, requests.RequestException) as exc:
+                    errors.append(str(exc))
+                    return
+                per_thread[slot].append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        if threads == 1:
+            work(0)
+        else:
+            workers = [threading.Thread(target=work, args=(slot,)) for slot in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        took = time.perf_counter() - began
+        return took, [x for lat in per_thread for x in lat], errors[0] if errors else None
+
+
+# -- report --------------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'scenario':<34} {'n':>5} | {'tufnotary med/p95 ms':>21} {'req/s':>7} | "
+    f"{'reference med/p95 ms':>21} {'req/s':>7} | {'time x':>6} {'speed x':>7}"
+)
+
+
+def format_row(result: Result) -> str:
+    def cells(stats: Stats | None) -> str:
+        if stats is None or not stats.count:
+            return f"{'failed' if stats and stats.error else 'skipped':>21} {'-':>7}"
+        times = f"{stats.median_ms:.2f} / {stats.p95_ms:.2f}"
+        return f"{times:>21} {stats.requests_per_s:>7.0f}"
+
+    tuf, ref = result.stats.get(TUF), result.stats.get(REF)
+    count = max((s.count for s in result.stats.values()), default=0)
+    time_ratio = f"{result.time_ratio:.2f}" if result.time_ratio is not None else "-"
+    speed_ratio = f"{result.speed_ratio:.2f}" if result.speed_ratio is not None else "-"
+    return (
+        f"{result.scenario:<34} {count:>5} | {cells(tuf)} | {cells(ref)} | "
+        f"{time_ratio:>6} {speed_ratio:>7}"
+    )
+
+
+def print_report(results: list[Result], info: dict[str, Any]) -> None:
+    print()
+    print(
+        f"tufnotary (SQLite, gunicorn {info['tufnotary_workers']} sync workers) vs reference "
+        f"notary-server {info['reference_version']} (memory store, local signer); "
+        f"{info['cpus']} CPUs, Python {info['python']}"
+    )
+    print(HEADER)
+    print("-" * len(HEADER))
+    for result in results:
+        print(format_row(result))
+    print("-" * len(HEADER))
+    print(
+        "time x  = tufnotary median / reference median latency   (< 1: tufnotary faster)\n"
+        "speed x = tufnotary req/s / reference req/s              (> 1: tufnotary faster)"
+    )
+    for result in results:
+        for name, stats in result.stats.items():
+            if stats.error:
+                print(f"ERROR {result.scenario} on {name}: {stats.error}")
+        if result.note:
+            print(f"note: {result.scenario}: {result.note}")
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Request counts per scenario."""
+
+    reads: int
+    publish_small: int
+    publish_large: int
+    throughput: int
+    threads: int
+    large_targets: int
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    reads = args.requests or (200 if args.quick else 1000)
+    return Plan(
+        reads=reads,
+        publish_small=max(4, reads // 4),
+        publish_large=max(8, reads // 20),
+        throughput=reads * 4,
+        threads=args.threads,
+        large_targets=args.large_targets,
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few requests (about 15 s)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per read scenario (default 1000, quick 200)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--large-targets", type=int, default=5000, help="targets in the large repo (5000)"
+    )
+    parser.add_argument("--threads", type=int, default=4, help="threads of the throughput run")
+    parser.add_argument(
+        "--time-limit", type=float, help="overall limit in seconds (default 300, quick 60)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="log level of both servers (info: like production)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
+    args = parser.parse_args(argv)
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be at least 1")
+    return args
+
+
+def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan) -> None:
+    """Prepare the repositories, check both servers agree, then run every scenario."""
+    started = time.monotonic()
+    small = publish_repo(SMALL_GUN, SMALL_TARGETS, clients)
+    large = publish_repo(LARGE_GUN, plan.large_targets, clients)
+    for repo in (small, large):
+        check_identical(repo, clients)
+    print(
+        f"repositories ready in {time.monotonic() - started:.1f}s: small targets "
+        f"{len(small.targets_bytes):,} B, large targets {len(large.targets_bytes):,} B "
+        f"({plan.large_targets} targets); both servers serve identical targets bytes",
+        flush=True,
+    )
+    print(HEADER, flush=True)
+
+    def get(gun: str, name: str, expected: bytes | None = None) -> Op:
+        return lambda client, _i: client.get(gun, name, expected)
+
+    def both(op: Op) -> dict[str, Op]:
+        return dict.fromkeys(SERVERS, op)
+
+    reads = plan.reads
+    warm = max(2, reads // 20)
+    ts = get(SMALL_GUN, "timestamp.json")
+    runner.run("GET timestamp.json", both(ts), reads, warmup=warm)
+
+    def fresh_connection(client: Client, _i: int) -> bytes:
+        client.session.close()  # drop the pooled connection: a new TCP + TLS handshake
+        return client.get(SMALL_GUN, "timestamp.json")
+
+    runner.run(
+        "GET timestamp.json (new conn each)",
+        both(fresh_connection),
+        reads,
+        warmup=warm,
+        note="every request opens a new TCP+TLS connection on both servers",
+    )
+    for repo, label in ((small, "small"), (large, "large")):
+        by_sum = get(repo.gun, targets_name(repo.targets_bytes), repo.targets_bytes)
+        count = reads if label == "small" else max(4, reads // 4)
+        runner.run(f"GET targets.<sha256>.json {label}", both(by_sum), count, warmup=warm)
+    runner.run(
+        "GET root.json",
+        {n: get(SMALL_GUN, "root.json", small.builders[n].files["root"]) for n in SERVERS},
+        reads,
+        warmup=warm,
+    )
+    runner.run(
+        f"GET timestamp.json x{plan.threads} threads",
+        both(ts),
+        plan.throughput,
+        threads=plan.threads,
+        warmup=warm,
+        note="throughput: compare req/s (speed x)",
+    )
+    for repo, label, count in (
+        (small, "small", plan.publish_small),
+        (large, "large", plan.publish_large),
+    ):
+        bodies = prepare_publishes(repo, 0 if runner.expired() else count)
+        result = runner.run(
+            f"POST targets+snapshot {label}",
+            {n: upload_op(repo.gun, bodies[n]) for n in SERVERS},
+            count,
+        )
+        if all(s.count == count for s in result.stats.values()):  # both stored the last upload
+            for client in clients.values():
+                client.get(repo.gun, "targets.json", repo.targets_bytes)
+
+
+def prepare_publishes(repo: Repo, count: int) -> dict[str, list[tuple[bytes, str]]]:
+    """`count` successive uploads per server (signed up front, so signing is not timed)."""
+    bodies: dict[str, list[tuple[bytes, str]]] = {name: [] for name in SERVERS}
+    for _ in range(count):
+        for name, files in repo.next_publish().items():
+            bodies[name].append(upload_body(files))
+    return bodies
+
+
+def upload_op(gun: str, bodies: list[tuple[bytes, str]]) -> Op:
+    return lambda client, i: client.post(gun, *bodies[i])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    if shutil.which("notary-server") is None:
+        print("notary-server not found on PATH (Debian package `notary`)", file=sys.stderr)
+        return 2
+    limit = args.time_limit or (60.0 if args.quick else 300.0)
+    busy_before = cpu_busy_fraction()
+    cpu_start = cpu_sample()
+    others_during: float | None = None
+    began = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tufnotary-bench-"))
+    try:
+        tls = ensure_self_signed(tmp)
+        with both_servers(tmp, tls, args.log_level) as servers:
+            print(f"servers: {', '.join(f'{s.name} {s.url}' for s in servers.values())}")
+            runner = Runner(servers, tls.ca_cert, began + limit)
+            clients = {name: runner.client(name) for name in SERVERS}
+            try:
+                scenarios(runner, clients, plan)
+            finally:
+                for client in clients.values():
+                    client.close()
+                others_during = others_busy_fraction(cpu_start, servers)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    info = {
+        "reference_version": reference_version(),
+        "tufnotary_workers": 2,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "git_revision": git_revision(),
+        "plan": asdict(plan),
+        "threads": args.threads,
+        "log_level": args.log_level,
+        "wall_seconds": round(time.monotonic() - began, 1),
+        "hit_time_limit": time.monotonic() > began + limit,
+        "cpu_busy_before": None if busy_before is None else round(busy_before, 3),
+        "cpu_used_by_others_during": None if others_during is None else round(others_during, 3),
+    }
+    print_report(runner.results, info)
+
+    def share(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.0%}"
+
+    print(
+        f"total {info['wall_seconds']}s; CPU used by other processes: "
+        f"{share(busy_before)} just before, {share(others_during)} during the run"
+    )
+    if any(v is not None and v > BUSY_FRACTION for v in (busy_before, others_during)):
+        print("WARNING: other processes were using the CPUs; the numbers are noisy")
+    if info["hit_time_limit"]:
+        print(f"WARNING: hit the {limit:.0f}s time limit; some scenarios ran fewer requests")
+    if args.json:
+        payload = {"info": info, "results": [asdict(r) for r in runner.results]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    failed = any(s.error for r in runner.results for s in r.stats.values())
+    return 1 if failed else 0
+
+
+def cpu_sample() -> tuple[int, int] | None:
+    """Machine-wide (total, busy) CPU time in clock ticks from /proc/stat (Linux), or None."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields), sum(fields) - fields[3] - fields[4]  # idle and iowait are not busy
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs' time that was busy during the next `seconds`, or None."""
+    first = cpu_sample()
+    time.sleep(seconds)
+    second = cpu_sample()
+    if first is None or second is None or second[0] <= first[0]:
+        return None
+    return (second[1] - first[1]) / (second[0] - first[0])
+
+
+def group_cpu_ticks(pgids: set[int]) -> int:
+    """CPU ticks used so far by the live processes of these process groups (and their reaped
+    children)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in pgids:  # pgrp; then utime, stime, cutime, cstime
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks
+
+
+def others_busy_fraction(start: tuple[int, int] | None, servers: dict[str, Server]) -> float | None:
+    """Share of all CPUs' time since `start` used by processes other than this benchmark."""
+    end = cpu_sample()
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    own = os.times()
+    ours = (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+    ours += group_cpu_ticks({server.process.pid for server in servers.values()})
+    # the client's share before `start` is tiny (imports); count it as ours
+    return max(0.0, (end[1] - start[1] - ours) / (end[0] - start[0]))
+
+
+def reference_version() -> str:
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "notary"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Staged changes -> signed metadata -> one multipart upload (spec 4.5).
+
+Every publish first updates from the server with full verification (the updater writes only
+verified files to the cache, which is what is read back here), then re-signs what changed
+exactly as the Go client would, so the result is also accepted by a reference notary-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from tufnotary.client.changes import Change, Changelist
+from tufnotary.client.remote import NotFoundError, OversizedError, Remote
+from tufnotary.client.trustdir import TrustDir, root_certificate
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import (
+    ROOT,
+    SNAPSHOT,
+    TARGETS,
+    TIMESTAMP,
+    FileMeta,
+    Metadata,
+    RoleKeys,
+    Root,
+    Signed,
+    Snapshot,
+    Targets,
+    format_expires,
+    parent_role,
+)
+from tufnotary.metadata.signing import PrivateKey
+
+ROOT_LIFETIME = timedelta(days=10 * 365)
+TARGETS_LIFETIME = SNAPSHOT_LIFETIME = timedelta(days=3 * 365)
+RESIGN_WITHIN = timedelta(days=182)
+
+
+class PublishError(Exception):
+    """A publish cannot be prepared (missing keys, no repository...); nothing was sent."""
+
+
+class RepositoryExists(PublishError):
+    """``initialize`` on a GUN the server already has."""
+
+
+class MissingKeysError(PublishError):
+    """This trust directory holds fewer of a role's keys than its threshold."""
+
+    def __init__(self, role: str, needed: int, held: int) -> None:
+        super().__init__(
+            f"cannot sign {role}: it needs {needed} key(s) and this trust directory holds {held}; "
+            f"import the {role} key (tufnotary key import) or ask its holder to publish"
+        )
+
+
+@dataclass
+class _Draft:
+    """The repository as verified, then modified; ``dirty`` roles are re-signed and sent."""
+
+    root: Metadata[Root]
+    root_bytes: bytes
+    targets: dict[str, Metadata[Targets]]
+    files: dict[str, bytes]
+    snapshot: Snapshot | None
+    dirty: set[str] = field(default_factory=set)
+    extra_root_signers: list[tuple[PrivateKey, str]] = field(default_factory=list)
+
+
+Refresh = Callable[[], object]
+
+
+class Publisher:
+    """Signs and uploads changes to one GUN; ``refresh`` is the verifying update."""
+
+    def __init__(self, remote: Remote, trustdir: TrustDir, gun: str, refresh: Refresh) -> None:
+        self.remote = remote
+        self.trustdir = trustdir
+        self.gun = gun
+        self.refresh = refresh
+        self.changelist = Changelist(trustdir.repository_dir(gun))
+
+    # -- creating --------------------------------------------------------------------------
+
+    def initialize(self, *, server_snapshot: bool = False) -> None:
+        """Create the repository: root key with certificate, targets key, snapshot key here or
+        on the server, timestamp key on the server; publish root 1, targets 2, snapshot 2."""
+        try:
+            self.remote.fetch(self.gun, ROOT, 0)
+        except NotFoundError:
+            pass
+        except OversizedError as exc:  # a root.json is there
+            raise RepositoryExists(f"{self.gun} already exists on {self.remote.url}") from exc
+        timestamp_key = self.remote.server_key(self.gun, TIMESTAMP)
+        root_key = self.trustdir.generate_key(ROOT)
+        certificate = root_certificate(root_key, self.gun)
+        targets_key = self.trustdir.generate_key(TARGETS, self.gun)
+        if server_snapshot:
+            snapshot_key = self.remote.server_key(self.gun, SNAPSHOT)
+        else:
+            snapshot_key = self.trustdir.generate_key(SNAPSHOT, self.gun).public
+        keys = [certificate, targets_key.public, snapshot_key, timestamp_key]
+        root = Root(
+            1,
+            _expires(ROOT_LIFETIME),
+            keys={key.key_id: key for key in keys},
+            roles={
+                role: RoleKeys([key.key_id], 1)
+                for role, key in zip((ROOT, TARGETS, SNAPSHOT, TIMESTAMP), keys, strict=True)
+            },
+        )
+        draft = _Draft(Metadata(root), b"", {TARGETS: Metadata(Targets(1, ""))}, {}, None)
+        draft.dirty = {ROOT, TARGETS}  # root goes out as version 1, targets as 2 (as Go does)
+        self._upload(draft)
+
+    # -- staging -----------------------------------------------------------------------------
+
+    def stage(self, change: Change) -> None:
+        self.changelist.add(change)
+
+    def publish(self) -> list[str]:
+        """Publish the staged changes; returns the roles sent. Staged changes are kept if the
+        server refuses (RejectedError says why)."""
+        draft = self._draft()
+        for change in self.changelist.load():
+            change.apply(self._editable(draft, change.role))
+        self._upload(draft)
+        self.changelist.clear()
+        return sorted(draft.dirty)
+
+    def witness(self, roles: Iterable[str]) -> list[str]:
+        """Re-sign delegations as they are (to renew them or mark them valid again)."""
+        draft = self._draft()
+        for role in roles:
+            self._editable(draft, role)
+        self._upload(draft)
+        return sorted(draft.dirty)
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def rotate(self, role: str, *, server_managed: bool = False) -> Key:
+        """Replace ``role``'s key(s) by a new one and publish the new root; returns the key."""
+        draft = self._draft()
+        root = self._editable_root(draft)
+        if role == ROOT:
+            new_private = self.trustdir.generate_key(ROOT)
+            new_key = root_certificate(new_private, self.gun)
+            old = self.trustdir.find_keys(root.roles[ROOT].keyids, root.keys)
+            draft.extra_root_signers = [(key, keyid) for keyid, key in old.items()]
+        elif server_managed or role == TIMESTAMP:
+            new_key = self.remote.server_key(self.gun, role, rotate=True)
+        else:
+            new_key = self.trustdir.generate_key(role, self.gun).public
+        root.keys[new_key.key_id] = new_key
+        root.roles[role] = RoleKeys([new_key.key_id], 1)
+        if role == TARGETS:
+            self._editable(draft, TARGETS)
+        self._upload(draft)
+        return new_key
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _draft(self) -> _Draft:
+        """The verified current state, read back from the cache the updater just wrote."""
+        self.refresh()
+        root_bytes = self._cached(ROOT)
+        root = Metadata.from_bytes(root_bytes, Root)
+        targets: dict[str, Metadata[Targets]] = {}
+        files = {ROOT: root_bytes}
+        pending = [TARGETS]
+        while pending:
+            role = pending.pop()
+            data = self.trustdir.read_metadata(self.gun, role)
+            if data is None:
+                continue
+            targets[role] = Metadata.from_bytes(data, Targets)
+            files[role] = data
+            pending += [entry.name for entry in targets[role].signed.delegations.roles]
+        snapshot_bytes = self.trustdir.read_metadata(self.gun, SNAPSHOT)
+        snapshot = Metadata.from_bytes(snapshot_bytes, Snapshot).signed if snapshot_bytes else None
+        return _Draft(root, root_bytes, targets, files, snapshot)
+
+    def _cached(self, role: str) -> bytes:
+        data = self.trustdir.read_metadata(self.gun, role)
+        if data is None:
+            raise PublishError(f"no verified {role} for {self.gun}: the update did not store it")
+        return data
+
+    def _editable_root(self, draft: _Draft) -> Root:
+        """The next root version, marked for signing."""
+        if ROOT not in draft.dirty:
+            root = Root.from_dict(draft.root.signed.to_dict())
+            root.version += 1
+            root.expires = _expires(ROOT_LIFETIME)
+            draft.root, draft.root_bytes = Metadata(root), b""
+            draft.dirty.add(ROOT)
+        return draft.root.signed
+
+    def _editable(self, draft: _Draft, role: str) -> Targets:
+        """The role's ``signed`` object, marked for re-signing; created if newly delegated."""
+        if role not in draft.dirty:
+            current = draft.targets.get(role)
+            if current is None:
+                if role != TARGETS and parent_role(role) not in draft.targets:
+                    raise PublishError(f"{role} is not delegated: add the delegation first")
+                current = Metadata(Targets(0, ""))
+            else:
+                current = Metadata(Targets.from_dict(current.signed.to_dict()))
+            draft.targets[role] = current
+            draft.dirty.add(role)
+        return draft.targets[role].signed
+
+    def _keys_for(self, draft: _Draft, role: str) -> tuple[dict[str, PrivateKey], int]:
+        """The private keys this trust directory holds for ``role``, and its threshold."""
+        if role in (ROOT, TARGETS, SNAPSHOT):
+            root = draft.root.signed
+            listed = root.roles[role]
+            return self.trustdir.find_keys(listed.keyids, root.keys), listed.threshold
+        parent = draft.targets[parent_role(role)].signed.delegations
+        entry = parent.role(role)
+        if entry is None:
+            raise PublishError(f"{role} is not delegated by {parent_role(role)}")
+        return self.trustdir.find_keys(entry.keyids, parent.keys), entry.threshold
+
+    def _sign(self, draft: _Draft, role: str, signed: Signed) -> bytes:
+        keys, threshold = self._keys_for(draft, role)
+        if len(keys) < threshold:
+            raise MissingKeysError(role, threshold, len(keys))
+        metadata = Metadata(signed)
+        for keyid, key in keys.items():
+            metadata.sign(key, keyid)
+        if role == ROOT:
+            for key, keyid in draft.extra_root_signers:
+                metadata.sign(key, keyid)
+        return metadata.to_bytes()
+
+    def _upload(self, draft: _Draft) -> None:
+        """Sign every dirty role (and the snapshot if its key is here), send them in one go."""
+        if draft.root.signed.expires_at - datetime.now(UTC) < RESIGN_WITHIN:
+            self._editable_root(draft)
+        files: dict[str, bytes] = {}
+        if ROOT in draft.dirty:
+            draft.root_bytes = draft.root_bytes or self._sign(draft, ROOT, draft.root.signed)
+            files[ROOT] = draft.root_bytes
+        for role in sorted(draft.dirty - {ROOT}):
+            targets = draft.targets[role].signed
+            targets.version += 1
+            targets.expires = _expires(TARGETS_LIFETIME)
+            files[role] = self._sign(draft, role, targets)
+        snapshot_keys, threshold = self._keys_for(draft, SNAPSHOT)
+        if len(snapshot_keys) >= threshold:  # else the server makes the snapshot
+            previous = draft.snapshot or Snapshot(1, "")
+            meta = {**previous.meta}
+            meta.update(
+                {role: FileMeta.of(data) for role, data in {**draft.files, **files}.items()}
+            )
+            snapshot = Snapshot(previous.version + 1, _expires(SNAPSHOT_LIFETIME), meta)
+            files[SNAPSHOT] = self._sign(draft, SNAPSHOT, snapshot)
+        self.remote.upload(self.gun, files)
+        self.refresh()
+
+
+def _expires(lifetime: timedelta) -> str:
+    return format_expires(datetime.now(UTC) + lifetime)

@@ -1,0 +1,243 @@
+"""The client update of spec 4.2-4.4 against a persistent cache of trusted metadata.
+
+Every download is capped at what the referencing metadata allows (spec 4.3), checked by a
+:class:`TrustedSet`, and cached only once it verified. Cached copies that still verify make
+the versions that may not go backwards, across process restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol
+
+from tufnotary.client.remote import (
+    ROOT_CAP,
+    TIMESTAMP_CAP,
+    NotFoundError,
+    OversizedError,
+    RejectedError,
+    Remote,
+    RemoteError,
+)
+from tufnotary.client.trusted import (
+    RootOutdatedError,
+    RootRotationError,
+    TrustedSet,
+    TrustPinning,
+)
+from tufnotary.metadata.errors import HashMismatchError, MetadataError
+from tufnotary.metadata.model import (
+    ROOT,
+    SNAPSHOT,
+    TARGETS,
+    TIMESTAMP,
+    Envelope,
+    FileMeta,
+    Signed,
+)
+
+logger = logging.getLogger(__name__)
+
+RELEASES = "targets/releases"
+DOCKER_ROLES = (RELEASES, TARGETS)
+"""Docker's tag lookup priority (spec 4.6)."""
+
+
+class MetadataCache(Protocol):
+    """Where trusted metadata persists between runs (``TrustDir`` is one)."""
+
+    def read_metadata(self, gun: str, role: str) -> bytes | None: ...
+
+    def write_metadata(self, gun: str, role: str, data: bytes) -> None: ...
+
+
+class RepositoryNotFound(NotFoundError):
+    """The trust server has no root for the GUN: it was never published, or was deleted."""
+
+    def __init__(self, gun: str) -> None:
+        super().__init__(f"repository {gun} does not exist on the trust server")
+        self.gun = gun
+
+
+def _matches(meta: FileMeta, data: bytes, role: str) -> bool:
+    try:
+        meta.verify(data, role)
+    except HashMismatchError:
+        return False
+    return True
+
+
+def _server_unavailable(exc: RemoteError) -> bool:
+    """Errors after which the cached timestamp may stand in (spec 4.2 step 1)."""
+    if isinstance(exc, RejectedError):
+        return exc.status != 400
+    return not isinstance(exc, OversizedError)
+
+
+class Updater:
+    """Keeps the trusted metadata of one GUN up to date from ``remote`` through ``cache``."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        cache: MetadataCache,
+        gun: str,
+        *,
+        pinning: TrustPinning | None = None,
+        max_root_rotations: int = 32,
+    ) -> None:
+        self._remote = remote
+        self._cache = cache
+        self.gun = gun
+        self._pinning = pinning
+        self._max_root_rotations = max_root_rotations
+        self._trusted: TrustedSet | None = None
+
+    def refresh(self) -> TrustedSet:
+        """Run the update (spec 4.2); if it fails, update the root and run it once more."""
+        trusted = self._bootstrap()
+        try:
+            self._load_roles(trusted)
+        except (MetadataError, RemoteError) as exc:
+            logger.info("update of %s failed (%s): checking the root, then retrying", self.gun, exc)
+            failed = trusted
+            trusted = self._bootstrap()
+            if failed.snapshot is None:  # else the snapshot vouched for the trusted root
+                hint = exc.root_meta if isinstance(exc, RootOutdatedError) else None
+                self._update_root(trusted, hint)
+            self._load_roles(trusted)
+        self._trusted = trusted
+        return trusted
+
+    def find_target(
+        self, name: str, roles: Sequence[str] = DOCKER_ROLES
+    ) -> tuple[str, FileMeta] | None:
+        """Docker's lookup (spec 4.6): the first hit in ``roles`` priority, as (role, meta).
+
+        A hit in a delegation that is not itself one of ``roles`` counts as no trust data.
+        Refreshes first if this updater has not yet.
+        """
+        hit = self._current().lookup(name, roles)
+        return hit if hit is not None and hit[0] in roles else None
+
+    def targets_of(self, role: str) -> dict[str, FileMeta]:
+        """The targets ``role`` lists within its effective paths; {} if it is not trusted."""
+        return self._current().targets_of(role)
+
+    def _current(self) -> TrustedSet:
+        return self._trusted or self.refresh()
+
+    # -- root ---------------------------------------------------------------------------------
+
+    def _bootstrap(self) -> TrustedSet:
+        """The cached root as trust anchor (rotated if expired), or a first root (TOFU/pinned)."""
+        cached = self._cache.read_metadata(self.gun, ROOT)
+        if cached is None:
+            data = self._fetch_current_root()
+            trusted = TrustedSet(self.gun, data, first_use=True, pinning=self._pinning)
+            self._cache.write_metadata(self.gun, ROOT, data)
+            return trusted
+        trusted = TrustedSet(self.gun, cached, pinning=self._pinning)
+        if trusted.root.is_expired(trusted.now):
+            self._update_root(trusted, None)
+        return trusted
+
+    def _fetch_current_root(self) -> bytes:
+        try:
+            return self._remote.fetch(self.gun, ROOT, ROOT_CAP)
+        except NotFoundError as exc:
+            raise RepositoryNotFound(self.gun) from exc
+
+    def _update_root(self, trusted: TrustedSet, hint: FileMeta | None) -> None:
+        """Spec 4.4: rotate to the root the snapshot named (else the current one), via the chain.
+
+        A root not signed by the trusted one is reached through ``N.root.json`` for every
+        version in between, each checked against the one before.
+        """
+        if hint is None:
+            data = self._fetch_current_root()
+            if data == trusted.root_bytes:
+                return
+        else:
+            data = self._remote.fetch(self.gun, f"{ROOT}.{hint.sha256_hex}", hint.length)
+            hint.verify(data, ROOT)
+        try:
+            trusted.update_root(data)
+        except RootRotationError:
+            current, newest = trusted.root.version, Envelope.from_bytes(data).version
+            if newest - current > self._max_root_rotations:
+                raise RootRotationError(
+                    f"root {newest} is more than {self._max_root_rotations} rotations after "
+                    f"the trusted root {current}"
+                ) from None
+            if newest == current + 1:
+                raise
+            for version in range(current + 1, newest):
+                step = self._remote.fetch(self.gun, f"{version}.{ROOT}", ROOT_CAP)
+                trusted.update_root(step, intermediate=True)
+                self._cache.write_metadata(self.gun, ROOT, step)
+            trusted.update_root(data)
+        self._cache.write_metadata(self.gun, ROOT, data)
+        logger.info("%s: trusted root is now version %d", self.gun, trusted.root.version)
+
+    # -- the other roles ----------------------------------------------------------------------
+
+    def _load_roles(self, trusted: TrustedSet) -> None:
+        """Spec 4.2 steps 1-5: timestamp, snapshot, targets, then delegations pre-order."""
+        self._load_timestamp(trusted)
+        assert trusted.timestamp is not None
+        self._load(trusted, SNAPSHOT, trusted.timestamp.meta[SNAPSHOT], trusted.update_snapshot)
+        snapshot = trusted.snapshot
+        assert snapshot is not None
+        self._load(trusted, TARGETS, snapshot.meta[TARGETS], trusted.update_targets)
+
+        def children(role: str) -> list[str]:
+            listed = [r for r in trusted.delegated_roles(role) if r in snapshot.meta]
+            return listed[::-1]  # popped from the end: first listed is loaded first
+
+        pending = children(TARGETS)
+        while pending:
+            role = pending.pop()
+            load = partial(trusted.update_delegated, role)
+            if self._load(trusted, role, snapshot.meta[role], load) is not None:
+                pending.extend(children(role))
+
+    def _load_timestamp(self, trusted: TrustedSet) -> None:
+        cached = self._cache.read_metadata(self.gun, TIMESTAMP)
+        if cached is not None:
+            trusted.remember_cached(TIMESTAMP, cached)
+        try:
+            data = self._remote.fetch(self.gun, TIMESTAMP, TIMESTAMP_CAP)
+        except RemoteError as exc:
+            if cached is None or not _server_unavailable(exc):
+                raise
+            logger.warning("%s: using the cached timestamp: %s", self.gun, exc)
+            trusted.update_timestamp(cached)
+            return
+        trusted.update_timestamp(data)
+        self._cache.write_metadata(self.gun, TIMESTAMP, data)
+
+    def _load(
+        self,
+        trusted: TrustedSet,
+        role: str,
+        meta: FileMeta,
+        update: Callable[[bytes], Signed | None],
+    ) -> Signed | None:
+        """Load ``role`` from the cache if it has the listed hashes, else download by checksum.
+
+        The download is capped at the listed length and cached once ``update`` trusted it.
+        """
+        cached = self._cache.read_metadata(self.gun, role)
+        if cached is not None:
+            trusted.remember_cached(role, cached)
+            if _matches(meta, cached, role):
+                return update(cached)
+        name = f"{role}.{meta.sha256_hex}" if meta.sha256_hex else role
+        data = self._remote.fetch(self.gun, name, meta.length)
+        result = update(data)
+        if result is not None:
+            self._cache.write_metadata(self.gun, role, data)
+        return result
