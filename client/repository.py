@@ -1,0 +1,166 @@
+"""One repository (GUN) on one trust server, seen through a local trust directory.
+
+The library's entry point::
+
+    repo = Repository("registry.example.com/team/app", "https://notary.example.com",
+                      TrustDir(Path("~/.notary").expanduser()), verify="ca.crt")
+    policy = Policy(required_roles=["targets/releases"])
+    repo.verify_image("1.4", digest="sha256:...", policy=policy)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tufnotary.client.changes import Change
+from tufnotary.client.images import Policy, VerifiedImage, resolve_image
+from tufnotary.client.publisher import Publisher
+from tufnotary.client.remote import Remote
+from tufnotary.client.trustdir import TrustDir
+from tufnotary.client.trusted import TrustedSet, TrustPinning
+from tufnotary.client.updater import Updater
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import TARGETS, FileMeta
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target a role signs: its name, the role, its length and hashes."""
+
+    name: str
+    role: str
+    meta: FileMeta
+
+    @property
+    def sha256(self) -> str | None:
+        return self.meta.sha256_hex
+
+
+class TargetNotFound(LookupError):
+    """No trusted role signs a target by that name."""
+
+
+class Repository:
+    """Read, verify and publish the trust data of ``gun``."""
+
+    def __init__(
+        self,
+        gun: str,
+        server: str | Remote,
+        trustdir: TrustDir,
+        *,
+        verify: str | bool = True,
+        pinning: TrustPinning | None = None,
+    ) -> None:
+        self.gun = gun
+        self.remote = server if isinstance(server, Remote) else Remote(server, verify)
+        self.trustdir = trustdir
+        self.pinning = pinning
+        self.updater = Updater(self.remote, trustdir, gun, pinning=pinning)
+        self.publisher = Publisher(self.remote, trustdir, gun, self.refresh)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def refresh(self) -> TrustedSet:
+        """Update from the server with every TUF check (spec 4.2)."""
+        return self.updater.refresh()
+
+    def targets(self, roles: Iterable[str] | None = None) -> list[Target]:
+        """Every trusted target (or those of ``roles``), as notary lists them: a name signed by
+        a role higher in the delegation tree shadows the same name further down."""
+        trusted = self.refresh()
+        found: dict[str, Target] = {}
+        pending = list(roles) if roles is not None else [TARGETS]
+        walk_children = roles is None
+        while pending:
+            role = pending.pop(0)
+            for name, meta in trusted.targets_of(role).items():
+                found.setdefault(name, Target(name, role, meta))
+            if walk_children:
+                pending += trusted.delegated_roles(role)
+        return sorted(found.values(), key=lambda target: (target.name, target.role))
+
+    def lookup(self, name: str, roles: Iterable[str] = (TARGETS,)) -> Target:
+        """The target ``name`` as the first role in ``roles`` order signs it (delegations of
+        each are searched after it)."""
+        hit = self.refresh().lookup(name, tuple(roles))
+        if hit is None:
+            raise TargetNotFound(f"no trusted target named {name!r} in {self.gun}")
+        return Target(name, hit[0], hit[1])
+
+    def verify_image(
+        self, tag: str, digest: str | None = None, policy: Policy | None = None
+    ) -> VerifiedImage:
+        """The signed digest of ``tag`` (docker's rule, or the policy's required roles)."""
+        policy = policy or Policy()
+        updater = self.updater
+        if policy.pinning is not None and policy.pinning is not self.pinning:
+            updater = Updater(self.remote, self.trustdir, self.gun, pinning=policy.pinning)
+        updater.refresh()
+        return resolve_image(updater, tag, digest, policy.required_roles)
+
+    # -- staging -----------------------------------------------------------------------------
+
+    def add_target(
+        self, name: str, meta: FileMeta, roles: Iterable[str] = (TARGETS,)
+    ) -> list[Change]:
+        """Stage ``name`` into each of ``roles``."""
+        changes = [Change.add_target(name, meta, role) for role in roles]
+        for change in changes:
+            self.publisher.stage(change)
+        return changes
+
+    def add_file(self, name: str, path: Path, roles: Iterable[str] = (TARGETS,)) -> FileMeta:
+        """Stage a file by content: its length, sha256 and sha512."""
+        length, sha256, sha512 = 0, hashlib.sha256(), hashlib.sha512()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                length += len(chunk)
+                sha256.update(chunk)
+                sha512.update(chunk)
+        meta = FileMeta(length, {"sha256": sha256.digest(), "sha512": sha512.digest()})
+        self.add_target(name, meta, roles)
+        return meta
+
+    def remove_target(self, name: str, roles: Iterable[str] = (TARGETS,)) -> None:
+        for role in roles:
+            self.publisher.stage(Change.remove_target(name, role))
+
+    def add_delegation(
+        self, role: str, keys: list[Key], paths: list[str], threshold: int = 1
+    ) -> None:
+        self.publisher.stage(Change.add_delegation(role, keys, paths, threshold))
+
+    def remove_delegation(self, role: str) -> None:
+        self.publisher.stage(Change.remove_delegation(role))
+
+    def staged(self) -> list[Change]:
+        return self.publisher.changelist.load()
+
+    def reset(self) -> None:
+        """Drop every staged change."""
+        self.publisher.changelist.clear()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def initialize(self, *, server_snapshot: bool = False) -> None:
+        self.publisher.initialize(server_snapshot=server_snapshot)
+
+    def publish(self) -> list[str]:
+        return self.publisher.publish()
+
+    def witness(self, roles: Iterable[str]) -> list[str]:
+        return self.publisher.witness(roles)
+
+    def rotate_key(self, role: str, *, server_managed: bool = False) -> Key:
+        return self.publisher.rotate(role, server_managed=server_managed)
+
+    def delete(self, *, remote: bool = False) -> None:
+        """Forget the local trust data of the GUN; with ``remote``, delete it on the server."""
+        if remote:
+            self.remote.delete(self.gun)
+        self.trustdir.clear_metadata(self.gun)
+        self.publisher.changelist.clear()
