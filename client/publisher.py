@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tufnotary.client.changes import Change, Changelist
-from tufnotary.client.remote import NotFoundError, OversizedError, Remote
+from tufnotary.client.remote import NotFoundError, OversizedError, RejectedError, Remote
 from tufnotary.client.trustdir import TrustDir, root_certificate
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import (
@@ -49,9 +49,12 @@ class MissingKeysError(PublishError):
     """This trust directory holds fewer of a role's keys than its threshold."""
 
     def __init__(self, role: str, needed: int, held: int) -> None:
+        hint = f"import the {role} key (tufnotary key import) or ask its holder to publish"
+        if role == SNAPSHOT:
+            hint += "; or let the server manage it: tufnotary key rotate GUN snapshot -r"
         super().__init__(
-            f"cannot sign {role}: it needs {needed} key(s) and this trust directory holds {held}; "
-            f"import the {role} key (tufnotary key import) or ask its holder to publish"
+            f"cannot sign {role}: it needs {needed} key(s) and this trust directory holds "
+            f"{held}; {hint}"
         )
 
 
@@ -257,7 +260,12 @@ class Publisher:
             )
             snapshot = Snapshot(previous.version + 1, _expires(SNAPSHOT_LIFETIME), meta)
             files[SNAPSHOT] = self._sign(draft, SNAPSHOT, snapshot)
-        self.remote.upload(self.gun, files)
+        try:
+            self.remote.upload(self.gun, files)
+        except RejectedError as exc:
+            if SNAPSHOT not in files and "ErrBadHierarchy" in str(exc):
+                raise MissingKeysError(SNAPSHOT, threshold, 0) from exc
+            raise
         self.refresh()
 
 

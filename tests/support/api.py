@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from support.repo import RepoBuilder
@@ -44,6 +47,7 @@ class Server:
 
     @classmethod
     def start(cls, data_dir: Path, database_url: str | None = None, **settings: Any) -> Server:
+        data_dir.mkdir(parents=True, exist_ok=True)
         config = Settings(
             data_dir=data_dir,
             database_url=database_url,
@@ -90,3 +94,16 @@ def error_of(response: TestResponse) -> dict[str, Any]:
     errors = json.loads(response.data)["errors"]
     assert len(errors) == 1
     return errors[0]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """``app`` over plain HTTP on a free loopback port, in a thread; yields its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
