@@ -48,10 +48,10 @@ class RepositoryExists(PublishError):
 class MissingKeysError(PublishError):
     """This trust directory holds fewer of a role's keys than its threshold."""
 
-    def __init__(self, role: str, needed: int, held: int) -> None:
+    def __init__(self, gun: str, role: str, needed: int, held: int) -> None:
         hint = f"import the {role} key (tufnotary key import) or ask its holder to publish"
         if role == SNAPSHOT:
-            hint += "; or let the server manage it: tufnotary key rotate GUN snapshot -r"
+            hint += f"; or let the server manage it: tufnotary key rotate {gun} snapshot -r"
         super().__init__(
             f"cannot sign {role}: it needs {needed} key(s) and this trust directory holds "
             f"{held}; {hint}"
@@ -86,7 +86,7 @@ class Publisher:
 
     # -- creating --------------------------------------------------------------------------
 
-    def initialize(self, *, server_snapshot: bool = False) -> None:
+    def initialize(self, *, server_snapshot: bool = False) -> dict[str, str]:
         """Create the repository: root key with certificate, targets key, snapshot key here or
         on the server, timestamp key on the server; publish root 1, targets 2, snapshot 2."""
         try:
@@ -116,6 +116,7 @@ class Publisher:
         draft = _Draft(Metadata(root), b"", {TARGETS: Metadata(Targets(1, ""))}, {}, None)
         draft.dirty = {ROOT, TARGETS}  # root goes out as version 1, targets as 2 (as Go does)
         self._upload(draft)
+        return {role: keys.keyids[0] for role, keys in root.roles.items()}
 
     # -- staging -----------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Publisher:
     def _sign(self, draft: _Draft, role: str, signed: Signed) -> bytes:
         keys, threshold = self._keys_for(draft, role)
         if len(keys) < threshold:
-            raise MissingKeysError(role, threshold, len(keys))
+            raise MissingKeysError(self.gun, role, threshold, len(keys))
         metadata = Metadata(signed)
         for keyid, key in keys.items():
             metadata.sign(key, keyid)
@@ -264,7 +265,7 @@ class Publisher:
             self.remote.upload(self.gun, files)
         except RejectedError as exc:
             if SNAPSHOT not in files and "ErrBadHierarchy" in str(exc):
-                raise MissingKeysError(SNAPSHOT, threshold, 0) from exc
+                raise MissingKeysError(self.gun, SNAPSHOT, threshold, 0) from exc
             raise
         self.refresh()
 

@@ -23,7 +23,7 @@ from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.trusted import TrustedSet, TrustPinning
 from tufnotary.client.updater import Updater
 from tufnotary.metadata.keys import Key
-from tufnotary.metadata.model import TARGETS, FileMeta
+from tufnotary.metadata.model import TARGETS, DelegatedRole, FileMeta
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,20 @@ class Repository:
         """Update from the server with every TUF check (spec 4.2)."""
         return self.updater.refresh()
 
-    def targets(self, roles: Iterable[str] | None = None) -> list[Target]:
-        """Every trusted target (or those of ``roles``), as notary lists them: a name signed by
-        a role higher in the delegation tree shadows the same name further down."""
+    def targets(self, roles: Iterable[str] = (TARGETS,)) -> list[Target]:
+        """The trusted targets of ``roles`` and their delegations, as notary lists them: a
+        name signed by a role met earlier (breadth first) shadows the same name later."""
         trusted = self.refresh()
         found: dict[str, Target] = {}
-        pending = list(roles) if roles is not None else [TARGETS]
-        walk_children = roles is None
-        while pending:
-            role = pending.pop(0)
+        for role in trusted.walk(tuple(roles)):
             for name, meta in trusted.targets_of(role).items():
                 found.setdefault(name, Target(name, role, meta))
-            if walk_children:
-                pending += trusted.delegated_roles(role)
         return sorted(found.values(), key=lambda target: (target.name, target.role))
+
+    def delegations(self) -> list[DelegatedRole]:
+        """Every trusted delegation entry, parents first."""
+        trusted = self.refresh()
+        return [entry for role in trusted.walk() for entry in trusted.delegations_of(role)]
 
     def lookup(self, name: str, roles: Iterable[str] = (TARGETS,)) -> Target:
         """The target ``name`` as the first role in ``roles`` order signs it (delegations of
@@ -146,8 +146,9 @@ class Repository:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def initialize(self, *, server_snapshot: bool = False) -> None:
-        self.publisher.initialize(server_snapshot=server_snapshot)
+    def initialize(self, *, server_snapshot: bool = False) -> dict[str, str]:
+        """Create and publish the repository; returns the key id of each role."""
+        return self.publisher.initialize(server_snapshot=server_snapshot)
 
     def publish(self) -> list[str]:
         return self.publisher.publish()

@@ -254,6 +254,22 @@ class TrustedSet:
         children = [n for n in names if is_delegation_name(n) and parent_role(n) == role]
         return list(dict.fromkeys(children))
 
+    def delegations_of(self, role: str) -> list[DelegatedRole]:
+        """The delegation entries of a trusted targets role (keys, paths, threshold)."""
+        trusted = self._targets.get(role)
+        return list(trusted.metadata.signed.delegations.roles) if trusted else []
+
+    def walk(self, roles: Sequence[str] = (TARGETS,)) -> list[str]:
+        """Each of ``roles`` followed by its trusted delegations, breadth first, once each."""
+        found: dict[str, None] = {}
+        pending = list(roles)
+        while pending:
+            role = pending.pop(0)
+            if role not in found:
+                found[role] = None
+                pending += self.delegated_roles(role)
+        return list(found)
+
     def targets_of(self, role: str) -> dict[str, FileMeta]:
         """The targets a trusted role lists within its effective paths; {} if not trusted."""
         trusted = self._targets.get(role)

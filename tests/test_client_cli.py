@@ -1,0 +1,396 @@
+"""The `tufnotary` command line against our real server: in-process (CliRunner) for most steps,
+the installed script in a subprocess for the deploy gate, and the real notary CLI both ways."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from support.clients import NOTARY_HINT, PASSPHRASE, NotaryCLI, require_cli
+from support.server import ServerInfo, free_port, running_server
+from tufnotary.client.cli import ImageReference, cli
+
+SCRIPT = Path(sys.executable).with_name("tufnotary")
+PASSPHRASE_VARIABLES = (
+    "NOTARY_ROOT_PASSPHRASE",
+    "NOTARY_TARGETS_PASSPHRASE",
+    "NOTARY_SNAPSHOT_PASSPHRASE",
+    "NOTARY_DELEGATION_PASSPHRASE",
+)
+RELEASES = "targets/releases"
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Exit status and output of one run, in-process or not."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    """os.environ without notary/docker/tufnotary settings, with every passphrase set."""
+    prefixes = ("NOTARY_", "DOCKER_", "TUFNOTARY_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return env | dict.fromkeys(PASSPHRASE_VARIABLES, PASSPHRASE) | extra
+
+
+@dataclass
+class Tool:
+    """`tufnotary -s URL --tlscacert CA -d TRUST_DIR ...` for one person's trust dir."""
+
+    server: ServerInfo
+    trust_dir: Path
+
+    def args(self, *args: str) -> list[str]:
+        return [
+            "-s",
+            self.server.url,
+            "--tlscacert",
+            str(self.server.ca_cert),
+            "-d",
+            str(self.trust_dir),
+            *args,
+        ]
+
+    def __call__(
+        self, *args: str, input: str | bytes | None = None, expect: int = 0, **env: str
+    ) -> Outcome:
+        """In-process with click's CliRunner; asserts the exit status."""
+        variables = {**dict.fromkeys(PASSPHRASE_VARIABLES, PASSPHRASE), **env}
+        result = CliRunner().invoke(cli, self.args(*args), input=input, env=variables)
+        outcome = Outcome(result.exit_code, result.stdout, result.stderr)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"{args}: {outcome}") from result.exception
+        assert outcome.code == expect, f"{args}: {outcome}"
+        return outcome
+
+    def run(
+        self, *args: str, input: str = "", expect: int = 0, bare: bool = False, **env: str
+    ) -> Outcome:
+        """The installed `tufnotary` script in a subprocess (``bare``: without -s, --tlscacert
+        and -d); asserts the exit status."""
+        if not SCRIPT.exists():
+            pytest.skip(f"{SCRIPT} is not installed: pip install -e . first")
+        result = subprocess.run(
+            [str(SCRIPT), *(args if bare else self.args(*args))],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=_environment(**env),
+            timeout=60,
+            check=False,
+        )
+        outcome = Outcome(result.returncode, result.stdout, result.stderr)
+        assert outcome.code == expect, f"{args}: {outcome}"
+        return outcome
+
+
+def table(outcome: Outcome) -> list[list[str]]:
+    """The rows of a table printed on stdout (header and ruler dropped), split on 2+ spaces."""
+    lines = [line for line in outcome.stdout.splitlines() if line.strip()]
+    rulers = [i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"}]
+    assert len(rulers) == 1, str(outcome)
+    return [re.split(r" {2,}", line.strip()) for line in lines[rulers[0] + 1 :]]
+
+
+def public_key_pem(path: Path) -> tuple[Path, Path]:
+    """A new P-256 key as (unencrypted private PEM, public PEM) files next to ``path``."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = path.with_suffix(".key")
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key, path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    with running_server(tmp_path_factory.mktemp("cli-server")) as info:
+        yield info
+
+
+@pytest.fixture
+def tool(server: ServerInfo, tmp_path: Path) -> Tool:
+    """The repository owner's CLI (its own trust dir)."""
+    return Tool(server, tmp_path / "owner")
+
+
+def test_targets_stage_publish_list_lookup_verify(tool: Tool, tmp_path: Path) -> None:
+    gun = "example.com/cli/targets"
+    tool("list", gun, expect=1)
+    out = tool("init", gun)
+    assert f"Initialized {gun}" in out.stdout
+    assert tool("list", gun).stdout.strip() == "No targets present in this repository."
+    content = b"release one\n"
+    digest = hashlib.sha256(content).hexdigest()
+    (tmp_path / "artifact").write_bytes(content)
+    tool("add", gun, "v1", str(tmp_path / "artifact"))
+    assert table(tool("status", gun)) == [["0", "create", "targets", "target", "v1"]]
+    assert tool("--json", "status", gun).json() == {
+        "gun": gun,
+        "changes": [{"action": "add-target", "role": "targets", "name": "v1"}],
+    }
+    assert "Published" in tool("publish", gun).stdout
+    assert "No unpublished changes" in tool("publish", gun).stdout
+
+    assert table(tool("list", gun)) == [["v1", digest, str(len(content)), "targets"]]
+    listed = tool("list", gun, "--json").json()  # --json after the subcommand works too
+    assert listed == [
+        {
+            "name": "v1",
+            "role": "targets",
+            "length": len(content),
+            "digest": f"sha256:{digest}",
+            "hashes": {"sha256": digest, "sha512": hashlib.sha512(content).hexdigest()},
+        }
+    ]
+    assert tool("lookup", gun, "v1").stdout == f"v1 sha256:{digest} {len(content)}\n"
+    missing = tool("lookup", gun, "v9", expect=1)
+    assert missing.stderr.startswith("tufnotary: error: ") and f"tufnotary list {gun}" in (
+        missing.stderr
+    )
+
+    # verify: the content on stdin is written through when it matches, refused when it does not
+    assert tool("verify", gun, "v1", input=content).stdout == content.decode()
+    bad = tool("verify", gun, "v1", input=b"release two\n", expect=1)
+    assert bad.stdout == "" and "does not match" in bad.stderr
+    assert tool("--json", "verify", gun, "v1", input=content).json()["verified"] is True
+
+    # addhash with --publish, remove, status/reset
+    manifest = hashlib.sha256(b"manifest").hexdigest()
+    tool("addhash", gun, "v2", "1234", "--sha256", manifest, "-p")
+    tool("remove", gun, "v1")
+    tool("addhash", gun, "v3", "10", "--sha256", manifest)
+    assert [row[1:] for row in table(tool("status", gun))] == [
+        ["delete", "targets", "target", "v1"],
+        ["create", "targets", "target", "v3"],
+    ]
+    assert "Dropped 2" in tool("reset", gun).stdout
+    assert "No unpublished changes" in tool("status", gun).stdout
+    tool("remove", gun, "v1", "--publish")
+    assert table(tool("list", gun)) == [["v2", manifest, "1234", "targets"]]
+
+
+def test_delegations_keys_and_rotation(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    gun = "example.com/cli/delegation"
+    tool("init", gun)
+    delegate_key, delegate_pub = public_key_pem(tmp_path / "delegate.pub")
+    added = tool("delegation", "add", gun, RELEASES, str(delegate_pub), "--all-paths", "-p")
+    assert "published" in added.stdout
+    (entry,) = tool("--json", "delegation", "list", gun).json()
+    assert entry["role"] == RELEASES and entry["paths"] == [""] and entry["threshold"] == 1
+    assert table(tool("delegation", "list", gun)) == [
+        [RELEASES, '"" <all paths>', entry["keyids"][0], "1"]
+    ]
+
+    delegate = Tool(server, tmp_path / "delegate")
+    imported = delegate.run("key", "import", str(delegate_key), "--role", RELEASES)
+    assert entry["keyids"][0] in imported.stdout
+    (tmp_path / "build").write_bytes(b"build 7")
+    # The owner holds the snapshot key: the delegate cannot publish alone, and is told so.
+    refused = delegate("add", gun, "b7", str(tmp_path / "build"), "-r", RELEASES, "-p", expect=1)
+    assert refused.stderr.startswith("tufnotary: error: cannot sign snapshot")
+    assert f"tufnotary key rotate {gun} snapshot -r" in refused.stderr
+    delegate("reset", gun)
+    rotated = tool("--json", "key", "rotate", gun, "snapshot", "-r").json()
+    assert rotated["role"] == "snapshot" and rotated["server_managed"] is True
+    delegate("add", gun, "b7", str(tmp_path / "build"), "--roles", RELEASES, "-p")
+
+    b7 = hashlib.sha256(b"build 7").hexdigest()
+    assert table(tool("list", gun)) == [["b7", b7, "7", RELEASES]]
+    assert table(tool("list", gun, "-r", "targets")) == [["b7", b7, "7", RELEASES]]  # subtree
+    assert table(tool("list", gun, "-r", RELEASES)) == [["b7", b7, "7", RELEASES]]
+    targets_key = tool("--json", "key", "rotate", gun, "targets").json()["key_id"]
+    keys = tool("--json", "key", "list").json()
+    assert {"key_id": targets_key, "role": "targets", "gun": gun} in [
+        {k: item[k] for k in ("key_id", "role", "gun")} for item in keys
+    ]
+    assert "Re-signed and published targets/releases" in delegate("witness", gun, RELEASES).stdout
+    # a newcomer (no cache: trust on first use) sees the same after both rotations
+    newcomer = Tool(server, tmp_path / "newcomer")
+    assert table(newcomer("list", gun)) == [["b7", b7, "7", RELEASES]]
+
+    tool("delegation", "remove", gun, RELEASES, "-p")
+    assert tool("delegation", "list", gun).stdout.startswith("No delegations")
+    assert newcomer("list", gun).stdout.strip() == "No targets present in this repository."
+
+
+def test_key_generate_export_import(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    generated = tool(
+        "--json", "key", "generate", "ed25519", "--role", "targets/ci", "-o", str(tmp_path / "p")
+    ).json()
+    assert generated["algorithm"] == "ed25519" and HEX64.fullmatch(generated["key_id"])
+    assert (tmp_path / "p").read_text() == generated["public_key"]
+    assert "BEGIN PUBLIC KEY" in generated["public_key"]
+    exported = tool("key", "export", generated["key_id"])
+    assert "role: targets/ci" in exported.stdout and "ENCRYPTED PRIVATE KEY" in exported.stdout
+    (tmp_path / "export.pem").write_text(exported.stdout)
+    other = Tool(server, tmp_path / "other")
+    other("key", "import", str(tmp_path / "export.pem"))
+    assert table(other("key", "list")) == [
+        ["targets/ci", generated["key_id"], str(tmp_path / "other" / "private")]
+    ]
+    tool("key", "generate", "--role", "targets", expect=2)  # needs --gun
+    tool("key", "remove", generated["key_id"], expect=2)  # not a terminal: needs --yes
+    tool("key", "remove", generated["key_id"], "--yes")
+    tool("key", "export", generated["key_id"], expect=1)
+
+
+def test_verify_image_deploy_gate(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    """The README flow: CI signs a manifest digest, the deploy step verifies it."""
+    gun = "registry.example.com/team/app"
+    manifest = b'{"schemaVersion":2,"config":{"digest":"sha256:...app 1.4"}}'
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    size = str(len(manifest))
+    # CI: create the repository, a releases key held by CI, and sign 1.4 like docker does
+    ci = Tool(server, tmp_path / "ci")
+    ci.run("init", gun)
+    key = ci.run("--json", "key", "generate", "--role", RELEASES, "-o", str(tmp_path / "r.pub"))
+    ci.run("delegation", "add", gun, RELEASES, str(tmp_path / "r.pub"), "--all-paths", "-p")
+    hexdigest = digest.removeprefix("sha256:")
+    ci.run("addhash", gun, "1.4", size, "--sha256", hexdigest, "-r", f"{RELEASES},targets", "-p")
+    ci.run("addhash", gun, "1.3-rc", "99", "--sha256", "ab" * 32, "-p")  # targets only
+
+    deploy = Tool(server, tmp_path / "deploy")  # a fresh runner: first use of the repository
+    ok = deploy.run("verify-image", f"{gun}:1.4", "--require-role", RELEASES)
+    assert ok.stdout == f"trusted: {gun}:1.4 -> {digest} (signed by {RELEASES})\n"
+    as_json = deploy.run(
+        "--json", "verify-image", f"{gun}:1.4@{digest}", "--require-role", RELEASES
+    )
+    assert as_json.json() == {
+        "gun": gun,
+        "tag": "1.4",
+        "digest": digest,
+        "role": RELEASES,
+        "length": len(manifest),
+        "trusted": True,
+    }
+    assert json.loads(key.stdout)["key_id"] in ci.run("delegation", "list", gun).stdout
+    by_digest = deploy.run("verify-image", f"{gun}@{digest}", "--require-role", RELEASES)
+    assert by_digest.stdout.startswith(f"trusted: {gun}:1.4 -> {digest}")
+
+    wrong = deploy.run("verify-image", f"{gun}:1.4", "--digest", "sha256:" + "0" * 64, expect=1)
+    assert wrong.stdout == "" and "not the signed digest" in wrong.stderr
+    unknown = deploy.run("--json", "verify-image", f"{gun}:2.0", expect=1)
+    assert unknown.json()["trusted"] is False and "2.0" in unknown.stderr
+    unsigned = deploy.run("verify-image", f"{gun}:1.3-rc", "--require-role", RELEASES, expect=1)
+    assert f"required signer {RELEASES} does not sign 1.3-rc" in unsigned.stderr
+    plain = deploy.run("verify-image", f"{gun}:1.3-rc")  # docker's rule accepts targets
+    assert plain.stdout.endswith("(signed by targets)\n")
+    usage = deploy.run("verify-image", f"{gun}:1.4", "--digest", "sha1:00", expect=2)
+    assert "--digest" in usage.stderr
+    deploy.run("verify-image", f"{gun}:1.4", "--require-role", "releases", expect=2)
+    deploy.run("verify-image", expect=2)
+
+    # untrusted transport or no server: exit 1 with what to do
+    no_ca = deploy.run(
+        "verify-image",
+        f"{gun}:1.4",
+        expect=1,
+        bare=True,
+        TUFNOTARY_SERVER=server.url,
+        TUFNOTARY_TRUST_DIR=str(tmp_path / "x"),
+    )
+    assert no_ca.stderr.startswith(f"tufnotary: error: cannot reach the trust server {server.url}")
+    assert "--tlscacert" in no_ca.stderr and no_ca.stderr.count("\n") == 1
+    down = deploy.run("-s", f"https://127.0.0.1:{free_port()}", "verify-image", gun, expect=1)
+    assert "cannot reach the trust server" in down.stderr
+    # root pinning: a wrong certificate id refuses the repository on first use
+    pinned = Tool(server, tmp_path / "pinned")
+    refused = pinned.run("verify-image", f"{gun}:1.4", "--pin-cert-id", "0" * 64, expect=1)
+    assert "--pin-cert-id" in refused.stderr
+
+
+def test_errors_and_progress(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    gun = "example.com/cli/errors"
+    no_passphrase = tool("init", gun, expect=1, NOTARY_ROOT_PASSPHRASE="")
+    assert no_passphrase.stderr.startswith("tufnotary: error: a passphrase is needed for the root")
+    assert "NOTARY_ROOT_PASSPHRASE" in no_passphrase.stderr
+    tool("publish", "example.com/cli/never", expect=0)  # nothing staged, nothing to do
+    (tmp_path / "f").write_text("x")
+    tool("add", "example.com/cli/never", "t", str(tmp_path / "f"), "-p", expect=1)
+    tool("list", "a/../b", expect=2)
+    tool("add", gun, "t", str(tmp_path / "f"), "-r", "releases", expect=2)
+    tool("add", gun, "t", str(tmp_path / "missing"), expect=2)
+    tool("addhash", gun, "t", "5", expect=2)  # no hash
+    tool("addhash", gun, "t", "5", "--sha256", "abc", expect=2)
+    tool("key", "rotate", gun, "targets", "-r", expect=2)
+    tool("nonsense", expect=2)
+
+    # progress goes to stderr, stdout stays JSON
+    slow = tool.run("--json", "init", gun, TUFNOTARY_PROGRESS_DELAY="0")
+    assert slow.json() == {"gun": gun, "server": server.url, "initialized": True}
+    assert f"initializing {gun} on {server.url} ..." in slow.stderr
+    assert f"initializing {gun} on {server.url}: done" in slow.stderr
+    quiet = tool.run("list", gun)  # default delay: a fast update shows nothing
+    assert quiet.stderr == ""
+    exists = tool.run("init", gun, expect=1)
+    assert "already exists" in exists.stderr and exists.stderr.count("\n") == 1
+
+
+def test_reference_parsing() -> None:
+    digest = "sha256:" + "ab" * 32
+    cases = {
+        "registry.example.com/team/app:1.4": ("registry.example.com/team/app", "1.4", None),
+        f"registry.example.com:5000/app@{digest}": ("registry.example.com:5000/app", None, digest),
+        f"localhost/app:v1@{digest}": ("localhost/app", "v1", digest),
+        "ubuntu": ("docker.io/library/ubuntu", None, None),
+        "team/app:2": ("docker.io/team/app", "2", None),
+    }
+    for text, expected in cases.items():
+        assert ImageReference.parse(text) == ImageReference(*expected), text
+    for bad in ("app:", f"app@{digest[:-1]}", "a//b:1"):
+        with pytest.raises(Exception):  # noqa: B017 - ValueError or click.BadParameter
+            ImageReference.parse(bad)
+
+
+@pytest.mark.e2e
+def test_notary_cli_interoperates(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    binary = require_cli("notary", NOTARY_HINT)
+    ours, theirs = "example.com/cli/ours", "example.com/cli/theirs"
+    (tmp_path / "ours").write_bytes(b"published by tufnotary")
+    tool("init", ours)
+    tool("add", ours, "v1", str(tmp_path / "ours"), "-p")
+    notary = NotaryCLI.for_server(server, tmp_path / "notary", binary)
+    listed = notary.list_targets(ours)
+    assert listed["v1"].sha256 == hashlib.sha256(b"published by tufnotary").hexdigest()
+    assert listed["v1"].role == "targets"
+
+    (tmp_path / "theirs").write_bytes(b"published by notary")
+    notary.run("init", "-p", theirs)
+    notary.run("add", "-p", theirs, "v2", str(tmp_path / "theirs"))
+    digest = hashlib.sha256(b"published by notary").hexdigest()
+    assert table(tool("list", theirs)) == [["v2", digest, "19", "targets"]]
+    assert notary.lookup(theirs, "v2") == (digest, 19)
+    gate = tool.run("verify-image", f"{theirs}:v2", "--digest", f"sha256:{digest}")
+    assert gate.stdout.endswith(f"-> sha256:{digest} (signed by targets)\n")
