@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ class Changelist:
 
     def add(self, change: Change) -> None:
         self._write([*self.load(), change])
+
+    def drop(self, roles: Collection[str]) -> None:
+        """Forget the changes to ``roles`` (published by other means)."""
+        self._write([change for change in self.load() if change.role not in roles])
 
     def clear(self) -> None:
         self._path.unlink(missing_ok=True)

@@ -648,13 +648,29 @@ def remove(gun: str, name: str, roles: list[str], publish_now: bool) -> None:
 
 @cli.command()
 @click.argument("gun", type=GUN)
+@click.option(
+    "--signed",
+    "signed",
+    nargs=2,
+    multiple=True,
+    type=(TARGETS_ROLE, click.Path(exists=True, dir_okay=False, path_type=Path)),
+    metavar="ROLE FILE",
+    help="Publish FILE, a version of ROLE signed with `sign` and `cosign`, as it is.",
+)
 @_global_options
-def publish(gun: str) -> None:
-    """Sign and upload the staged changes of GUN.
+def publish(gun: str, signed: tuple[tuple[str, Path], ...]) -> None:
+    """Sign and upload the staged changes of GUN (or, with --signed, files signed already).
 
     Needs the trust server: exits 1 if it cannot be reached or refuses.
     """
-    repo = _settings().repository(gun)
+    settings = _settings()
+    repo = settings.repository(gun)
+    if signed:
+        documents = {role: path.read_bytes() for role, path in signed}
+        with _progress(f"publishing {', '.join(documents)} to {settings.server}"):
+            roles = repo.publish_signed(documents)
+        _emit({"gun": gun, "published": roles}, f"Published {gun} ({', '.join(roles)}).")
+        return
     if not repo.staged():
         _emit({"gun": gun, "published": []}, f"No unpublished changes for {gun}.")
         return
@@ -912,6 +928,44 @@ def delegation_list(gun: str) -> None:
         click.echo(_table(("ROLE", "PATHS", "KEY IDS", "THRESHOLD"), rows))
 
     _emit(entries, human)
+
+
+@cli.command()
+@click.argument("gun", type=GUN)
+@click.argument("role", type=TARGETS_ROLE)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the signed version.",
+)
+@_global_options
+def sign(gun: str, role: str, output: Path) -> None:
+    """Sign the next version of ROLE (with its staged changes) with the keys held here,
+    without publishing: for roles whose threshold needs several signers (then `cosign`)."""
+    settings = _settings()
+    repo = settings.repository(gun)
+    with _progress(f"updating trust data of {gun} from {settings.server}"):
+        data = repo.sign_role(role)
+    output.write_bytes(data)
+    _emit({"gun": gun, "role": role, "file": str(output)}, f"Signed {role} into {output}.")
+
+
+@cli.command()
+@click.argument("gun", type=GUN)
+@click.argument("role", type=TARGETS_ROLE)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_global_options
+def cosign(gun: str, role: str, file: Path) -> None:
+    """Add the signatures of the keys held here to FILE, a version of ROLE made by `sign`;
+    once enough signers did, publish it with `publish GUN --signed ROLE FILE`."""
+    settings = _settings()
+    repo = settings.repository(gun)
+    with _progress(f"updating trust data of {gun} from {settings.server}"):
+        data = repo.cosign(role, file.read_bytes())
+    file.write_bytes(data)
+    _emit({"gun": gun, "role": role, "file": str(file)}, f"Added signatures to {file}.")
 
 
 @cli.command()

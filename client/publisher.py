@@ -7,7 +7,7 @@ exactly as the Go client would, so the result is also accepted by a reference no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -50,6 +50,11 @@ class MissingKeysError(PublishError):
 
     def __init__(self, gun: str, role: str, needed: int, held: int) -> None:
         hint = f"import the {role} key (tufnotary key import) or ask its holder to publish"
+        if 0 < held < needed:
+            hint = (
+                f"sign it here (tufnotary sign {gun} {role}), have the other holders add their "
+                f"signatures (tufnotary cosign), then publish the result"
+            )
         if role == SNAPSHOT:
             hint += f"; or let the server manage it: tufnotary key rotate {gun} snapshot -r"
         super().__init__(
@@ -132,6 +137,45 @@ class Publisher:
         self._upload(draft)
         self.changelist.clear()
         return sorted(draft.dirty)
+
+    def sign_role(self, role: str) -> bytes:
+        """The next version of delegation ``role`` with its staged changes, signed by the keys
+        held here even below its threshold, for other signers to ``cosign`` (nothing is sent)."""
+        draft = self._draft()
+        for change in self.changelist.load():
+            if change.role == role:
+                change.apply(self._editable(draft, role))
+        targets = self._editable(draft, role)
+        targets.version += 1
+        targets.expires = _expires(TARGETS_LIFETIME)
+        return self._sign(draft, role, targets, partial=True)
+
+    def cosign(self, role: str, data: bytes) -> bytes:
+        """``data`` (a version of ``role`` another signer made) with this trust dir's signatures
+        added; PublishError if it is not ``role``'s next version or not in canonical form."""
+        draft = self._draft()
+        metadata = Metadata.from_bytes(data, Targets)
+        current = draft.targets.get(role)
+        if current is not None and metadata.signed.version <= current.signed.version:
+            raise PublishError(f"{role} version {metadata.signed.version} is already published")
+        signed_by = len(metadata.signatures)
+        keys, _ = self._keys_for(draft, role)
+        if not keys:
+            raise MissingKeysError(self.gun, role, 1, 0)
+        for keyid, key in keys.items():
+            metadata.sign(key, keyid)
+        if len(metadata.signatures) < signed_by:
+            raise PublishError(f"this {role} is not in canonical form: its signatures would break")
+        return metadata.to_bytes()
+
+    def publish_signed(self, documents: Mapping[str, bytes]) -> list[str]:
+        """Upload delegation versions signed elsewhere (``sign_role`` + ``cosign``) as they
+        are, with a new snapshot if its key is here."""
+        draft = self._draft()
+        for role, data in documents.items():
+            draft.targets[role] = Metadata.from_bytes(data, Targets)
+        self._upload(draft, presigned=dict(documents))
+        return sorted(documents)
 
     def witness(self, roles: Iterable[str]) -> list[str]:
         """Re-sign delegations as they are (to renew them or mark them valid again)."""
@@ -227,9 +271,11 @@ class Publisher:
             raise PublishError(f"{role} is not delegated by {parent_role(role)}")
         return self.trustdir.find_keys(entry.keyids, parent.keys), entry.threshold
 
-    def _sign(self, draft: _Draft, role: str, signed: Signed) -> bytes:
+    def _sign(self, draft: _Draft, role: str, signed: Signed, *, partial: bool = False) -> bytes:
+        """Wire bytes signed by the keys held here: at least the threshold, or with
+        ``partial`` at least one."""
         keys, threshold = self._keys_for(draft, role)
-        if len(keys) < threshold:
+        if len(keys) < (1 if partial else threshold):
             raise MissingKeysError(self.gun, role, threshold, len(keys))
         metadata = Metadata(signed)
         for keyid, key in keys.items():
@@ -239,11 +285,12 @@ class Publisher:
                 metadata.sign(key, keyid)
         return metadata.to_bytes()
 
-    def _upload(self, draft: _Draft) -> None:
-        """Sign every dirty role (and the snapshot if its key is here), send them in one go."""
+    def _upload(self, draft: _Draft, presigned: dict[str, bytes] | None = None) -> None:
+        """Sign every dirty role (and the snapshot if its key is here), send them in one go
+        with the ``presigned`` files."""
         if draft.root.signed.expires_at - datetime.now(UTC) < RESIGN_WITHIN:
             self._editable_root(draft)
-        files: dict[str, bytes] = {}
+        files: dict[str, bytes] = dict(presigned or {})
         if ROOT in draft.dirty:
             draft.root_bytes = draft.root_bytes or self._sign(draft, ROOT, draft.root.signed)
             files[ROOT] = draft.root_bytes

@@ -153,6 +153,21 @@ class Repository:
     def publish(self) -> list[str]:
         return self.publisher.publish()
 
+    def sign_role(self, role: str) -> bytes:
+        """Thresholds above 1: the next version of ``role`` signed by the keys held here."""
+        return self.publisher.sign_role(role)
+
+    def cosign(self, role: str, data: bytes) -> bytes:
+        """Thresholds above 1: add this trust dir's signatures to another signer's version."""
+        return self.publisher.cosign(role, data)
+
+    def publish_signed(self, documents: dict[str, bytes]) -> list[str]:
+        """Publish versions of delegations that enough signers signed; the staged changes
+        that went into them are dropped."""
+        roles = self.publisher.publish_signed(documents)
+        self.publisher.changelist.drop(documents)
+        return roles
+
     def witness(self, roles: Iterable[str]) -> list[str]:
         return self.publisher.witness(roles)
 

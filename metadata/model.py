@@ -485,8 +485,7 @@ class Envelope:
 class Metadata(Generic[T]):
     """A signed document: the typed ``signed`` object and its signatures.
 
-    ``received`` holds the signing bytes of a parsed document; it is dropped when the
-    document is signed again, which signs ``signed.to_dict()``.
+    ``received`` holds the bytes the signatures cover: as parsed, or as last signed.
     """
 
     signed: T
@@ -509,9 +508,12 @@ class Metadata(Generic[T]):
         return encode_canonical(self.signed.to_dict())
 
     def sign(self, key: PrivateKey, keyid: str | None = None) -> Signature:
-        """Add (or replace) the signature of ``key``; the document is taken as modified."""
-        self.received = None
-        signature = key.sign(self.signing_bytes(), keyid)
+        """Add (or replace) ``key``'s signature over the current ``signed``; signatures over
+        other bytes (made before ``signed`` was modified) are dropped."""
+        message = encode_canonical(self.signed.to_dict())
+        if message != self.received:
+            self.signatures, self.received = [], message
+        signature = key.sign(message, keyid)
         self.signatures = [s for s in self.signatures if s.keyid != signature.keyid]
         self.signatures.append(signature)
         return signature

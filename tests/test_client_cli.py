@@ -245,6 +245,41 @@ def test_delegations_keys_and_rotation(server: ServerInfo, tool: Tool, tmp_path:
     assert newcomer("list", gun).stdout.strip() == "No targets present in this repository."
 
 
+def test_threshold_two_sign_cosign_publish(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
+    """Two signers each add a signature to the same version of a threshold-2 delegation."""
+    gun = "example.com/cli/threshold"
+    tool("init", gun, "--server-snapshot")
+    alice_key, alice_pub = public_key_pem(tmp_path / "alice.pub")
+    bob_key, bob_pub = public_key_pem(tmp_path / "bob.pub")
+    tool(
+        "delegation",
+        "add",
+        gun,
+        RELEASES,
+        str(alice_pub),
+        str(bob_pub),
+        "--all-paths",
+        "--threshold",
+        "2",
+        "-p",
+    )
+    alice, bob = Tool(server, tmp_path / "alice"), Tool(server, tmp_path / "bob")
+    alice("key", "import", str(alice_key), "--role", RELEASES)
+    bob("key", "import", str(bob_key), "--role", RELEASES)
+    alice("addhash", gun, "1.4", "42", "--sha256", "ab" * 32, "-r", RELEASES)
+    refused = alice("publish", gun, expect=1)
+    assert f"tufnotary sign {gun} {RELEASES}" in refused.stderr
+    document = tmp_path / "releases.json"
+    alice("sign", gun, RELEASES, "-o", str(document))
+    alice("publish", gun, "--signed", RELEASES, str(document), expect=1)  # one of two
+    bob("cosign", gun, RELEASES, str(document))
+    alice("publish", gun, "--signed", RELEASES, str(document))
+    assert alice("status", gun).stdout.startswith("No unpublished changes")
+    gate = Tool(server, tmp_path / "gate")
+    trusted = gate("--json", "verify-image", f"{gun}:1.4", "--require-role", RELEASES).json()
+    assert trusted["digest"] == "sha256:" + "ab" * 32
+
+
 def test_key_generate_export_import(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
     generated = tool(
         "--json", "key", "generate", "ed25519", "--role", "targets/ci", "-o", str(tmp_path / "p")

@@ -209,3 +209,37 @@ def test_delegation_changes() -> None:
         Change.add_delegation("targets/Bad", [one], [])
     Change.remove_delegation("targets/a").apply(targets)
     assert targets.delegations.roles == [] and targets.delegations.keys == {}
+
+
+def test_delegation_with_threshold_two_is_signed_by_two_signers(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    """notary#841: each signer adds a signature to the same version before it is published."""
+    app_server, url = server
+    owner = _repo(url, tmp_path / "owner")
+    owner.initialize(server_snapshot=True)
+    alice = _repo(url, tmp_path / "alice")
+    bob = _repo(url, tmp_path / "bob")
+    keys = [signer.trustdir.generate_key("targets/releases").public for signer in (alice, bob)]
+    owner.add_delegation("targets/releases", keys, [""], threshold=2)
+    owner.publish()
+
+    alice.add_target("1.4", FileMeta.of(b"manifest"), roles=["targets/releases"])
+    with pytest.raises(MissingKeysError, match="cosign"):
+        alice.publish()  # one key of two: refused before anything is sent, nothing is lost
+    assert len(alice.staged()) == 1
+    half_signed = alice.sign_role("targets/releases")
+    with pytest.raises(RejectedError, match="threshold"):
+        alice.publish_signed({"targets/releases": half_signed})
+    signed = bob.cosign("targets/releases", half_signed)
+    assert len(Metadata.from_bytes(signed, Targets).signatures) == 2
+    with pytest.raises(MissingKeysError):
+        owner.cosign("targets/releases", half_signed)  # the owner holds neither key
+    assert alice.publish_signed({"targets/releases": signed}) == ["targets/releases"]
+    assert alice.staged() == []
+    assert app_server.get(GUN, "targets/releases.json").data == signed
+    image = _repo(url, tmp_path / "deployer").verify_image("1.4")
+    assert (image.role, image.digest) == (
+        "targets/releases",
+        "sha256:" + FileMeta.of(b"manifest").sha256_hex,  # type: ignore[operator]
+    )
