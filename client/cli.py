@@ -49,9 +49,11 @@ from tufnotary.client.trustdir import (
 )
 from tufnotary.client.trusted import TrustPinning, UntrustedRootError
 from tufnotary.client.updater import RepositoryNotFound
-from tufnotary.metadata.errors import MetadataError
+from tufnotary.metadata.canonical import encode_canonical, loads
+from tufnotary.metadata.errors import FormatError, MetadataError
 from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key
 from tufnotary.metadata.model import (
+    ABSENT,
     BASE_ROLES,
     SNAPSHOT,
     TARGETS,
@@ -587,18 +589,39 @@ def _staged(repo: Repository, changes: list[Change], publish_now: bool, human: s
     _emit(data, f"{human} published ({', '.join(roles)}).")
 
 
+def _custom_json(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """--custom: any JSON value with a canonical form (integers only, no duplicate keys)."""
+    if value is None:
+        return ABSENT
+    try:
+        custom = loads(value)
+        encode_canonical(custom)
+    except FormatError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return custom
+
+
+_custom_option = click.option(
+    "--custom",
+    callback=_custom_json,
+    metavar="JSON",
+    help='Custom data signed with the target, e.g. \'{"git":"abc123"}\'.',
+)
+
+
 @cli.command()
 @click.argument("gun", type=GUN)
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_roles_option("Delegation roles to sign the target in (default: targets).")
+@_custom_option
 @_publish_option
 @_global_options
-def add(gun: str, name: str, file: Path, roles: list[str], publish_now: bool) -> None:
+def add(gun: str, name: str, file: Path, roles: list[str], custom: Any, publish_now: bool) -> None:
     """Stage FILE (its length and hashes) as target NAME of GUN."""
     repo = _settings().repository(gun)
     roles = roles or [TARGETS]
-    meta = repo.add_file(name, file, roles)
+    meta = repo.add_file(name, file, roles, custom)
     changes = [Change.add_target(name, meta, role) for role in roles]
     _staged(repo, changes, publish_now, f"Target {name!r} ({', '.join(roles)})")
 
@@ -610,6 +633,7 @@ def add(gun: str, name: str, file: Path, roles: list[str], publish_now: bool) ->
 @click.option("--sha256", callback=_hex_digest(32), metavar="HEX", help="sha256 of the target.")
 @click.option("--sha512", callback=_hex_digest(64), metavar="HEX", help="sha512 of the target.")
 @_roles_option("Delegation roles to sign the target in (default: targets).")
+@_custom_option
 @_publish_option
 @_global_options
 def addhash(
@@ -619,6 +643,7 @@ def addhash(
     sha256: bytes | None,
     sha512: bytes | None,
     roles: list[str],
+    custom: Any,
     publish_now: bool,
 ) -> None:
     """Stage target NAME of GUN by its SIZE in bytes and hashes (e.g. an image manifest)."""
@@ -627,7 +652,7 @@ def addhash(
         raise click.UsageError("give --sha256 and/or --sha512")
     repo = _settings().repository(gun)
     roles = roles or [TARGETS]
-    changes = repo.add_target(name, FileMeta(size, hashes), roles)
+    changes = repo.add_target(name, FileMeta(size, hashes, custom), roles)
     _staged(repo, changes, publish_now, f"Target {name!r} ({', '.join(roles)})")
 
 

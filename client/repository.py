@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tufnotary.client.changes import Change
 from tufnotary.client.images import Policy, VerifiedImage, resolve_image
@@ -23,7 +24,7 @@ from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.trusted import TrustedSet, TrustPinning
 from tufnotary.client.updater import Updater
 from tufnotary.metadata.keys import Key
-from tufnotary.metadata.model import TARGETS, DelegatedRole, FileMeta
+from tufnotary.metadata.model import ABSENT, TARGETS, DelegatedRole, FileMeta
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,17 @@ class Repository:
             self.publisher.stage(change)
         return changes
 
-    def add_file(self, name: str, path: Path, roles: Iterable[str] = (TARGETS,)) -> FileMeta:
-        """Stage a file by content: its length, sha256 and sha512."""
+    def add_file(
+        self, name: str, path: Path, roles: Iterable[str] = (TARGETS,), custom: Any = ABSENT
+    ) -> FileMeta:
+        """Stage a file by content: its length, sha256 and sha512 (and ``custom`` data)."""
         length, sha256, sha512 = 0, hashlib.sha256(), hashlib.sha512()
         with path.open("rb") as handle:
             while chunk := handle.read(1024 * 1024):
                 length += len(chunk)
                 sha256.update(chunk)
                 sha512.update(chunk)
-        meta = FileMeta(length, {"sha256": sha256.digest(), "sha512": sha512.digest()})
+        meta = FileMeta(length, {"sha256": sha256.digest(), "sha512": sha512.digest()}, custom)
         self.add_target(name, meta, roles)
         return meta
 

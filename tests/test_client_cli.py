@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -415,7 +416,14 @@ def test_notary_cli_interoperates(server: ServerInfo, tool: Tool, tmp_path: Path
     ours, theirs = "example.com/cli/ours", "example.com/cli/theirs"
     (tmp_path / "ours").write_bytes(b"published by tufnotary")
     tool("init", ours)
-    tool("add", ours, "v1", str(tmp_path / "ours"), "-p")
+    custom = '{"z":[1,{"b":"<&>"}],"a":"\u00e9"}'  # signed in canonical form, as Go verifies
+    tool("add", ours, "v1", str(tmp_path / "ours"), "--custom", custom, "-p")
+    served = requests.get(
+        f"{server.url}/v2/{ours}/_trust/tuf/targets.json", verify=str(server.ca_cert), timeout=10
+    )
+    assert served.json()["signed"]["targets"]["v1"]["custom"] == json.loads(custom)
+    assert b'"custom":{"a":"\xc3\xa9","z":[1,{"b":"\\u003c\\u0026\\u003e"}]}' in served.content
+    tool("add", ours, "bad", str(tmp_path / "ours"), "--custom", '{"n":1.5}', expect=2)
     notary = NotaryCLI.for_server(server, tmp_path / "notary", binary)
     listed = notary.list_targets(ours)
     assert listed["v1"].sha256 == hashlib.sha256(b"published by tufnotary").hexdigest()
