@@ -18,8 +18,6 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from support.api import multipart  # noqa: E402
+from support.reference import find_reference_binary, launched_reference  # noqa: E402
 from support.repo import RepoBuilder  # noqa: E402
+from support.server import free_port, launched, wait_until_healthy  # noqa: E402
 from tufnotary.metadata.keys import Key  # noqa: E402
 from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys  # noqa: E402
 from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
@@ -45,9 +45,6 @@ from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
 TUF = "tufnotary"
 REF = "reference"
 SERVERS = (TUF, REF)
-HEALTH_PATH = "/_notary_server/health"
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 60.0
 SMALL_GUN = "bench.example.com/small"
 LARGE_GUN = "bench.example.com/large"
@@ -73,63 +70,6 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def launched(
-    name: str, command: Sequence[str], url: str, log: Path, ca: Path, env: dict[str, str]
-) -> Iterator[Server]:
-    """Run `command` in its own process group until healthy; SIGTERM (then SIGKILL) at exit."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_until_healthy(process, url, ca, log)
-        yield Server(name, url, log, process)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def wait_until_healthy(process: subprocess.Popen[bytes], url: str, ca: Path, log: Path) -> None:
-    """Poll GET /_notary_server/health over verified TLS until it answers 200."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{url}: exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with requests.Session() as session:
-                session.trust_env = False
-                response = session.get(url + HEALTH_PATH, verify=str(ca), timeout=5)
-        except requests.RequestException as exc:
-            last = repr(exc)
-        else:
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:200]}"
-        time.sleep(0.1)
-    raise BenchError(
-        f"{url}: not healthy after {STARTUP_TIMEOUT:.0f}s ({last}):\n{log.read_text()}"
-    )
-
-
 def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
     """`tufnotary.server.cli serve` with SQLite in `tmp/tufnotary`, 2 workers."""
     return [
@@ -152,41 +92,27 @@ def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> li
     ]
 
 
-def reference_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
-    """`notary-server -config` with the memory store and the local (in-process) signer."""
-    config = {
-        "server": {
-            "http_addr": f"127.0.0.1:{port}",
-            "tls_cert_file": str(tls.cert),
-            "tls_key_file": str(tls.key),
-        },
-        "trust_service": {"type": "local"},
-        "storage": {"backend": "memory"},
-        "logging": {"level": log_level},
-    }
-    path = tmp / "notary-server.json"
-    path.write_text(json.dumps(config, indent=2))
-    return ["notary-server", "-config", str(path), "-logf", "json"]
-
-
 @contextlib.contextmanager
 def both_servers(tmp: Path, tls: TLSFiles, log_level: str) -> Iterator[dict[str, Server]]:
     """Start tufnotary and the reference (both healthy on entry); stop both on exit."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUFNOTARY_")}
     tuf_env = base_env | {"TUFNOTARY_KEY_PASSPHRASE": "benchmark passphrase"}
-    ref_env = {k: v for k, v in base_env.items() if not k.startswith("NOTARY_SERVER_")}
     with contextlib.ExitStack() as stack:
-        servers = {}
-        for name, make_command, env in (
-            (TUF, tufnotary_command, tuf_env),
-            (REF, reference_command, ref_env),
-        ):
+        try:
             port = free_port()
             url = f"https://127.0.0.1:{port}"
-            command = make_command(tmp, tls, port, log_level)
-            log = tmp / f"{name}.log"
-            servers[name] = stack.enter_context(launched(name, command, url, log, tls.ca_cert, env))
-        yield servers
+            log = tmp / f"{TUF}.log"
+            command = tufnotary_command(tmp, tls, port, log_level)
+            process = stack.enter_context(launched(command, log, tuf_env))
+            wait_until_healthy(process, url, log, ca_cert=tls.ca_cert)
+            reference = launched_reference(tmp, tls, log_level=log_level, env=base_env)
+            ref = stack.enter_context(reference)
+        except AssertionError as exc:  # the support helpers report a failed start this way
+            raise BenchError(str(exc)) from None
+        yield {
+            TUF: Server(TUF, url, log, process),
+            REF: Server(REF, ref.url, ref.log, ref.process),
+        }
 
 
 # -- HTTP client ---------------------------------------------------------------------------------
@@ -673,8 +599,8 @@ def upload_op(gun: str, bodies: list[tuple[bytes, str]]) -> Op:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
-    if shutil.which("notary-server") is None:
-        print("notary-server not found on PATH (Debian package `notary`)", file=sys.stderr)
+    if find_reference_binary() is None:
+        print("notary-server not found (Debian package `notary`)", file=sys.stderr)
         return 2
     limit = args.time_limit or (60.0 if args.quick else 300.0)
     busy_before = cpu_busy_fraction()

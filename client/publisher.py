@@ -101,8 +101,7 @@ class Publisher:
         except OversizedError as exc:  # a root.json is there
             raise RepositoryExists(f"{self.gun} already exists on {self.remote.url}") from exc
         timestamp_key = self.remote.server_key(self.gun, TIMESTAMP)
-        root_key = self.trustdir.generate_key(ROOT)
-        certificate = root_certificate(root_key, self.gun)
+        certificate = self._new_root_key()
         targets_key = self.trustdir.generate_key(TARGETS, self.gun)
         if server_snapshot:
             snapshot_key = self.remote.server_key(self.gun, SNAPSHOT)
@@ -191,23 +190,34 @@ class Publisher:
         """Replace ``role``'s key(s) by a new one and publish the new root; returns the key."""
         draft = self._draft()
         root = self._editable_root(draft)
+        replaced = root.roles[role].keyids
         if role == ROOT:
-            new_private = self.trustdir.generate_key(ROOT)
-            new_key = root_certificate(new_private, self.gun)
-            old = self.trustdir.find_keys(root.roles[ROOT].keyids, root.keys)
+            old = self.trustdir.find_keys(replaced, root.keys)
             draft.extra_root_signers = [(key, keyid) for keyid, key in old.items()]
+            new_key = self._new_root_key()
         elif server_managed or role == TIMESTAMP:
             new_key = self.remote.server_key(self.gun, role, rotate=True)
         else:
             new_key = self.trustdir.generate_key(role, self.gun).public
         root.keys[new_key.key_id] = new_key
         root.roles[role] = RoleKeys([new_key.key_id], 1)
+        if role != ROOT:  # like the Go client, drop replaced keys but keep old root certificates
+            listed = {keyid for keys in root.roles.values() for keyid in keys.keyids}
+            for keyid in set(replaced) - listed:
+                root.keys.pop(keyid, None)
         if role == TARGETS:
             self._editable(draft, TARGETS)
         self._upload(draft)
         return new_key
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _new_root_key(self) -> Key:
+        """A new root key, stored once its certificate for the GUN could be made."""
+        private = PrivateKey.generate()
+        certificate = root_certificate(private, self.gun)
+        self.trustdir.add_key(private, ROOT)
+        return certificate
 
     def _draft(self) -> _Draft:
         """The verified current state, read back from the cache the updater just wrote."""

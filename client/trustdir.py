@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -337,7 +338,9 @@ def root_certificate(key: PrivateKey, gun: str) -> Key:
     crypto = key.crypto_key
     if isinstance(crypto, ed25519.Ed25519PrivateKey):
         raise ValueError("root certificates need an ecdsa or rsa key")
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gun)])
+    with warnings.catch_warnings():  # GUNs longer than X.520's 64 characters: Go writes them
+        warnings.simplefilter("ignore", UserWarning)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gun, _validate=False)])
     now = datetime.now(UTC).replace(microsecond=0)
     usage = x509.KeyUsage(
         digital_signature=True,

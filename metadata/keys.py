@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -175,7 +176,9 @@ def certificate_is_ca(cert: x509.Certificate) -> bool:
 
 
 def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    with warnings.catch_warnings():  # GUNs longer than X.520's 64 characters are fine here
+        warnings.simplefilter("ignore", UserWarning)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 
 
