@@ -254,6 +254,11 @@ class TrustedSet:
         children = [n for n in names if is_delegation_name(n) and parent_role(n) == role]
         return list(dict.fromkeys(children))
 
+    def targets(self, role: str) -> Targets | None:
+        """The verified ``signed`` of a targets role, or None if it is not trusted."""
+        trusted = self._targets.get(role)
+        return trusted.metadata.signed if trusted else None
+
     def delegations_of(self, role: str) -> list[DelegatedRole]:
         """The delegation entries of a trusted targets role (keys, paths, threshold)."""
         trusted = self._targets.get(role)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Protocol
 
@@ -39,6 +40,7 @@ from tufnotary.metadata.model import (
 )
 
 logger = logging.getLogger(__name__)
+EXPIRY_WARNING = timedelta(days=182)
 
 RELEASES = "targets/releases"
 DOCKER_ROLES = (RELEASES, TARGETS)
@@ -108,8 +110,20 @@ class Updater:
                 hint = exc.root_meta if isinstance(exc, RootOutdatedError) else None
                 self._update_root(trusted, hint)
             self._load_roles(trusted)
+        self._warn_expiring(trusted)
         self._trusted = trusted
         return trusted
+
+    def _warn_expiring(self, trusted: TrustedSet) -> None:
+        """Spec 4.2 step 7: tell the owner before root, snapshot or targets roles expire."""
+        soon = datetime.now(UTC) + EXPIRY_WARNING
+        documents: dict[str, Signed | None] = {ROOT: trusted.root, SNAPSHOT: trusted.snapshot}
+        documents.update({role: trusted.targets(role) for role in trusted.walk()})
+        for role, signed in documents.items():
+            if signed is not None and signed.expires_at < soon:
+                logger.warning(
+                    "%s: %s expires at %s: re-sign it soon", self.gun, role, signed.expires
+                )
 
     def find_target(
         self, name: str, roles: Sequence[str] = DOCKER_ROLES

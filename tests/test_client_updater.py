@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from support.repo import RepoBuilder
+from support.repo import RepoBuilder, expires_in
 from support.tamper import (
     FAR,
     PAST,
@@ -745,3 +745,14 @@ def test_verify_image_policy_pins_root(
         verify_image(server.remote(), cache, GUN, "v1", policy=wrong)
     right = Policy(pinning=TrustPinning(certs={GUN: [repo.builder.root_cert.key_id]}))
     assert verify_image(server.remote(), cache, GUN, "v1", policy=right).role == RELEASES
+
+
+def test_roles_expiring_within_six_months_are_warned_about(
+    server: TrustServer, repo: Repository, cache: MemoryCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo.builder.targets[TARGETS].expires = expires_in(30)
+    repo.publish(TARGETS)
+    with caplog.at_level("WARNING", logger="tufnotary.client.updater"):
+        refresh(server, cache)
+    warnings = [r.getMessage() for r in caplog.records if "re-sign it soon" in r.getMessage()]
+    assert len(warnings) == 1 and "targets expires at" in warnings[0]
