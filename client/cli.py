@@ -36,7 +36,7 @@ from tufnotary.client.images import (
     resolve_image,
 )
 from tufnotary.client.publisher import PublishError, RepositoryExists
-from tufnotary.client.remote import NotFoundError, RejectedError, RemoteError
+from tufnotary.client.remote import NotFoundError, RejectedError, Remote, RemoteError
 from tufnotary.client.repository import Repository, Target, TargetNotFound
 from tufnotary.client.trustdir import (
     KeyFileError,
@@ -89,6 +89,9 @@ class Settings:
     trust_dir: Path = Path(DEFAULT_TRUST_DIR)
     tlscacert: Path | None = None
     json: bool = False
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
     gun: str | None = None  # the repository the command works on, for error hints
     _trustdir: TrustDir | None = field(default=None, repr=False)
 
@@ -106,7 +109,14 @@ class Settings:
 
     def repository(self, gun: str, pinning: TrustPinning | None = None) -> Repository:
         self.gun = gun
-        return Repository(gun, self.server, self.trustdir(), verify=self.verify, pinning=pinning)
+        remote = Remote(
+            self.server,
+            self.verify,
+            username=self.username,
+            password=self.password,
+            token=self.token,
+        )
+        return Repository(gun, remote, self.trustdir(), verify=self.verify, pinning=pinning)
 
 
 def _settings() -> Settings:
@@ -528,6 +538,21 @@ def _roles_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Trust only server certificates issued by this CA (env TUFNOTARY_TLSCACERT).",
 )
+@click.option(
+    "--username",
+    envvar="TUFNOTARY_USERNAME",
+    help="User for the server's token service (env TUFNOTARY_USERNAME).",
+)
+@click.option(
+    "--password",
+    envvar="TUFNOTARY_PASSWORD",
+    help="Password for --username (env TUFNOTARY_PASSWORD; prefer the variable).",
+)
+@click.option(
+    "--token",
+    envvar="TUFNOTARY_TOKEN",
+    help="Bearer token sent to the server as is (env TUFNOTARY_TOKEN).",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Report what the update does.")
 @click.version_option(package_name="tufnotary", prog_name=PROG)
@@ -537,11 +562,16 @@ def cli(
     server: str,
     trust_dir: Path,
     tlscacert: Path | None,
+    username: str | None,
+    password: str | None,
+    token: str | None,
     json_output: bool,
     verbose: bool,
 ) -> None:
     """Sign and verify container image trust data on a Notary-compatible server."""
-    ctx.obj = Settings(server, trust_dir, tlscacert, json_output)
+    ctx.obj = Settings(
+        server, trust_dir, tlscacert, json_output, username or None, password, token or None
+    )
     _configure_logging(verbose)
 
 

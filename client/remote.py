@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -46,14 +47,51 @@ class RejectedError(RemoteError):
         self.status, self.code, self.detail = status, code, detail
 
 
+class UnauthorizedError(RejectedError):
+    """401: no credentials, a token the server refuses, or one lacking the needed access."""
+
+    def __init__(self, challenge: Mapping[str, str], detail: Any = None) -> None:
+        scope, error = challenge.get("scope", ""), challenge.get("error", "")
+        if error == "insufficient_scope":
+            reason = f"the credentials do not grant {scope}"
+        elif error:
+            reason = f"the server refused the token ({error}) for {scope}"
+        else:
+            reason = f"authentication required for {scope}"
+        super().__init__(401, "UNAUTHORIZED", reason, detail)
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_bearer_challenge(header: str) -> dict[str, str] | None:
+    """The parameters of a ``WWW-Authenticate: Bearer ...`` header, or None if not Bearer."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return {
+        name.lower(): re.sub(r"\\(.)", r"\1", value)
+        for name, value in _CHALLENGE_PARAM.findall(rest)
+    }
+
+
 @dataclass(frozen=True)
 class Remote:
-    """One trust server. ``verify`` is a CA bundle path, True (system CAs) or False."""
+    """One trust server. ``verify`` is a CA bundle path, True (system CAs) or False.
+
+    Token auth (spec 4.7): a static bearer ``token`` is sent as is; otherwise a 401 Bearer
+    challenge is answered by fetching a token from its realm (with ``username``/``password``
+    as HTTP basic credentials when given, anonymously if not) and retrying once.
+    """
 
     url: str
     verify: str | bool = True
     timeout: float = 30.0
     session: requests.Session | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    _bearer: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def _session(self) -> requests.Session:
         return self.session or requests.Session()
@@ -62,12 +100,63 @@ class Remote:
         return f"{self.url.rstrip('/')}/v2/{quote(gun, safe='/:@')}/_trust/tuf/{name}"
 
     def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        response = self._send(method, url, **kwargs)
+        if response.status_code != 401 or self.token:
+            return response
+        challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge is None or not challenge.get("realm"):
+            return response
+        response.close()
+        self._bearer["token"] = self._fetch_token(challenge)
+        return self._send(method, url, **kwargs)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        token = self.token or self._bearer.get("token")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             return self._session().request(
-                method, url, verify=self.verify, timeout=self.timeout, stream=True, **kwargs
+                method,
+                url,
+                verify=self.verify,
+                timeout=self.timeout,
+                stream=True,
+                headers=headers,
+                **kwargs,
             )
         except requests.RequestException as exc:
             raise RemoteError(f"cannot reach the trust server {self.url}: {exc}") from exc
+
+    def _fetch_token(self, challenge: Mapping[str, str]) -> str:
+        """A bearer token from the challenge's realm for its service and scopes."""
+        realm = challenge["realm"]
+        params = [("service", challenge.get("service", ""))]
+        params += [("scope", scope) for scope in challenge.get("scope", "").split() if scope]
+        if self.username:
+            params.append(("account", self.username))
+        auth = (self.username, self.password or "") if self.username else None
+        try:
+            response = self._session().get(
+                realm, params=params, auth=auth, verify=self.verify, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise RemoteError(f"cannot reach the token service {realm}: {exc}") from exc
+        if response.status_code != 200:
+            text = response.text[:200].strip()
+            raise RejectedError(
+                response.status_code,
+                "TOKEN",
+                f"the token service {realm} refused the credentials: {text}",
+            )
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RemoteError(f"the token service {realm} answered without a token")
+        return token
 
     @staticmethod
     def _raise_for(response: requests.Response) -> None:
@@ -77,6 +166,13 @@ class Remote:
         response.close()
         if response.status_code == 404:
             raise NotFoundError(f"not found on the trust server: {response.url}")
+        challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+        if response.status_code == 401 and challenge is not None:
+            try:
+                detail = json.loads(body)["errors"][0].get("detail")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                detail = None
+            raise UnauthorizedError(challenge, detail)
         try:
             error = json.loads(body)["errors"][0]
             code, message = str(error["code"]), str(error.get("message", ""))

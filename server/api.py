@@ -7,11 +7,13 @@ expressions (GUNs span slashes), so one catch-all Flask rule hands every request
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -21,7 +23,9 @@ from werkzeug.http import http_date
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from tufnotary.metadata.model import TIMESTAMP, format_expires
+from tufnotary.server.auth import TokenAuth, required_access
 from tufnotary.server.errors import (
+    Forbidden,
     InvalidGun,
     InvalidParameters,
     MalformedUpload,
@@ -30,8 +34,8 @@ from tufnotary.server.errors import (
     ServerError,
     TooLarge,
 )
-from tufnotary.server.service import TrustService
-from tufnotary.server.storage import StorageError, StoredFile
+from tufnotary.server.service import Requester, TrustService
+from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
 from tufnotary.server.updates import Part
 
 bp = Blueprint("notary", __name__)
@@ -122,6 +126,52 @@ def health(**_: str) -> Response:
     return _json({})
 
 
+def audit() -> Response:
+    """The audit log, filtered by ``gun``, ``actor``, ``since``, ``until`` (ISO 8601) and
+    ``limit``: for administrators (``registry:catalog:*`` with token auth, else loopback only)."""
+    if current_app.extensions.get("tufnotary.auth") is None and not _is_loopback():
+        raise Forbidden(log="the audit log is only served to loopback clients without auth")
+    args = request.args
+    try:
+        since, until = (
+            parse_time(args[name]) if args.get(name) else None for name in ("since", "until")
+        )
+        limit = min(int(args.get("limit", MAX_RECORDS)), MAX_RECORDS)
+    except ValueError as exc:
+        raise InvalidParameters(f"invalid audit filter: {exc}") from exc
+    records = _service().audit_log(
+        gun=args.get("gun"), actor=args.get("actor"), since=since, until=until, limit=limit
+    )
+    return _json([audit_json(record) for record in records])
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    """An audit record as JSON (the admin endpoint and ``tufnotary-server audit --json``)."""
+    return {
+        "id": record.id,
+        "time": format_expires(record.created_at),
+        "actor": record.actor,
+        "action": record.action,
+        "gun": record.gun,
+        "detail": record.detail,
+        "address": record.address,
+        "request_id": record.request_id,
+    }
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _is_loopback() -> bool:
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
 def metrics(**_: str) -> Response:
     data = current_app.extensions["tufnotary.metrics"]()
     return Response(data, 200, content_type=CONTENT_TYPE_LATEST)
@@ -139,21 +189,26 @@ def current(gun: str, role: str) -> Response:
     return _metadata(_service().current(gun, role), current=True)
 
 
+def _requester() -> Requester:
+    """Who is asking, for the audit log: the token's subject (or anonymous), address, id."""
+    return Requester(g.get("actor") or "anonymous", request.remote_addr or "", g.request_id)
+
+
 def get_key(gun: str, role: str) -> Response:
-    return _key(_service().server_key(gun, role).to_dict())
+    return _key(_service().server_key(gun, role, _requester()).to_dict())
 
 
 def rotate_key(gun: str, role: str) -> Response:
-    return _key(_service().rotate_key(gun, role).to_dict())
+    return _key(_service().rotate_key(gun, role, _requester()).to_dict())
 
 
 def delete(gun: str) -> Response:
-    g.audit = {"removed": _service().delete(gun)}
+    g.audit = {"removed": _service().delete(gun, _requester())}
     return Response(b"", 200)
 
 
 def upload(gun: str) -> Response:
-    files = _service().publish(gun, _read_parts())
+    files = _service().publish(gun, _read_parts(), _requester())
     g.audit = {"stored": {file.role: file.version for file in files}}
     return Response(b"", 200)
 
@@ -245,21 +300,25 @@ def _read_parts() -> dict[str, Part]:
 # -- routing ----------------------------------------------------------------------------------
 
 Handler = Callable[..., Response]
-ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
-    (method, re.compile(pattern), handler, needs_gun)
-    for method, pattern, handler, needs_gun in [
-        ("GET", r"/v2/", ping, False),
-        ("POST", _TUF, upload, True),
-        ("GET", _TUF + _ROLE + r"\.(?P<checksum>[0-9a-fA-F]{64})\.json", by_checksum, True),
-        ("GET", _TUF + r"(?P<version>[0-9]+)\." + _ROLE + r"\.json", by_version, True),
-        ("GET", _TUF + _ROLE + r"\.json", current, True),
-        ("GET", _TUF + r"(?P<role>snapshot|timestamp)\.key", get_key, True),
-        ("POST", _TUF + r"(?P<role>snapshot|timestamp)\.key", rotate_key, True),
-        ("DELETE", _TUF, delete, True),
-        ("GET", rf"/v2/{_GUN}/_trust/changefeed", changefeed, True),
-        ("GET", r"/v2/_trust/changefeed", changefeed, False),
-        ("GET", r"/_notary_server/health", health, False),
-        ("GET", r"/metrics", metrics, False),
+PULL, PUSH_PULL, ALL, NO_AUTH = ("pull",), ("push", "pull"), ("*",), None
+# (method, path, handler, needs_gun, token actions: spec 1.1; routes without a GUN need
+# registry:catalog:*, None = never authenticated)
+ROUTES: list[tuple[str, re.Pattern[str], Handler, bool, tuple[str, ...] | None]] = [
+    (method, re.compile(pattern), handler, needs_gun, actions)
+    for method, pattern, handler, needs_gun, actions in [
+        ("GET", r"/v2/", ping, False, ALL),
+        ("POST", _TUF, upload, True, PUSH_PULL),
+        ("GET", _TUF + _ROLE + r"\.(?P<checksum>[0-9a-fA-F]{64})\.json", by_checksum, True, PULL),
+        ("GET", _TUF + r"(?P<version>[0-9]+)\." + _ROLE + r"\.json", by_version, True, PULL),
+        ("GET", _TUF + _ROLE + r"\.json", current, True, PULL),
+        ("GET", _TUF + r"(?P<role>snapshot|timestamp)\.key", get_key, True, PUSH_PULL),
+        ("POST", _TUF + r"(?P<role>snapshot|timestamp)\.key", rotate_key, True, ALL),
+        ("DELETE", _TUF, delete, True, ALL),
+        ("GET", rf"/v2/{_GUN}/_trust/changefeed", changefeed, True, PULL),
+        ("GET", r"/v2/_trust/changefeed", changefeed, False, ALL),
+        ("GET", r"/_notary_server/health", health, False, NO_AUTH),
+        ("GET", r"/metrics", metrics, False, NO_AUTH),
+        ("GET", r"/_notary_server/audit", audit, False, ALL),
     ]
 ]
 OPERATIONS = {
@@ -319,7 +378,7 @@ def dispatch(path: str) -> Response:
         response.headers["Location"] = cleaned + (f"?{query}" if query else "")
         return response
     method = "GET" if request.method == "HEAD" else request.method
-    for route_method, pattern, handler, needs_gun in ROUTES:
+    for route_method, pattern, handler, needs_gun, actions in ROUTES:
         match = pattern.fullmatch(path)
         if match is None or route_method != method:
             continue
@@ -328,10 +387,29 @@ def dispatch(path: str) -> Response:
         if needs_gun:
             g.gun = arguments["gun"]
             _prefix_filter(arguments["gun"], handler)
+        if actions is not None:
+            _authorize(arguments["gun"] if needs_gun else None, actions)
+        if needs_gun:
             check_gun(arguments["gun"])
         return handler(**arguments)
+    _authorize(None, ALL)  # the catch-all needs registry:catalog:*, as the reference's
     raise NoRoute()
 
 
+def _authorize(gun: str | None, actions: tuple[str, ...]) -> None:
+    """Token auth (spec 1.9) when configured; a declared body over the cap is refused first."""
+    token_auth: TokenAuth | None = current_app.extensions.get("tufnotary.auth")
+    if token_auth is None:
+        return
+    declared = request.content_length
+    if declared is not None and declared > _settings().max_body_bytes:
+        raise TooLarge(log=f"declared body of {declared} bytes")
+    g.actor = token_auth.authorize(
+        request.headers.get("Authorization"), required_access(gun, actions)
+    )
+
+
 def render_error(error: ServerError) -> Response:
-    return Response(error.body(), error.status, content_type="application/json; charset=utf-8")
+    response = Response(error.body(), error.status, content_type="application/json; charset=utf-8")
+    response.headers.extend(getattr(error, "headers", {}))
+    return response

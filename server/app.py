@@ -17,7 +17,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
 from tufnotary.server import api
-from tufnotary.server.config import Settings
+from tufnotary.server.auth import TokenAuth
+from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import NoRoute, ServerError, TooLarge
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
@@ -107,9 +108,31 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.cache_max_age_consistent,
         settings.gun_prefixes,
     )
+    app.extensions["tufnotary.auth"] = _token_auth(settings)
     app.register_blueprint(api.bp)
     _install_hooks(app)
     return app
+
+
+def _token_auth(settings: Settings) -> TokenAuth | None:
+    """The bearer-token verifier of auth_mode `token`, or None (no authentication)."""
+    if settings.auth_mode != "token":
+        return None
+    values = (settings.token_realm, settings.token_service, settings.token_issuer)
+    if settings.token_rootcertbundle is None or not all(values):
+        raise ConfigError(
+            "auth_mode 'token' needs token_realm, token_service, token_issuer "
+            "and token_rootcertbundle"
+        )
+    try:
+        return TokenAuth.from_files(
+            settings.token_realm or "",
+            settings.token_service or "",
+            settings.token_issuer or "",
+            settings.token_rootcertbundle,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"token_rootcertbundle: {exc}") from None
 
 
 def _install_hooks(app: Flask) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from gunicorn.app.base import BaseApplication
 
+from .auth import is_loopback
 from .config import ConfigError, Settings
 from .tls import ensure_self_signed
 
@@ -100,6 +101,13 @@ def main() -> None:
 @click.option("--workers", type=int, help="Number of worker processes.")
 @click.option("--key-algorithm", help="Algorithm of server-held keys: ecdsa or ed25519.")
 @click.option("--log-level", help="debug, info, warning, error or critical.")
+@click.option("--auth-mode", help="none (default), token or builtin (not implemented yet).")
+@click.option("--token-realm", metavar="URL", help="Token service URL for the 401 challenge.")
+@click.option("--token-service", help="Expected token audience (the service name).")
+@click.option("--token-issuer", help="Expected token issuer.")
+@click.option(
+    "--token-rootcertbundle", type=_path, help="PEM certificates that token signatures chain to."
+)
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Serve the Notary API over HTTPS.
 
@@ -108,6 +116,11 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
     """
     settings = _load_settings(config_file, **overrides)
     tls_files = _given_tls_files(settings)
+    if settings.auth_mode == "none" and not is_loopback(settings.listen):
+        _say(
+            f"warning: listening on {settings.listen} without authentication (auth_mode none); "
+            "anyone who can reach it may publish and delete trust data"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if _is_sqlite(settings):
         _migrate(settings.effective_database_url, "head", downgrade=False)
@@ -193,6 +206,58 @@ def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
     except (SQLAlchemyError, CommandError) as exc:
         cause = getattr(exc, "orig", None) or exc
         raise click.ClickException(f"database: {str(cause).strip().splitlines()[0]}") from None
+
+
+@main.command()
+@config_option
+@data_dir_option
+@database_option
+@click.option("--gun", help="Only writes to this repository.")
+@click.option("--actor", help="Only writes by this user (token subject, or 'anonymous').")
+@click.option("--since", help="Only writes at or after this ISO 8601 time (UTC if no zone).")
+@click.option("--until", help="Only writes before this ISO 8601 time.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    gun: str | None,
+    actor: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show the audit log: every upload, delete and server-key change, oldest first."""
+    import json
+
+    from .api import audit_json, parse_time
+    from .storage import MetadataStore, StorageError
+
+    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
+    try:
+        window = [parse_time(value) if value else None for value in (since, until)]
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {exc}") from None
+    store = MetadataStore.from_url(settings.effective_database_url)
+    try:
+        records = store.audit_log(
+            gun=gun, actor=actor, since=window[0], until=window[1], limit=limit
+        )
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc}") from None
+    finally:
+        store.engine.dispose()
+    for record in map(audit_json, records):
+        if as_json:
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            where = f" {record['gun']}" if record["gun"] else ""
+            click.echo(
+                f"{record['time']}  {record['actor']}@{record['address'] or '-'}  "
+                f"{record['action']}{where}  {json.dumps(record['detail'], sort_keys=True)}"
+            )
 
 
 class _ServerApplication(BaseApplication):

@@ -18,6 +18,7 @@ ENV_PREFIX = "TUFNOTARY_"
 CONFIG_ENV = "TUFNOTARY_CONFIG"
 KEY_ALGORITHMS = ("ecdsa", "ed25519")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+AUTH_MODES = ("none", "token", "builtin")
 MAX_CACHE_AGE = 31_536_000
 
 
@@ -50,6 +51,11 @@ class Settings:
     cache_max_age_consistent: int = 2_592_000
     gun_prefixes: tuple[str, ...] = ()
     log_level: str = "info"
+    auth_mode: str = "none"
+    token_realm: str | None = None
+    token_service: str | None = None
+    token_issuer: str | None = None
+    token_rootcertbundle: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -106,7 +112,33 @@ class Settings:
                 f"{raw['key_passphrase'][1]}, key_passphrase_file from "
                 f"{raw['key_passphrase_file'][1]})"
             )
+        _check_auth(settings, raw)
         return settings
+
+
+def _check_auth(settings: Settings, raw: Mapping[str, tuple[object, str, Path | None]]) -> None:
+    """`builtin` is reserved; `token` needs realm, service, issuer and a readable root bundle."""
+    if settings.auth_mode == "builtin":
+        raise ConfigError(
+            f"auth_mode: 'builtin' is not implemented yet (from {raw['auth_mode'][1]})"
+        )
+    if settings.auth_mode != "token":
+        return
+    names = ("token_realm", "token_service", "token_issuer", "token_rootcertbundle")
+    missing = [name for name in names if getattr(settings, name) in (None, "")]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required with auth_mode 'token' "
+            f"(auth_mode from {raw['auth_mode'][1]})"
+        )
+    from tufnotary.server.auth import load_root_bundle
+
+    assert settings.token_rootcertbundle is not None
+    try:
+        load_root_bundle(settings.token_rootcertbundle)
+    except ValueError as exc:
+        source = raw["token_rootcertbundle"][1]
+        raise ConfigError(f"token_rootcertbundle: {exc} (from {source})") from None
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -240,4 +272,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "cache_max_age_consistent": _int_range(0, MAX_CACHE_AGE),
     "gun_prefixes": _check_gun_prefixes,
     "log_level": _one_of(LOG_LEVELS),
+    "auth_mode": _one_of(AUTH_MODES),
 }

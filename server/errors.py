@@ -106,6 +106,11 @@ class InvalidParameters(ServerError):
     code, status, message = "INVALID_PARAMETERS", 400, "The parameters provided are not valid."
 
 
+class Forbidden(ServerError):
+    code, status = "DENIED", 403
+    message = "You are not allowed to do this."
+
+
 class TooLarge(ServerError):
     code, status = "TOO_LARGE", 413
     message = "The request is larger than this server accepts."

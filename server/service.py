@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.keys import Key
@@ -33,6 +33,8 @@ from tufnotary.server.errors import (
 )
 from tufnotary.server.signer import ServerKeys
 from tufnotary.server.storage import (
+    AuditEntry,
+    AuditRecord,
     Change,
     MetadataStore,
     NewFile,
@@ -84,6 +86,18 @@ class _LRU(Generic[K, V]):
             while self._used > self._budget:
                 _, evicted = self._items.popitem(last=False)
                 self._used -= self._weigh(evicted)
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks for a write, for the audit log."""
+
+    actor: str
+    address: str = ""
+    request_id: str = ""
+
+    def entry(self, action: str, gun: str | None, **detail: Any) -> AuditEntry:
+        return AuditEntry(self.actor, action, gun, detail, self.address, self.request_id)
 
 
 @dataclass(frozen=True)
@@ -248,20 +262,21 @@ class TrustService:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def publish(self, gun: str, parts: dict[str, Part]) -> list[NewFile]:
+    def publish(self, gun: str, parts: dict[str, Part], by: Requester) -> list[NewFile]:
         """Validate an upload against the current state and store it atomically."""
         with _storage_errors(UpdateFailed):
             state = _StoreState(self, gun)
             files = UpdateValidator(gun, state, self.keys, self.limits).validate(parts)
+            stored = {file.role: file.version for file in files}
             try:
-                self.store.update_many(gun, files)
+                self.store.update_many(gun, files, by.entry("upload", gun, stored=stored))
             except VersionConflict as exc:
                 raise VersionConflictError(log=str(exc)) from exc
         return files
 
-    def delete(self, gun: str) -> int:
+    def delete(self, gun: str, by: Requester) -> int:
         with _storage_errors(UpdateFailed):
-            return self.store.delete_gun(gun)
+            return self.store.delete_gun(gun, by.entry("delete", gun))
 
     def changes(self, gun: str | None, change_id: int, records: int) -> list[Change]:
         with _storage_errors(Unavailable):
@@ -273,13 +288,23 @@ class TrustService:
         root_file = self.current_file(gun, ROOT)
         return self._parse(root_file, Root) if root_file else None
 
-    def server_key(self, gun: str, role: str) -> Key:
+    def server_key(self, gun: str, role: str, by: Requester) -> Key:
+        """GET ``role.key``; a key created now is recorded in the audit log."""
         with _storage_errors(UpdateFailed):
-            return self.keys.get_or_create(gun, role, self._root(gun))
+            key, created = self.keys.get_or_create(gun, role, self._root(gun))
+            if created:
+                self.store.record(by.entry("key-create", gun, role=role, key_id=key.key_id))
+        return key
 
-    def rotate_key(self, gun: str, role: str) -> Key:
+    def rotate_key(self, gun: str, role: str, by: Requester) -> Key:
         with _storage_errors(UpdateFailed):
-            return self.keys.rotate(gun, role)
+            key, _ = self.keys.rotate(gun, role)
+            self.store.record(by.entry("key-rotate", gun, role=role, key_id=key.key_id))
+        return key
+
+    def audit_log(self, **filters: Any) -> list[AuditRecord]:
+        with _storage_errors(Unavailable):
+            return self.store.audit_log(**filters)
 
     def ping(self) -> None:
         self.store.ping()

@@ -110,11 +110,12 @@ class ServerKeys:
         self._cache: dict[str, PrivateKey] = {}
         self._used: set[str] = set()
 
-    def _create(self, gun: str, role: str) -> Key:
-        """A new key, or one created earlier for this GUN and role that never signed."""
+    def _create(self, gun: str, role: str) -> tuple[Key, bool]:
+        """A key for ``role`` that never signed: one created earlier, else a new one (then
+        ``True``)."""
         unused = self._store.unused_key(gun, role, self._algorithm)
         if unused is not None:
-            return Key(unused.algorithm, unused.public)
+            return Key(unused.algorithm, unused.public), False
         private = PrivateKey.generate(self._algorithm)
         key_id = private.public.key_id
         blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
@@ -123,21 +124,22 @@ class ServerKeys:
             StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
         )
         self._cache[key_id] = private
-        return private.public
+        return private.public, True
 
     def _stored(self, gun: str, role: str, key_id: str) -> StoredKey | None:
         stored = self._store.get_key(key_id)
         return stored if stored and stored.gun == gun and stored.role == role else None
 
-    def get_or_create(self, gun: str, role: str, root: Root | None) -> Key:
-        """GET ``role.key``: the key current root lists for ``role`` if held, else a new one."""
+    def get_or_create(self, gun: str, role: str, root: Root | None) -> tuple[Key, bool]:
+        """GET ``role.key``: the key current root lists for ``role`` if held, else a key that
+        never signed; ``True`` if it was created now."""
         if root is not None and role in root.roles:
             for key_id in root.roles[role].keyids:
                 if self._stored(gun, role, key_id) is not None:
-                    return root.keys[key_id]
+                    return root.keys[key_id], False
         return self._create(gun, role)
 
-    def rotate(self, gun: str, role: str) -> Key:
+    def rotate(self, gun: str, role: str) -> tuple[Key, bool]:
         """POST ``role.key``: a key the client can list in its next root."""
         return self._create(gun, role)
 

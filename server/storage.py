@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,6 +134,26 @@ class ServerKeyRow(Base):
     last_used: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class AuditRow(Base):
+    """One write made through the API or the command line: who, what, when, from where."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        sa.Index("ix_audit_log_gun", "gun"),
+        sa.Index("ix_audit_log_actor", "actor"),
+        sa.Index("ix_audit_log_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(ExactString(255))
+    action: Mapped[str] = mapped_column(sa.String(32))
+    gun: Mapped[str | None] = mapped_column(ExactString(255))
+    detail: Mapped[str] = mapped_column(sa.Text())
+    address: Mapped[str] = mapped_column(sa.String(64))
+    request_id: Mapped[str] = mapped_column(sa.String(64))
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A stored metadata file."""
@@ -178,6 +199,32 @@ class StoredKey:
     private: bytes
     created_at: datetime
     last_used: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A write to record: ``detail`` is JSON-serialisable (roles and versions, key ids...)."""
+
+    actor: str
+    action: str
+    gun: str | None
+    detail: dict[str, Any]
+    address: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """A recorded write."""
+
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    gun: str | None
+    detail: dict[str, Any]
+    address: str
+    request_id: str
 
 
 class StorageError(Exception):
@@ -226,6 +273,7 @@ def _columns(model: type[Base], record: type) -> list[Any]:
 _FILE_COLUMNS = _columns(TufFileRow, StoredFile)
 _CHANGE_COLUMNS = _columns(ChangefeedRow, Change)
 _KEY_COLUMNS = _columns(ServerKeyRow, StoredKey)
+_AUDIT_COLUMNS = _columns(AuditRow, AuditRecord)
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -305,8 +353,11 @@ class MetadataStore:
             TufFileRow.version == version,
         )
 
-    def update_many(self, gun: str, files: Sequence[NewFile]) -> list[Change]:
-        """Store all files or none (spec 2.9); returns the changefeed rows of the timestamps."""
+    def update_many(
+        self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
+    ) -> list[Change]:
+        """Store all files (and the audit entry) or none (spec 2.9); returns the changefeed
+        rows of the timestamps."""
         if len({(file.role, file.version) for file in files}) != len(files):
             raise VersionConflict(f"update of {gun}: two files with the same role and version")
         lowest: dict[str, int] = {}
@@ -342,21 +393,54 @@ class MetadataStore:
                     )
             if rows:
                 connection.execute(sa.insert(TufFileRow), rows)
+            if audit is not None:
+                _append_audit(connection, audit, now)
             return [
                 _append_change(connection, gun, row["version"], row["sha256"], "update", now)
                 for row in rows
                 if row["role"] == "timestamp"
             ]
 
-    def delete_gun(self, gun: str) -> int:
-        """Delete every stored file of exactly this GUN; returns the number of rows removed."""
+    def delete_gun(self, gun: str, audit: AuditEntry | None = None) -> int:
+        """Delete every stored file of exactly this GUN (and record ``audit``); returns the
+        number of rows removed."""
+        now = datetime.now(UTC)
         with self._transaction(f"delete of {gun}", write=True) as connection:
             removed = connection.execute(
                 sa.delete(TufFileRow).where(TufFileRow.gun == gun)
             ).rowcount
             if removed:
-                _append_change(connection, gun, 0, "", "deletion", datetime.now(UTC))
+                _append_change(connection, gun, 0, "", "deletion", now)
+            if audit is not None:
+                _append_audit(connection, audit, now)
         return removed
+
+    def record(self, audit: AuditEntry) -> None:
+        """Record a write made elsewhere (server keys, users)."""
+        with self._transaction(f"audit of {audit.action}", write=True) as connection:
+            _append_audit(connection, audit, datetime.now(UTC))
+
+    def audit_log(
+        self,
+        *,
+        gun: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Recorded writes, oldest first, filtered by GUN, actor and time (``until`` excluded)."""
+        query = sa.select(*_AUDIT_COLUMNS).order_by(AuditRow.id.desc()).limit(limit)
+        for column, value in ((AuditRow.gun, gun), (AuditRow.actor, actor)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(AuditRow.created_at >= since)
+        if until is not None:
+            query = query.where(AuditRow.created_at < until)
+        with self._transaction("audit log") as connection:
+            rows = [row._mapping for row in connection.execute(query)]
+        return [AuditRecord(**{**row, "detail": json.loads(row["detail"])}) for row in rows[::-1]]
 
     def changes(self, gun: str | None, change_id: int, records: int) -> list[Change]:
         """A page of the changefeed, oldest first (spec 1.8)."""
@@ -440,3 +524,9 @@ def _append_change(
     key = result.inserted_primary_key
     assert key is not None  # a single-row INSERT always reports its key
     return Change(key[0], now, gun, version, sha256, category)
+
+
+def _append_audit(connection: Connection, audit: AuditEntry, now: datetime) -> None:
+    values = dataclasses.asdict(audit)
+    values["detail"] = json.dumps(audit.detail, sort_keys=True, ensure_ascii=False)
+    connection.execute(sa.insert(AuditRow).values(created_at=now, **values))
