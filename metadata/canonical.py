@@ -175,8 +175,3 @@ def encode_wire(signed: Mapping[str, Any], signatures: Iterable[Mapping[str, str
     return (
         '{"signed":' + html_safe(canonical_text(signed)) + ',"signatures":[' + sigs + "]}"
     ).encode("utf-8")
-
-
-def encode_compact(value: Any) -> bytes:
-    """Compact JSON in the given member order (Go's encoder on a struct): used for key bodies."""
-    return html_safe(json.dumps(value, separators=(",", ":"), ensure_ascii=False)).encode("utf-8")

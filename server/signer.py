@@ -26,7 +26,6 @@ from tufnotary.server.storage import MetadataStore, StoredKey
 
 log = logging.getLogger(__name__)
 
-SERVER_ROLES = ("timestamp", "snapshot")
 _FORMAT = b"\x01"
 _SALT, _NONCE = 16, 12
 DEV_MASTER_KEY = "master.key"
