@@ -28,12 +28,15 @@ from tufnotary.server.errors import (
     Forbidden,
     InvalidGun,
     InvalidParameters,
+    LoginFailed,
     MalformedUpload,
     NoFilename,
     NoRoute,
     ServerError,
     TooLarge,
+    TooManyLogins,
 )
+from tufnotary.server.realm import Realm, RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
 from tufnotary.server.updates import Part
@@ -189,6 +192,43 @@ def current(gun: str, role: str) -> Response:
     return _metadata(_service().current(gun, role), current=True)
 
 
+def token() -> Response:
+    """``GET /auth/token`` of auth_mode builtin: a registry-style token service (basic
+    credentials or none, ``service``, repeated ``scope``) granting requested ∩ allowed."""
+    realm: Realm | None = current_app.extensions.get("tufnotary.realm")
+    if realm is None:  # not builtin mode: the catch-all's answer
+        _authorize(None, ALL)
+        raise NoRoute()
+    address = request.remote_addr or ""
+    retry_after = realm.failed_logins.retry_after(address)
+    if retry_after:
+        raise TooManyLogins(retry_after)
+    user = ""
+    if request.headers.get("Authorization"):
+        credentials = request.authorization
+        name = credentials.username if credentials and credentials.type == "basic" else None
+        password = credentials.password if credentials else None
+        if not realm.authenticate(name or "", password or "") or not name:
+            realm.failed_logins.failed(address)
+            raise LoginFailed(log=f"failed login of {name!r}")
+        user = name
+    g.actor = user or "anonymous"
+    if request.args.get("service") != realm.service:
+        raise InvalidParameters(log=f"unknown service {request.args.get('service')!r}")
+    scopes = [s for value in request.args.getlist("scope") for s in value.split(" ") if s]
+    access = realm.granted(user, scopes)
+    issued = realm.issue(user, access)
+    g.audit = {"granted": [f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access]}
+    return _json(
+        {
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": issued.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+
+
 def _requester() -> Requester:
     """Who is asking, for the audit log: the token's subject (or anonymous), address, id."""
     return Requester(g.get("actor") or "anonymous", request.remote_addr or "", g.request_id)
@@ -319,6 +359,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler, bool, tuple[str, ...] | None]]
         ("GET", r"/_notary_server/health", health, False, NO_AUTH),
         ("GET", r"/metrics", metrics, False, NO_AUTH),
         ("GET", r"/_notary_server/audit", audit, False, ALL),
+        ("GET", r"/auth/token", token, False, NO_AUTH),
     ]
 ]
 OPERATIONS = {
@@ -401,6 +442,8 @@ def _authorize(gun: str | None, actions: tuple[str, ...]) -> None:
     token_auth: TokenAuth | None = current_app.extensions.get("tufnotary.auth")
     if token_auth is None:
         return
+    if isinstance(token_auth, RealmTokenAuth):
+        token_auth = token_auth.for_host(request.host)
     declared = request.content_length
     if declared is not None and declared > _settings().max_body_bytes:
         raise TooLarge(log=f"declared body of {declared} bytes")

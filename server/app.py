@@ -20,6 +20,7 @@ from tufnotary.server import api
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.storage import MetadataStore
@@ -109,6 +110,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.gun_prefixes,
     )
     app.extensions["tufnotary.auth"] = _token_auth(settings)
+    if settings.auth_mode == "builtin":
+        realm = _realm(settings, store, vault)
+        app.extensions["tufnotary.realm"] = realm
+        app.extensions["tufnotary.auth"] = realm.verifier
     app.register_blueprint(api.bp)
     _install_hooks(app)
     return app
@@ -133,6 +138,21 @@ def _token_auth(settings: Settings) -> TokenAuth | None:
         )
     except ValueError as exc:
         raise ConfigError(f"token_rootcertbundle: {exc}") from None
+
+
+def _realm(settings: Settings, store: MetadataStore, vault: KeyVault) -> Realm:
+    """The built-in token realm of auth_mode `builtin` (service and issuer default to
+    "tufnotary")."""
+    return Realm(
+        store,
+        TokenKeys(store, vault),
+        service=settings.token_service or DEFAULT_SERVICE,
+        issuer=settings.token_issuer or DEFAULT_ISSUER,
+        lifetime=settings.token_lifetime,
+        htpasswd=settings.htpasswd_file,
+        rules=[Rule.make(*rule) for rule in settings.rules],
+        rounds=settings.bcrypt_rounds,
+    )
 
 
 def _install_hooks(app: Flask) -> None:

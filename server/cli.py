@@ -1,10 +1,11 @@
-"""`tufnotary-server serve | migrate`."""
+"""`tufnotary-server serve | migrate | audit | user | rule | token-key`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,13 +102,15 @@ def main() -> None:
 @click.option("--workers", type=int, help="Number of worker processes.")
 @click.option("--key-algorithm", help="Algorithm of server-held keys: ecdsa or ed25519.")
 @click.option("--log-level", help="debug, info, warning, error or critical.")
-@click.option("--auth-mode", help="none (default), token or builtin (not implemented yet).")
+@click.option("--auth-mode", help="none (default), token or builtin (own token service).")
 @click.option("--token-realm", metavar="URL", help="Token service URL for the 401 challenge.")
 @click.option("--token-service", help="Expected token audience (the service name).")
 @click.option("--token-issuer", help="Expected token issuer.")
 @click.option(
     "--token-rootcertbundle", type=_path, help="PEM certificates that token signatures chain to."
 )
+@click.option("--token-lifetime", type=int, help="Seconds a builtin-mode token is valid (300).")
+@click.option("--htpasswd-file", type=_path, help="Read-only bcrypt users for builtin mode.")
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Serve the Notary API over HTTPS.
 
@@ -258,6 +261,261 @@ def audit(
                 f"{record['time']}  {record['actor']}@{record['address'] or '-'}  "
                 f"{record['action']}{where}  {json.dumps(record['detail'], sort_keys=True)}"
             )
+
+
+# -- the built-in realm: users, rules, token keys --------------------------------------------------
+
+
+def _realm_store(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None
+) -> tuple[Settings, Any]:
+    from .storage import MetadataStore
+
+    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
+    return settings, MetadataStore.from_url(settings.effective_database_url)
+
+
+def _realm_call(action: Callable[[], Any]) -> Any:
+    """Run a realm change; realm and database errors become one-line failures."""
+    from .realm import RealmError
+    from .storage import StorageError
+
+    try:
+        return action()
+    except RealmError as exc:
+        raise click.ClickException(str(exc)) from None
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc}") from None
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password is empty")
+    return str(password)
+
+
+def _realm_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    return config_option(data_dir_option(database_option(function)))
+
+
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+
+
+@main.group()
+def user() -> None:
+    """Users of the built-in token realm (auth_mode builtin): bcrypt passwords in the database."""
+
+
+@user.command("add")
+@_realm_options
+@password_stdin_option
+@click.option("--group", "groups", multiple=True, help="Make the user a member (repeatable).")
+@click.argument("name")
+def user_add(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    password_stdin: bool,
+    groups: tuple[str, ...],
+    name: str,
+) -> None:
+    """Create user NAME (the password is prompted for, or read with --password-stdin)."""
+    from . import realm
+
+    settings, store = _realm_store(config_file, data_dir, database_url)
+    password = _read_password(password_stdin)
+    _realm_call(
+        lambda: realm.add_user(store, name, password, groups, rounds=settings.bcrypt_rounds)
+    )
+    _say(f"user {name} added")
+
+
+@user.command("passwd")
+@_realm_options
+@password_stdin_option
+@click.argument("name")
+def user_passwd(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    password_stdin: bool,
+    name: str,
+) -> None:
+    """Set the password of user NAME."""
+    from . import realm
+
+    settings, store = _realm_store(config_file, data_dir, database_url)
+    password = _read_password(password_stdin)
+    _realm_call(lambda: realm.set_password(store, name, password, rounds=settings.bcrypt_rounds))
+    _say(f"password of {name} changed")
+
+
+@user.command("remove")
+@_realm_options
+@click.argument("name")
+def user_remove(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None, name: str
+) -> None:
+    """Delete user NAME and its group memberships (rules naming it stay)."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    _realm_call(lambda: realm.remove_user(store, name))
+    _say(f"user {name} removed")
+
+
+@user.command("list")
+@_realm_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def user_list(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None, as_json: bool
+) -> None:
+    """List the database users and their groups (htpasswd users are not listed)."""
+    import json
+
+    from tufnotary.metadata.model import format_expires
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    for entry in _realm_call(store.realm_users):
+        if as_json:
+            record = {
+                "name": entry.name,
+                "groups": list(entry.groups),
+                "created": format_expires(entry.created_at),
+            }
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            click.echo(f"{entry.name}  {','.join(entry.groups) or '-'}")
+
+
+@main.group()
+def rule() -> None:
+    """Access rules of the built-in realm: SUBJECT (user:NAME or group:NAME), GUN PATTERN
+    (`*` within a path segment, `**` across segments), ACTIONS (pull, push, * comma-joined)."""
+
+
+@rule.command("add")
+@_realm_options
+@click.argument("subject")
+@click.argument("pattern")
+@click.argument("actions")
+def rule_add(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    subject: str,
+    pattern: str,
+    actions: str,
+) -> None:
+    """Let SUBJECT do ACTIONS on GUNs matching PATTERN; prints the rule id."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    rule_id = _realm_call(lambda: realm.add_rule(store, subject, pattern, actions))
+    click.echo(rule_id)
+
+
+@rule.command("remove")
+@_realm_options
+@click.argument("rule_id", type=int)
+def rule_remove(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None, rule_id: int
+) -> None:
+    """Delete the database rule RULE_ID."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    _realm_call(lambda: realm.remove_rule(store, rule_id))
+    _say(f"rule {rule_id} removed")
+
+
+@rule.command("list")
+@_realm_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def rule_list(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None, as_json: bool
+) -> None:
+    """List the rules: database rules with their id, then those of the configuration."""
+    import json
+
+    settings, store = _realm_store(config_file, data_dir, database_url)
+    rows: list[tuple[int | None, str, str, str]] = [
+        (r.id, r.subject, r.pattern, r.actions) for r in _realm_call(store.rules)
+    ]
+    rows += [(None, *configured) for configured in settings.rules]
+    for rule_id, subject, pattern, actions in rows:
+        if as_json:
+            record = {
+                "id": rule_id,
+                "subject": subject,
+                "pattern": pattern,
+                "actions": actions.split(","),
+                "source": "database" if rule_id is not None else "config",
+            }
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            click.echo(
+                f"{rule_id if rule_id is not None else 'config'}  {subject}  {pattern}  {actions}"
+            )
+
+
+@main.group("token-key")
+def token_key() -> None:
+    """The built-in realm's token-signing keys (encrypted like the server keys)."""
+
+
+def _vault(settings: Settings) -> Any:
+    from .signer import KeyVault
+
+    return KeyVault.from_settings(
+        settings.key_passphrase, settings.key_passphrase_file, settings.data_dir
+    )
+
+
+@token_key.command("rotate")
+@_realm_options
+def token_key_rotate(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None
+) -> None:
+    """Create a key that signs from now on; tokens signed before stay valid until they
+    expire. Prints its kid."""
+    from . import realm
+
+    settings, store = _realm_store(config_file, data_dir, database_url)
+    click.echo(_realm_call(lambda: realm.rotate_token_key(store, _vault(settings))))
+
+
+@token_key.command("list")
+@_realm_options
+def token_key_list(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None
+) -> None:
+    """The kids of the token-signing keys, oldest first (the last one signs)."""
+    from .realm import TOKEN_KEY_GUN, TOKEN_KEY_ROLE
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    for key in _realm_call(lambda: store.keys_for(TOKEN_KEY_GUN, TOKEN_KEY_ROLE)):
+        click.echo(key.key_id)
+
+
+@token_key.command("retire")
+@_realm_options
+@click.argument("kid")
+def token_key_retire(
+    config_file: Path | None, data_dir: Path | None, database_url: str | None, kid: str
+) -> None:
+    """Delete key KID: tokens it signed stop verifying (within 30 s in every worker)."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    _realm_call(lambda: realm.retire_token_key(store, kid))
+    _say(f"token key {kid} retired")
 
 
 class _ServerApplication(BaseApplication):

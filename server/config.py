@@ -56,6 +56,10 @@ class Settings:
     token_service: str | None = None
     token_issuer: str | None = None
     token_rootcertbundle: Path | None = None
+    token_lifetime: int = 300
+    htpasswd_file: Path | None = None
+    rules: tuple[tuple[str, str, str], ...] = ()
+    bcrypt_rounds: int = 12
 
     @property
     def effective_database_url(self) -> str:
@@ -117,11 +121,22 @@ class Settings:
 
 
 def _check_auth(settings: Settings, raw: Mapping[str, tuple[object, str, Path | None]]) -> None:
-    """`builtin` is reserved; `token` needs realm, service, issuer and a readable root bundle."""
+    """`token` needs realm, service, issuer and a readable root bundle; `builtin` ignores the
+    realm and the bundle (it is its own token service) and needs a readable htpasswd file if
+    one is named."""
     if settings.auth_mode == "builtin":
-        raise ConfigError(
-            f"auth_mode: 'builtin' is not implemented yet (from {raw['auth_mode'][1]})"
-        )
+        for name in ("token_realm", "token_rootcertbundle"):
+            if getattr(settings, name) not in (None, ""):
+                raise ConfigError(
+                    f"{name}: only with auth_mode 'token' (from {raw[name][1]}); builtin mode "
+                    "is its own token service"
+                )
+        if settings.htpasswd_file is not None and not settings.htpasswd_file.is_file():
+            raise ConfigError(
+                f"htpasswd_file: no such file: {settings.htpasswd_file} "
+                f"(from {raw['htpasswd_file'][1]})"
+            )
+        return
     if settings.auth_mode != "token":
         return
     names = ("token_realm", "token_service", "token_issuer", "token_rootcertbundle")
@@ -157,8 +172,10 @@ def _convert(name: str, value: object, source: str, base_dir: Path | None) -> ob
     if isinstance(hint, types.UnionType):  # X | None
         hint = next(t for t in typing.get_args(hint) if t is not type(None))
     try:
-        if hint is int:
-            converted: object = _to_int(value)
+        if name == "rules":
+            converted: object = _to_rules(value)
+        elif hint is int:
+            converted = _to_int(value)
         elif hint is str:
             converted = _to_str(value)
         elif hint is Path:
@@ -201,6 +218,41 @@ def _to_str_tuple(value: object) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
         return tuple(value)
     raise TypeError(f"expected a list of strings, got {type(value).__name__} {value!r}")
+
+
+def _to_rules(value: object) -> tuple[tuple[str, str, str], ...]:
+    """A TOML list of tables {subject, pattern, actions}, or (environment) rules separated by
+    ';', each "SUBJECT PATTERN ACTIONS"; actions a list or comma-separated."""
+    from tufnotary.server.realm import RealmError, Rule
+
+    items: list[tuple[object, object, object]] = []
+    if isinstance(value, str):
+        for text in value.split(";"):
+            fields = text.split()
+            if len(fields) != 3:
+                if fields:
+                    raise ValueError(f"expected 'SUBJECT PATTERN ACTIONS', got {text.strip()!r}")
+                continue
+            items.append((fields[0], fields[1], fields[2]))
+    elif isinstance(value, list):
+        for table in value:
+            if not isinstance(table, dict) or set(table) != {"subject", "pattern", "actions"}:
+                raise ValueError(f"each rule needs exactly subject, pattern and actions: {table!r}")
+            items.append((table["subject"], table["pattern"], table["actions"]))
+    else:
+        raise TypeError(f"expected a list of rules, got {type(value).__name__}")
+    rules = []
+    for subject, pattern, actions in items:
+        if not isinstance(subject, str) or not isinstance(pattern, str):
+            raise TypeError(f"rule subject and pattern must be strings: {subject!r} {pattern!r}")
+        if not isinstance(actions, str | list):
+            raise TypeError(f"rule actions must be a string or a list: {actions!r}")
+        try:
+            rule = Rule.make(subject, pattern, actions)
+        except RealmError as exc:
+            raise ValueError(str(exc)) from None
+        rules.append((rule.subject, rule.pattern, ",".join(rule.actions)))
+    return tuple(rules)
 
 
 def _int_range(minimum: int, maximum: int | None = None) -> Callable[[int], int]:
@@ -273,4 +325,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "gun_prefixes": _check_gun_prefixes,
     "log_level": _one_of(LOG_LEVELS),
     "auth_mode": _one_of(AUTH_MODES),
+    "token_lifetime": _int_range(10, 86_400),
+    "bcrypt_rounds": _int_range(4, 31),
 }

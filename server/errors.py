@@ -126,3 +126,20 @@ class Unavailable(ServerError):
 
     code, status = "UNAVAILABLE", 503
     message = "The trust server's storage is unavailable; try again later."
+
+
+class LoginFailed(ServerError):
+    """Token endpoint (auth_mode builtin): unknown user or wrong password, indistinguishably."""
+
+    code, status, message = "UNAUTHORIZED", 401, "wrong user name or password"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Basic realm="tufnotary"'}
+
+
+class TooManyLogins(ServerError):
+    """Token endpoint: too many failed logins from this address; retry after some seconds."""
+
+    code, status, message = "TOOMANYREQUESTS", 429, "too many failed logins, try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(log=f"failed-login limit, retry after {retry_after}s")
+        self.headers = {"Retry-After": str(retry_after)}

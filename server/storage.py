@@ -154,6 +154,38 @@ class AuditRow(Base):
     request_id: Mapped[str] = mapped_column(sa.String(64))
 
 
+class RealmUserRow(Base):
+    """A user of the built-in token realm (auth_mode ``builtin``) with a bcrypt hash."""
+
+    __tablename__ = "realm_users"
+
+    name: Mapped[str] = mapped_column(ExactString(255), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RealmGroupMemberRow(Base):
+    """A user's membership of a group of the built-in realm."""
+
+    __tablename__ = "realm_group_members"
+    __table_args__ = (sa.Index("ix_realm_group_members_user_name", "user_name"),)
+
+    group_name: Mapped[str] = mapped_column(ExactString(255), primary_key=True)
+    user_name: Mapped[str] = mapped_column(ExactString(255), primary_key=True)
+
+
+class RealmRuleRow(Base):
+    """An access rule of the built-in realm: subject, GUN glob pattern, comma-joined actions."""
+
+    __tablename__ = "realm_rules"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(ExactString(255))
+    pattern: Mapped[str] = mapped_column(ExactString(255))
+    actions: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A stored metadata file."""
@@ -227,6 +259,26 @@ class AuditRecord:
     request_id: str
 
 
+@dataclass(frozen=True)
+class RealmUser:
+    """A user of the built-in realm (without the password hash) and its groups."""
+
+    name: str
+    groups: tuple[str, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    """An access rule stored in the database; ``actions`` comma-joined."""
+
+    id: int
+    subject: str
+    pattern: str
+    actions: str
+    created_at: datetime
+
+
 class StorageError(Exception):
     """A database failure; the message is safe to log."""
 
@@ -274,6 +326,7 @@ _FILE_COLUMNS = _columns(TufFileRow, StoredFile)
 _CHANGE_COLUMNS = _columns(ChangefeedRow, Change)
 _KEY_COLUMNS = _columns(ServerKeyRow, StoredKey)
 _AUDIT_COLUMNS = _columns(AuditRow, AuditRecord)
+_RULE_COLUMNS = _columns(RealmRuleRow, StoredRule)
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -506,6 +559,133 @@ class MetadataStore:
                 .where(ServerKeyRow.key_id == key_id, ServerKeyRow.last_used.is_(None))
                 .values(last_used=datetime.now(UTC))
             )
+
+    def delete_key(self, key_id: str, audit: AuditEntry | None = None) -> bool:
+        """Remove a key (and record ``audit``); False if there was none."""
+        now = datetime.now(UTC)
+        with self._transaction(f"delete key {key_id}", write=True) as connection:
+            removed = connection.execute(
+                sa.delete(ServerKeyRow).where(ServerKeyRow.key_id == key_id)
+            ).rowcount
+            if removed and audit is not None:
+                _append_audit(connection, audit, now)
+        return bool(removed)
+
+    # -- users, groups and rules of the built-in realm ---------------------------------------
+
+    def add_user(
+        self, name: str, password_hash: str, groups: Sequence[str], audit: AuditEntry
+    ) -> None:
+        """Create a user with its group memberships; VersionConflict if the name is taken."""
+        now = datetime.now(UTC)
+        with self._transaction(f"add user {name}", write=True, conflicts=True) as connection:
+            connection.execute(
+                sa.insert(RealmUserRow).values(
+                    name=name, password_hash=password_hash, created_at=now
+                )
+            )
+            for group in dict.fromkeys(groups):
+                connection.execute(
+                    sa.insert(RealmGroupMemberRow).values(group_name=group, user_name=name)
+                )
+            _append_audit(connection, audit, now)
+
+    def set_password(self, name: str, password_hash: str, audit: AuditEntry) -> bool:
+        """Replace a user's hash; False if there is no such user."""
+        now = datetime.now(UTC)
+        with self._transaction(f"password of {name}", write=True) as connection:
+            changed = connection.execute(
+                sa.update(RealmUserRow)
+                .where(RealmUserRow.name == name)
+                .values(password_hash=password_hash)
+            ).rowcount
+            if changed:
+                _append_audit(connection, audit, now)
+        return bool(changed)
+
+    def remove_user(self, name: str, audit: AuditEntry) -> bool:
+        """Delete a user and its memberships; False if there is no such user."""
+        now = datetime.now(UTC)
+        with self._transaction(f"remove user {name}", write=True) as connection:
+            removed = connection.execute(
+                sa.delete(RealmUserRow).where(RealmUserRow.name == name)
+            ).rowcount
+            connection.execute(
+                sa.delete(RealmGroupMemberRow).where(RealmGroupMemberRow.user_name == name)
+            )
+            if removed:
+                _append_audit(connection, audit, now)
+        return bool(removed)
+
+    def password_hash(self, name: str) -> str | None:
+        """The bcrypt hash of a database user, or None."""
+        query = sa.select(RealmUserRow.password_hash).where(RealmUserRow.name == name)
+        with self._transaction("password hash") as connection:
+            return connection.execute(query).scalar()
+
+    def groups_of(self, name: str) -> list[str]:
+        """The groups a user (database or htpasswd) is a member of."""
+        query = (
+            sa.select(RealmGroupMemberRow.group_name)
+            .where(RealmGroupMemberRow.user_name == name)
+            .order_by(RealmGroupMemberRow.group_name)
+        )
+        with self._transaction("groups") as connection:
+            return list(connection.execute(query).scalars())
+
+    def realm_users(self) -> list[RealmUser]:
+        """Every database user with its groups, by name."""
+        with self._transaction("users") as connection:
+            users = connection.execute(
+                sa.select(RealmUserRow.name, RealmUserRow.created_at).order_by(RealmUserRow.name)
+            ).all()
+            members = connection.execute(
+                sa.select(RealmGroupMemberRow.user_name, RealmGroupMemberRow.group_name)
+            ).all()
+        groups: dict[str, list[str]] = {}
+        for user, group in members:
+            groups.setdefault(user, []).append(group)
+        return [RealmUser(n, tuple(sorted(groups.get(n, []))), at) for n, at in users]
+
+    def add_rule(self, subject: str, pattern: str, actions: str, audit: AuditEntry) -> int:
+        """Store a rule and record ``audit`` (its detail gains the rule id); returns the id."""
+        now = datetime.now(UTC)
+        with self._transaction("add rule", write=True) as connection:
+            result = connection.execute(
+                sa.insert(RealmRuleRow).values(
+                    subject=subject, pattern=pattern, actions=actions, created_at=now
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None
+            rule_id = int(key[0])
+            detail = {**audit.detail, "rule": rule_id}
+            _append_audit(connection, dataclasses.replace(audit, detail=detail), now)
+        return rule_id
+
+    def remove_rule(self, rule_id: int, audit: AuditEntry) -> StoredRule | None:
+        """Delete a rule and record ``audit`` (its detail gains the rule); None if absent."""
+        now = datetime.now(UTC)
+        with self._transaction(f"remove rule {rule_id}", write=True) as connection:
+            row = connection.execute(
+                sa.select(*_RULE_COLUMNS).where(RealmRuleRow.id == rule_id)
+            ).first()
+            if row is None:
+                return None
+            rule = StoredRule(**row._mapping)
+            connection.execute(sa.delete(RealmRuleRow).where(RealmRuleRow.id == rule_id))
+            detail = {**audit.detail, "subject": rule.subject, "pattern": rule.pattern}
+            detail["actions"] = rule.actions
+            _append_audit(connection, dataclasses.replace(audit, detail=detail), now)
+        return rule
+
+    def rules(self, subjects: Sequence[str] | None = None) -> list[StoredRule]:
+        """Stored rules by id, optionally only those of ``subjects``."""
+        query = sa.select(*_RULE_COLUMNS).order_by(RealmRuleRow.id)
+        if subjects is not None:
+            query = query.where(RealmRuleRow.subject.in_(list(subjects)))
+        with self._transaction("rules") as connection:
+            return [StoredRule(**row._mapping) for row in connection.execute(query)]
 
     def ping(self) -> None:
         """Raise StorageError unless ``tuf_files`` can be read (health check)."""

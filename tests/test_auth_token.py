@@ -296,8 +296,8 @@ def _unsigned(pki: TokenPKI) -> str:
 
 INVALID = {
     "forged signature": _forged,
-    "expired": _mint(exp=int(time.time()) - 120),
-    "not yet valid": _mint(nbf=int(time.time()) + 120),
+    "expired": lambda pki: _mint(exp=int(time.time()) - 120)(pki),
+    "not yet valid": lambda pki: _mint(nbf=int(time.time()) + 120)(pki),
     "no expiry": lambda pki: pki.mint(repository_access(GUN, "pull"), exp=None),
     "wrong audience": _mint(aud="another-service"),
     "wrong issuer": _mint(iss="someone-else"),
@@ -354,8 +354,8 @@ VALID = {
     "libtrust kid": _mint(key_by="kid"),
     "trusted jwk": _mint(key_by="jwk"),
     "jwk carrying its x5c": lambda pki: _jwk_with_x5c(pki),
-    "expired within the leeway": _mint(exp=int(time.time()) - 30),
-    "valid within the leeway": _mint(nbf=int(time.time()) + 30),
+    "expired within the leeway": lambda pki: _mint(exp=int(time.time()) - 30)(pki),
+    "valid within the leeway": lambda pki: _mint(nbf=int(time.time()) + 30)(pki),
     "RS256": lambda pki: pki.mint(
         repository_access(GUN, "pull"), signer=_rsa_signer(pki), algorithm="RS256"
     ),
@@ -405,8 +405,8 @@ def test_token_settings(tmp_path: Path, pki: TokenPKI) -> None:
         Settings.load(env=env | {"TUFNOTARY_TOKEN_ROOTCERTBUNDLE": str(broken)})
     with pytest.raises(ConfigError, match="token_rootcertbundle"):
         Settings.load(env=env | {"TUFNOTARY_TOKEN_ROOTCERTBUNDLE": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError, match="not implemented"):
-        Settings.load(env={"TUFNOTARY_AUTH_MODE": "builtin"})
+    with pytest.raises(ConfigError, match="token_rootcertbundle: only with auth_mode 'token'"):
+        Settings.load(env=env | {"TUFNOTARY_AUTH_MODE": "builtin", "TUFNOTARY_TOKEN_REALM": ""})
     with pytest.raises(ConfigError, match="auth_mode"):
         Settings.load(env={"TUFNOTARY_AUTH_MODE": "htpasswd"})
 
