@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from tufnotary.metadata.errors import (
     ExpiredError,
@@ -30,7 +29,7 @@ from tufnotary.metadata.errors import (
     UnsignedError,
     VersionError,
 )
-from tufnotary.metadata.keys import Key, check_certificate
+from tufnotary.metadata.keys import Key, check_certificate, issued_by
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,
@@ -149,25 +148,17 @@ def _load_anchors(path: Path, now: datetime) -> list[x509.Certificate]:
     return anchors
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _chains_to(chain: list[x509.Certificate], anchors: list[x509.Certificate]) -> bool:
     """True if the leaf ``chain[0]`` is, or is issued through ``chain[1:]`` by, an anchor."""
     pending = [(chain[0], chain[1:])]
     while pending:
         cert, unused = pending.pop()
-        if any(cert == anchor or _issued_by(cert, anchor) for anchor in anchors):
+        if any(cert == anchor or issued_by(cert, anchor) for anchor in anchors):
             return True
         pending.extend(
             (issuer, [c for c in unused if c is not issuer])
             for issuer in unused
-            if _issued_by(cert, issuer)
+            if issued_by(cert, issuer)
         )
     return False
 

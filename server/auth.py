@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 import jwt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tufnotary.metadata.keys import certificate_is_ca, issued_by
 from tufnotary.server.errors import ServerError
 
 LEEWAY = 60
@@ -152,21 +152,6 @@ def _in_validity(cert: x509.Certificate, now: datetime.datetime) -> bool:
     return cert.not_valid_before_utc - leeway <= now <= cert.not_valid_after_utc + leeway
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 class TokenError(Exception):
     """The token is malformed or fails verification (``error="invalid_token"``)."""
 
@@ -282,12 +267,14 @@ class TokenAuth:
                 raise TokenError(f"x5c: certificate {current.subject.rfc4514_string()} expired")
             if current in self.roots:
                 break
-            root = next((r for r in self.roots if _issued_by(current, r)), None)
+            root = next((r for r in self.roots if issued_by(current, r)), None)
             if root is not None:
                 if not _in_validity(root, now):
                     raise TokenError("x5c: root certificate not valid now")
                 break
-            issuer = next((c for c in intermediates if _is_ca(c) and _issued_by(current, c)), None)
+            issuer = next(
+                (c for c in intermediates if certificate_is_ca(c) and issued_by(current, c)), None
+            )
             if issuer is None:
                 raise TokenError("x5c: chain does not verify to the root bundle")
             current = issuer
