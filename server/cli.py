@@ -370,6 +370,55 @@ def user_remove(
     _say(f"user {name} removed")
 
 
+@main.group()
+def group() -> None:
+    """Group memberships of the built-in realm's users (rules can name `group:NAME`)."""
+
+
+@group.command("add")
+@_realm_options
+@click.argument("name")
+@click.argument("users", nargs=-1, required=True)
+def group_add(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    name: str,
+    users: tuple[str, ...],
+) -> None:
+    """Make USERS (database or htpasswd users) members of group NAME."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    for user_name in users:
+        if _realm_call(lambda u=user_name: realm.set_member(store, name, u, True)):
+            _say(f"{user_name} added to group {name}")
+        else:
+            _say(f"{user_name} is already in group {name}")
+
+
+@group.command("remove")
+@_realm_options
+@click.argument("name")
+@click.argument("users", nargs=-1, required=True)
+def group_remove(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    name: str,
+    users: tuple[str, ...],
+) -> None:
+    """Take USERS out of group NAME."""
+    from . import realm
+
+    _, store = _realm_store(config_file, data_dir, database_url)
+    for user_name in users:
+        if _realm_call(lambda u=user_name: realm.set_member(store, name, u, False)):
+            _say(f"{user_name} removed from group {name}")
+        else:
+            _say(f"{user_name} was not in group {name}")
+
+
 @user.command("list")
 @_realm_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

@@ -527,6 +527,16 @@ def remove_user(store: MetadataStore, name: str, *, actor: str = "cli") -> None:
         raise RealmError(f"no user {name!r} in the database")
 
 
+def set_member(
+    store: MetadataStore, group: str, user: str, member: bool, *, actor: str = "cli"
+) -> bool:
+    """Add a user (database or htpasswd) to a group, or remove it; False if it already was."""
+    check_name(group, "group name")
+    check_name(user)
+    action = "group-add" if member else "group-remove"
+    return store.set_member(group, user, member, _entry(actor, action, group=group, user=user))
+
+
 def add_rule(
     store: MetadataStore, subject: str, pattern: str, actions: str, *, actor: str = "cli"
 ) -> int:

@@ -617,6 +617,23 @@ class MetadataStore:
                 _append_audit(connection, audit, now)
         return bool(removed)
 
+    def set_member(self, group: str, user: str, member: bool, audit: AuditEntry) -> bool:
+        """Add ``user`` to ``group`` (or, ``member=False``, remove); False if nothing changed."""
+        now = datetime.now(UTC)
+        row = (RealmGroupMemberRow.group_name == group, RealmGroupMemberRow.user_name == user)
+        with self._transaction(f"membership of {user} in {group}", write=True) as connection:
+            present = connection.execute(sa.select(RealmGroupMemberRow.user_name).where(*row))
+            if (present.first() is not None) == member:
+                return False
+            if member:
+                connection.execute(
+                    sa.insert(RealmGroupMemberRow).values(group_name=group, user_name=user)
+                )
+            else:
+                connection.execute(sa.delete(RealmGroupMemberRow).where(*row))
+            _append_audit(connection, audit, now)
+        return True
+
     def password_hash(self, name: str) -> str | None:
         """The bcrypt hash of a database user, or None."""
         query = sa.select(RealmUserRow.password_hash).where(RealmUserRow.name == name)

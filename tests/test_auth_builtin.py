@@ -525,6 +525,29 @@ def test_builtin_settings(tmp_path: Path) -> None:
 # -- the command line and the audit trail ---------------------------------------------------------
 
 
+def test_group_memberships_change_after_creation(migrated_url: str) -> None:
+    store = MetadataStore.from_url(migrated_url)
+    runner = CliRunner(env={"TUFNOTARY_BCRYPT_ROUNDS": str(ROUNDS)})
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        result = runner.invoke(server_cli, [*args, "--database", migrated_url], input=stdin)
+        assert result.exit_code == 0, f"{args}: {result.output}"
+        return result.output
+
+    run("user", "add", "carol", "--password-stdin", stdin=f"{PASSWORD}\n")
+    assert "carol added to group team-a" in run("group", "add", "team-a", "carol")
+    assert "already in group" in run("group", "add", "team-a", "carol")
+    assert store.groups_of("carol") == ["team-a"]
+    assert "carol removed from group team-a" in run("group", "remove", "team-a", "carol")
+    assert store.groups_of("carol") == []
+    actions = [(r.action, r.detail) for r in store.audit_log() if r.action.startswith("group")]
+    assert actions == [
+        ("group-add", {"group": "team-a", "user": "carol"}),
+        ("group-remove", {"group": "team-a", "user": "carol"}),
+    ]
+    store.engine.dispose()
+
+
 def test_command_line_manages_users_and_rules_with_audit(migrated_url: str) -> None:
     env_rounds = {"TUFNOTARY_BCRYPT_ROUNDS": str(ROUNDS)}
     store = MetadataStore.from_url(migrated_url)
