@@ -37,7 +37,12 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from support.api import multipart  # noqa: E402
 from support.reference import find_reference_binary, launched_reference  # noqa: E402
 from support.repo import RepoBuilder  # noqa: E402
-from support.server import free_port, launched, wait_until_healthy  # noqa: E402
+from support.server import (  # noqa: E402
+    free_port,
+    launched,
+    serve_command,
+    wait_until_healthy,
+)
 from tufnotary.metadata.keys import Key  # noqa: E402
 from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys  # noqa: E402
 from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
@@ -72,15 +77,9 @@ class Server:
 
 def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
     """`tufnotary.server.cli serve` with SQLite in `tmp/tufnotary`, 2 workers."""
-    return [
-        sys.executable,
-        "-m",
-        "tufnotary.server.cli",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(tmp / "tufnotary"),
+    return serve_command(
+        port,
+        tmp / "tufnotary",
         "--tls-cert",
         str(tls.cert),
         "--tls-key",
@@ -89,7 +88,7 @@ def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> li
         "2",
         "--log-level",
         log_level,
-    ]
+    )
 
 
 @contextlib.contextmanager

@@ -387,14 +387,7 @@ def group_add(
     users: tuple[str, ...],
 ) -> None:
     """Make USERS (database or htpasswd users) members of group NAME."""
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    for user_name in users:
-        if _realm_call(lambda u=user_name: realm.set_member(store, name, u, True)):
-            _say(f"{user_name} added to group {name}")
-        else:
-            _say(f"{user_name} is already in group {name}")
+    _set_members(config_file, data_dir, database_url, name, users, member=True)
 
 
 @group.command("remove")
@@ -409,14 +402,27 @@ def group_remove(
     users: tuple[str, ...],
 ) -> None:
     """Take USERS out of group NAME."""
+    _set_members(config_file, data_dir, database_url, name, users, member=False)
+
+
+def _set_members(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    group_name: str,
+    users: tuple[str, ...],
+    *,
+    member: bool,
+) -> None:
     from . import realm
 
     _, store = _realm_store(config_file, data_dir, database_url)
-    for user_name in users:
-        if _realm_call(lambda u=user_name: realm.set_member(store, name, u, False)):
-            _say(f"{user_name} removed from group {name}")
+    for name in users:
+        changed = _realm_call(lambda u=name: realm.set_member(store, group_name, u, member))
+        if member:
+            _say(f"{name} {'added to' if changed else 'is already in'} group {group_name}")
         else:
-            _say(f"{user_name} was not in group {name}")
+            _say(f"{name} {'removed from' if changed else 'was not in'} group {group_name}")
 
 
 @user.command("list")

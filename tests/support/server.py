@@ -117,6 +117,21 @@ def wait_until_healthy(
         time.sleep(0.1)
 
 
+def serve_command(port: int, data_dir: Path, *extra_args: str) -> list[str]:
+    """`tufnotary-server serve` on 127.0.0.1:``port`` with data in ``data_dir``."""
+    return [
+        sys.executable,
+        "-m",
+        "tufnotary.server.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        *extra_args,
+    ]
+
+
 @contextmanager
 def running_server(
     tmp_path: Path,
@@ -132,17 +147,7 @@ def running_server(
     port = free_port()
     data_dir = tmp_path / "data"
     log = tmp_path / f"server-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "tufnotary.server.cli",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data_dir),
-        *extra_args,
-    ]
+    command = serve_command(port, data_dir, *extra_args)
     url = f"https://127.0.0.1:{port}"
     with launched(command, log, server_environment(env)) as process:
         ca_cert = wait_until_healthy(process, url, log, ca_cert=ca_cert)
