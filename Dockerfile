@@ -1,5 +1,5 @@
 # tufnotary-server image. Alone it serves with SQLite in /data; docker-compose.yml adds PostgreSQL.
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
