@@ -131,9 +131,7 @@ class Updater:
                 hint = exc.root_meta if isinstance(exc, RootOutdatedError) else None
                 self._update_root(trusted, hint)
             self._load_roles(trusted)
-        self._warn_expiring(trusted)
-        self._trusted = trusted
-        return trusted
+        return self._done(trusted, "updated from the server")
 
     def _load_cached(self) -> TrustedSet:
         """The offline update: every role from the cache, checked as if just downloaded."""
@@ -142,8 +140,21 @@ class Updater:
             raise NotCached(self.gun, ROOT)
         trusted = TrustedSet(self.gun, root, pinning=self._pinning)
         self._load_roles(trusted)
-        self._warn_expiring(trusted)
         self.cached_at = self._cache.metadata_time(self.gun, TIMESTAMP)
+        return self._done(trusted, "offline: from the cache")
+
+    def _done(self, trusted: TrustedSet, source: str) -> TrustedSet:
+        """Warn of roles expiring soon, report the versions now trusted, keep them."""
+        self._warn_expiring(trusted)
+        assert trusted.timestamp is not None and trusted.snapshot is not None
+        logger.info(
+            "%s: trusted root %d, timestamp %d, snapshot %d (%s)",
+            self.gun,
+            trusted.root.version,
+            trusted.timestamp.version,
+            trusted.snapshot.version,
+            source,
+        )
         self._trusted = trusted
         return trusted
 
