@@ -697,7 +697,7 @@ def cli(
 def init(
     gun: str, _publish: bool, server_snapshot: bool, root_key_id: str | None, new_root_key: bool
 ) -> None:
-    """Create the repository GUN: targets (and snapshot) keys, published at once.
+    """Create and publish the repository GUN with new targets (and snapshot) keys.
 
     Like notary, it signs with the root key already in the trust directory (`key list`), and
     makes a new one only if there is none or --new-root-key is given. Needs the root, targets
