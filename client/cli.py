@@ -3,7 +3,8 @@
 The commands mirror the ``notary`` CLI (``init``, ``add``, ``list``, ``delegation add``, ``key
 rotate`` ...) and add ``verify-image`` for deploy gates. Exit status: 0 on success (trusted),
 1 when verification fails or the operation cannot be done (untrusted or missing trust data,
-server unreachable or refusing, missing keys or passphrases), 2 on usage errors.
+server unreachable or refusing, missing keys or passphrases), 2 on usage errors. Reads fail
+closed: cached trust data answers only with ``--offline``, never as a silent fallback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,7 +38,18 @@ from tufnotary.client.images import (
     resolve_image,
 )
 from tufnotary.client.publisher import PublishError, RepositoryExists
-from tufnotary.client.remote import NotFoundError, RejectedError, Remote, RemoteError
+from tufnotary.client.remote import (
+    DEFAULT_TIMEOUT,
+    CAFileError,
+    NotFoundError,
+    RejectedError,
+    Remote,
+    RemoteError,
+    ServerError,
+    ServerTimeout,
+    ServerUnreachable,
+    TLSError,
+)
 from tufnotary.client.repository import Repository, Target, TargetNotFound
 from tufnotary.client.trustdir import (
     KeyFileError,
@@ -48,7 +61,7 @@ from tufnotary.client.trustdir import (
     WrongPassphrase,
 )
 from tufnotary.client.trusted import TrustPinning, UntrustedRootError
-from tufnotary.client.updater import RepositoryNotFound
+from tufnotary.client.updater import NotCached, RepositoryNotFound
 from tufnotary.metadata.canonical import encode_canonical, loads
 from tufnotary.metadata.errors import FormatError, MetadataError
 from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key
@@ -92,7 +105,9 @@ class Settings:
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
     gun: str | None = None  # the repository the command works on, for error hints
+    staged: int = 0  # staged changes a publish under way sends (kept if it fails)
     _trustdir: TrustDir | None = field(default=None, repr=False)
 
     @property
@@ -107,16 +122,21 @@ class Settings:
             self._trustdir = TrustDir(self.trust_dir.expanduser(), passphrases)
         return self._trustdir
 
-    def repository(self, gun: str, pinning: TrustPinning | None = None) -> Repository:
+    def repository(
+        self, gun: str, pinning: TrustPinning | None = None, *, offline: bool = False
+    ) -> Repository:
         self.gun = gun
         remote = Remote(
             self.server,
             self.verify,
+            self.timeout,
             username=self.username,
             password=self.password,
             token=self.token,
         )
-        return Repository(gun, remote, self.trustdir(), verify=self.verify, pinning=pinning)
+        return Repository(
+            gun, remote, self.trustdir(), verify=self.verify, pinning=pinning, offline=offline
+        )
 
 
 def _settings() -> Settings:
@@ -277,7 +297,7 @@ def _explain(exc: Exception, settings: Settings) -> str | None:
     if isinstance(exc, RepositoryExists):
         return f"{exc}: `{PROG} list {gun}` shows it; choose another name to create a new one"
     if isinstance(exc, PublishError):
-        return f"{exc}; the staged changes are kept (`{PROG} status {gun}`)"
+        return str(exc)
     if isinstance(exc, TargetNotFound):
         return f"{exc}: `{PROG} list {gun}` shows the signed targets"
     if isinstance(exc, ImageNotSigned):
@@ -296,36 +316,36 @@ def _explain(exc: Exception, settings: Settings) -> str | None:
             f"why (`{PROG} delete {gun}` forgets the local copy if the repository was "
             "legitimately re-created)"
         )
+    if isinstance(exc, NotCached):
+        return f"offline: {exc}: run once without --offline to fetch and verify it"
     if isinstance(exc, RejectedError):
-        return f"{exc}; nothing was changed on the server"
+        written = exc.method not in ("GET", "HEAD")
+        return f"{exc}; nothing was changed on the server" if written else str(exc)
     if isinstance(exc, NotFoundError):
         return f"{exc}: check the GUN and --server"
+    if isinstance(exc, CAFileError):
+        return (
+            f"{exc}: --tlscacert (or TUFNOTARY_TLSCACERT) must name a PEM file of CA certificates"
+        )
+    if isinstance(exc, TLSError):
+        if settings.tlscacert:
+            return (
+                f"{exc}; check that {settings.tlscacert} holds the CA that issued its certificate"
+            )
+        return f"{exc}; pass the CA that issued the server's certificate with --tlscacert"
+    if isinstance(exc, ServerTimeout):
+        return f"{exc}; check that it is up, or allow it longer with --timeout"
+    if isinstance(exc, ServerError):
+        return f"{exc}; try again later, or see the server's log"
+    if isinstance(exc, ServerUnreachable):
+        return f"{exc}; check --server ({server}) and that the server is running"
     if isinstance(exc, RemoteError):
-        if exc.__cause__ is None:
-            return f"{exc}: check --server ({server})"
-        reason = _innermost(exc.__cause__)
-        if "certificate" in reason.lower() or "ssl" in reason.lower():
-            hint = "pass the CA that issued the server's certificate with --tlscacert"
-        else:
-            hint = "check --server and that the server is running"
-        return f"cannot reach the trust server {server}: {reason}; {hint}"
+        return f"{exc}: check --server ({server})"
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
     if isinstance(exc, ValueError):
         return str(exc)
     return None
-
-
-def _innermost(exc: BaseException) -> str:
-    """The root cause of a connection error, without urllib3's wrapping text."""
-    while True:
-        inner = getattr(exc, "reason", None)
-        if not isinstance(inner, BaseException) and exc.args:
-            inner = exc.args[0]
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return re.sub(r"^\w+\(host=[^)]*\): ", "", str(exc))
 
 
 class _Cli(click.Group):
@@ -337,9 +357,15 @@ class _Cli(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
-            message = _explain(exc, ctx.ensure_object(Settings))
+            settings = ctx.ensure_object(Settings)
+            message = _explain(exc, settings)
             if message is None:
                 raise
+            if settings.staged:
+                message += (
+                    f"; the {settings.staged} staged change(s) are kept: `{PROG} publish "
+                    f"{settings.gun}` tries again, `{PROG} reset {settings.gun}` drops them"
+                )
             raise Failure(message) from exc
 
 
@@ -431,8 +457,14 @@ def _override(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         setattr(ctx.ensure_object(Settings), str(param.name), value)
 
 
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _configure_logging(True)
+
+
 def _global_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Accept -s/-d/--tlscacert/--json after the subcommand too, as notary's flags are."""
+    """Accept -s/-d/--tlscacert/--timeout/--json/-v after the subcommand too, as notary's flags
+    are."""
     options = [
         click.option(
             "-s",
@@ -461,6 +493,14 @@ def _global_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="CA bundle of the server.",
         ),
         click.option(
+            "--timeout",
+            type=_TIMEOUT,
+            metavar="SECONDS",
+            callback=_override,
+            expose_value=False,
+            help="How long to wait for the server (see `tufnotary --help`).",
+        ),
+        click.option(
             "--json",
             "json",
             is_flag=True,
@@ -469,10 +509,52 @@ def _global_options(command: Callable[..., Any]) -> Callable[..., Any]:
             expose_value=False,
             help="Machine-readable output on stdout.",
         ),
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            callback=_verbose,
+            expose_value=False,
+            help="Report what the update does.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+_TIMEOUT = click.FloatRange(min=0, min_open=True)
+
+_offline_option = click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not contact the server: use the trust data cached by the last update, with every "
+    "check (expired data is still refused); says how old it is. Without it a server that "
+    "cannot be reached means exit 1, cache or not.",
+)
+
+
+def _offline_note(repo: Repository) -> None:
+    """Say on stderr that the answer came from the cache, and how old that is."""
+    if repo.offline:
+        _note(f"{PROG}: warning: offline: {_cache_age(repo.gun, repo.cached_at)}")
+
+
+def _cache_age(gun: str, cached_at: datetime | None) -> str:
+    if cached_at is None:
+        return f"trust data of {gun} from the cache, of unknown age"
+    seconds = max(0, int((datetime.now(UTC) - cached_at).total_seconds()))
+    units = [("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)]
+    name, size = next((name, size) for name, size in units if seconds >= size or size == 1)
+    count = seconds // size
+    return (
+        f"trust data of {gun} from the cache, last updated from the server {count} {name}"
+        f"{'s' if count != 1 else ''} ago ({_utc(cached_at)})"
+    )
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _publish_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -501,8 +583,10 @@ def _roles_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=(
         "Exit status: 0 success (trusted); 1 verification failed or the operation could not be "
-        "done (no or untrusted trust data, server unreachable or refusing, missing keys or "
-        "passphrases); 2 usage error.\n\n"
+        "done (no or untrusted trust data, server unreachable, timing out or failing, TLS or "
+        "CA file problem, missing keys or passphrases); 2 usage error. A server that cannot "
+        "be reached is never replaced by cached trust data, unlike notary and docker: "
+        "list, lookup, verify and verify-image use the cache only with --offline.\n\n"
         "Passphrases come from NOTARY_ROOT_PASSPHRASE, NOTARY_TARGETS_PASSPHRASE, "
         "NOTARY_SNAPSHOT_PASSPHRASE, NOTARY_DELEGATION_PASSPHRASE or docker's "
         "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE / DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE; "
@@ -539,6 +623,16 @@ def _roles_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...
     help="Trust only server certificates issued by this CA (env TUFNOTARY_TLSCACERT).",
 )
 @click.option(
+    "--timeout",
+    envvar="TUFNOTARY_TIMEOUT",
+    type=_TIMEOUT,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up on a server that does not answer, or stops sending, for this long "
+    "(env TUFNOTARY_TIMEOUT).",
+)
+@click.option(
     "--username",
     envvar="TUFNOTARY_USERNAME",
     help="User for the server's token service (env TUFNOTARY_USERNAME).",
@@ -562,6 +656,7 @@ def cli(
     server: str,
     trust_dir: Path,
     tlscacert: Path | None,
+    timeout: float,
     username: str | None,
     password: str | None,
     token: str | None,
@@ -570,7 +665,14 @@ def cli(
 ) -> None:
     """Sign and verify container image trust data on a Notary-compatible server."""
     ctx.obj = Settings(
-        server, trust_dir, tlscacert, json_output, username or None, password, token or None
+        server,
+        trust_dir,
+        tlscacert,
+        json_output,
+        username or None,
+        password,
+        token or None,
+        timeout,
     )
     _configure_logging(verbose)
 
@@ -584,28 +686,52 @@ def cli(
 @click.option(
     "--server-snapshot", is_flag=True, help="Let the server hold the snapshot key and sign it."
 )
+@click.option(
+    "--root-key",
+    "root_key_id",
+    metavar="KEY_ID",
+    help="Sign with this root key of the trust directory (when it holds several).",
+)
+@click.option("--new-root-key", is_flag=True, help="Make a new root key even if one is held.")
 @_global_options
-def init(gun: str, _publish: bool, server_snapshot: bool) -> None:
-    """Create the repository GUN: new root, targets (and snapshot) keys, published at once.
+def init(
+    gun: str, _publish: bool, server_snapshot: bool, root_key_id: str | None, new_root_key: bool
+) -> None:
+    """Create and publish the repository GUN with new targets (and snapshot) keys.
 
-    Needs the root, targets and snapshot passphrases. Exits 1 if GUN already exists.
+    Like notary, it signs with the root key already in the trust directory (`key list`), and
+    makes a new one only if there is none or --new-root-key is given. Needs the root, targets
+    and snapshot passphrases. Exits 1 if GUN already exists.
     """
+    if root_key_id and new_root_key:
+        raise click.UsageError("give --root-key or --new-root-key, not both")
     settings = _settings()
     repo = settings.repository(gun)
     with _progress(f"initializing {gun} on {settings.server}"):
-        repo.initialize(server_snapshot=server_snapshot)
+        done = repo.initialize(
+            server_snapshot=server_snapshot, root_key_id=root_key_id, new_root_key=new_root_key
+        )
+    reused = "root key found, using" if done.root_key_reused else "new root key"
     _emit(
-        {"gun": gun, "server": settings.server, "initialized": True},
-        f"Initialized {gun} on {settings.server}.",
+        {
+            "gun": gun,
+            "server": settings.server,
+            "initialized": True,
+            "root_key_id": done.root_key_id,
+            "root_key_reused": done.root_key_reused,
+        },
+        f"Initialized {gun} on {settings.server} ({reused}: {done.root_key_id}).",
     )
 
 
 def _publish(repo: Repository) -> list[str]:
     """Publish the staged changes of ``repo``; the roles sent."""
-    count = len(repo.staged())
     settings = _settings()
-    with _progress(f"publishing {count} change(s) to {repo.gun} on {settings.server}"):
-        return repo.publish()
+    settings.staged = len(repo.staged())
+    with _progress(f"publishing {settings.staged} change(s) to {repo.gun} on {settings.server}"):
+        roles = repo.publish()
+    settings.staged = 0
+    return roles
 
 
 def _staged(repo: Repository, changes: list[Change], publish_now: bool, human: str) -> None:
@@ -722,8 +848,10 @@ def publish(gun: str, signed: tuple[tuple[str, Path], ...]) -> None:
     repo = settings.repository(gun)
     if signed:
         documents = {role: path.read_bytes() for role, path in signed}
+        settings.staged = len(repo.staged())
         with _progress(f"publishing {', '.join(documents)} to {settings.server}"):
             roles = repo.publish_signed(documents)
+        settings.staged = 0
         _emit({"gun": gun, "published": roles}, f"Published {gun} ({', '.join(roles)}).")
         return
     if not repo.staged():
@@ -796,16 +924,19 @@ def _target_dict(target: Target) -> dict[str, Any]:
 @cli.command(name="list")
 @click.argument("gun", type=GUN)
 @_roles_option("List only these roles' targets (they shadow targets).")
+@_offline_option
 @_global_options
-def list_(gun: str, roles: list[str]) -> None:
+def list_(gun: str, roles: list[str], offline: bool) -> None:
     """List the trusted targets of GUN: NAME DIGEST SIZE ROLE.
 
-    Needs the trust server: exits 1 if it cannot be reached or refuses.
+    Needs the trust server: exits 1 if it cannot be reached, times out or fails, even with
+    trust data cached (--offline reads only the cache).
     """
     settings = _settings()
-    repo = settings.repository(gun)
-    with _progress(f"updating trust data of {gun} from {settings.server}"):
+    repo = settings.repository(gun, offline=offline)
+    with _progress(_updating(repo)):
         targets = repo.targets(roles or (TARGETS,))
+    _offline_note(repo)
 
     def human() -> None:
         if not targets:
@@ -820,16 +951,19 @@ def list_(gun: str, roles: list[str]) -> None:
 @cli.command()
 @click.argument("gun", type=GUN)
 @click.argument("name")
+@_offline_option
 @_global_options
-def lookup(gun: str, name: str) -> None:
+def lookup(gun: str, name: str, offline: bool) -> None:
     """Print the signed digest and size of target NAME: `NAME sha256:HEX SIZE`.
 
-    Needs the trust server: exits 1 if it cannot be reached or refuses.
+    Needs the trust server: exits 1 if it cannot be reached, times out or fails, even with
+    trust data cached (--offline reads only the cache).
     """
     settings = _settings()
-    repo = settings.repository(gun)
-    with _progress(f"updating trust data of {gun} from {settings.server}"):
+    repo = settings.repository(gun, offline=offline)
+    with _progress(_updating(repo)):
         target = repo.lookup(name)
+    _offline_note(repo)
     hexes = target.meta.hashes
     alg = "sha256" if "sha256" in hexes else next(iter(sorted(hexes)), "sha256")
     digest = f"{alg}:{hexes[alg].hex()}" if alg in hexes else "-"
@@ -844,18 +978,21 @@ def lookup(gun: str, name: str) -> None:
 )
 @click.option("-o", "--output", type=click.File("wb"), help="Write the content to FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not write the content out.")
+@_offline_option
 @_global_options
-def verify(gun: str, name: str, source: Any, output: Any, quiet: bool) -> None:
+def verify(gun: str, name: str, source: Any, output: Any, quiet: bool, offline: bool) -> None:
     """Check that the content on stdin is target NAME of GUN; on success write it to stdout.
 
-    Exits 1 if the length or a hash differs, or NAME is not signed.
-    Needs the trust server: exits 1 if it cannot be reached or refuses.
+    Exits 1 if the length or a hash differs, or NAME is not signed. Needs the trust server:
+    exits 1 if it cannot be reached, times out or fails, even with trust data cached
+    (--offline reads only the cache).
     """
     data = source.read()
     settings = _settings()
-    repo = settings.repository(gun)
-    with _progress(f"updating trust data of {gun} from {settings.server}"):
+    repo = settings.repository(gun, offline=offline)
+    with _progress(_updating(repo)):
         target = repo.lookup(name)
+    _offline_note(repo)
     try:
         target.meta.verify(data, name)
     except MetadataError as exc:
@@ -873,6 +1010,7 @@ def verify(gun: str, name: str, source: Any, output: Any, quiet: bool) -> None:
 
 
 @cli.group()
+@_global_options
 def delegation() -> None:
     """Add, remove and list delegated roles (e.g. targets/releases)."""
 
@@ -1060,6 +1198,7 @@ def delete(gun: str, remote: bool) -> None:
 
 
 @cli.group()
+@_global_options
 def key() -> None:
     """Generate, list, rotate, import and export keys."""
 
@@ -1270,6 +1409,13 @@ def _reference(ctx: click.Context, param: click.Parameter, value: str) -> ImageR
         raise click.BadParameter(f"{value!r}: {message}") from None
 
 
+def _updating(repo: Repository) -> str:
+    """What the progress line says while ``repo`` is read."""
+    if repo.offline:
+        return f"reading the cached trust data of {repo.gun}"
+    return f"updating trust data of {repo.gun} from {repo.remote.url}"
+
+
 def _by_digest(repo: Repository, digest: str, roles: Sequence[str]) -> VerifiedImage:
     """The first tag (by name) signed with ``digest`` that passes the policy."""
     trusted = repo.refresh()
@@ -1316,6 +1462,7 @@ def _by_digest(repo: Repository, digest: str, roles: Sequence[str]) -> VerifiedI
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Accept only a root whose certificate chains to this CA bundle.",
 )
+@_offline_option
 @_global_options
 def verify_image(
     ref: ImageReference,
@@ -1323,13 +1470,20 @@ def verify_image(
     required: list[str],
     cert_ids: tuple[str, ...],
     pin_ca: Path | None,
+    offline: bool,
 ) -> None:
     """Check that image REF is signed: `registry/repo:tag`, `registry/repo@sha256:...` or both.
 
     Without --require-role, docker's rule: the tag as targets/releases signs it, else as
     targets signs it. Exit status 0 trusted (the digest is printed), 1 not trusted (unsigned
-    tag, other digest, missing signer, bad trust data, server unreachable), 2 usage error.
-    Pinning applies when this trust dir first sees the repository (and to root rotations).
+    tag, other digest, missing signer, bad trust data, server unreachable, timing out or
+    failing, TLS or CA file problem), 2 usage error. With --json, a refusal prints
+    {"trusted": false, "reason": KIND, "error": MESSAGE, ...}.
+
+    Fails closed: unlike notary and docker, cached trust data never stands in for a server
+    that cannot be reached. --offline uses only the cache (still refusing expired data) and
+    says how old it is. Pinning applies when this trust dir first sees the repository (and to
+    root rotations).
     """
     if digest and ref.digest and digest != ref.digest:
         raise click.UsageError(f"--digest {digest} differs from the digest in REF {ref.digest}")
@@ -1340,10 +1494,9 @@ def verify_image(
         certs = {ref.gun: list(cert_ids)} if cert_ids else {}
         pinning = TrustPinning(certs=certs, ca={ref.gun: pin_ca} if pin_ca else {})
     settings = _settings()
-    repo = settings.repository(ref.gun, pinning)
-    shown = f"{ref.gun}:{tag}" if tag else f"{ref.gun}@{digest}"
+    repo = settings.repository(ref.gun, pinning, offline=offline)
     try:
-        with _progress(f"updating trust data of {ref.gun} from {settings.server}"):
+        with _progress(_updating(repo)):
             if tag is None:
                 assert digest is not None
                 image = _by_digest(repo, digest, required)
@@ -1353,6 +1506,8 @@ def verify_image(
         message = _explain(exc, settings)
         if message is None:
             raise
+        if not message.startswith("not trusted"):
+            message = f"not trusted: {message}"
         if settings.json:
             click.echo(
                 json.dumps(
@@ -1361,6 +1516,7 @@ def verify_image(
                         "tag": tag,
                         "digest": digest,
                         "trusted": False,
+                        "reason": type(exc).__name__,
                         "error": message,
                     },
                     indent=2,
@@ -1368,7 +1524,7 @@ def verify_image(
                 )
             )
         raise Failure(message) from exc
-    data = {
+    data: dict[str, Any] = {
         "gun": image.gun,
         "tag": image.tag,
         "digest": image.digest,
@@ -1376,6 +1532,10 @@ def verify_image(
         "length": image.length,
         "trusted": True,
     }
+    if offline:
+        data["offline"] = True
+        data["cached_at"] = _utc(image.cached_at) if image.cached_at else None
+    _offline_note(repo)
     shown = f"{image.gun}:{image.tag}"
     _emit(data, f"trusted: {shown} -> {image.digest} (signed by {image.role})")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from tufnotary.client.remote import Remote
 from tufnotary.client.trusted import TrustPinning
@@ -25,7 +26,9 @@ class ImageVerificationError(Exception):
 class ImageNotSigned(ImageVerificationError):
     """No accepted role signs the tag (docker: "no trust data for <tag>")."""
 
-    def __init__(self, tag: str, reason: str = "no trust data") -> None:
+    def __init__(
+        self, tag: str, reason: str = "the tag is not signed (no trust data for it)"
+    ) -> None:
         super().__init__(f"{tag}: {reason}")
         self.tag = tag
 
@@ -39,11 +42,12 @@ class DigestMismatch(ImageVerificationError):
 
 
 class RequiredSignerMissing(ImageVerificationError):
-    """A role the policy requires is not trusted or does not sign the tag."""
+    """A role the policy requires is not trusted or does not sign the tag (others do)."""
 
-    def __init__(self, role: str, tag: str) -> None:
-        super().__init__(f"required signer {role} does not sign {tag}")
-        self.role, self.tag = role, tag
+    def __init__(self, role: str, tag: str, signers: Sequence[str] = ()) -> None:
+        others = f" (only {', '.join(signers)} signs it)" if signers else ""
+        super().__init__(f"required signer {role} does not sign {tag}{others}")
+        self.role, self.tag, self.signers = role, tag, list(signers)
 
 
 class SignersDisagree(ImageVerificationError):
@@ -71,13 +75,18 @@ class Policy:
 
 @dataclass(frozen=True)
 class VerifiedImage:
-    """A tag's signed digest (``sha256:<hex>``), the role that signed it, the manifest size."""
+    """A tag's signed digest (``sha256:<hex>``), the role that signed it, the manifest size.
+
+    ``cached_at`` is set only when the answer came from the cache without an update (offline):
+    when that trust data was last fetched from the server.
+    """
 
     gun: str
     tag: str
     digest: str
     role: str
     length: int
+    cached_at: datetime | None = None
 
 
 def verify_image(
@@ -87,13 +96,17 @@ def verify_image(
     tag: str,
     digest: str | None = None,
     policy: Policy | None = None,
+    *,
+    offline: bool = False,
 ) -> VerifiedImage:
     """Refresh the trust data of ``gun`` and return the signed digest of ``tag``.
 
-    With ``digest`` (``sha256:<hex>``), DigestMismatch unless it is the signed one.
+    With ``digest`` (``sha256:<hex>``), DigestMismatch unless it is the signed one. If the
+    server cannot be reached or fails, its RemoteError kind: never an answer from the cache,
+    unless ``offline`` (then only from the cache, see ``Updater``).
     """
     policy = policy or Policy()
-    updater = Updater(remote, cache, gun, pinning=policy.pinning)
+    updater = Updater(remote, cache, gun, pinning=policy.pinning, offline=offline)
     updater.refresh()
     return resolve_image(updater, tag, digest, policy.required_roles)
 
@@ -113,7 +126,10 @@ def resolve_image(
         for role in required_roles:
             meta = updater.targets_of(role).get(tag)
             if meta is None:
-                raise RequiredSignerMissing(role, tag)
+                signers = updater.signers_of(tag)
+                if not signers:
+                    raise ImageNotSigned(tag)
+                raise RequiredSignerMissing(role, tag, signers)
             signed[role] = meta
         digests = {role: _digest_of(tag, meta) for role, meta in signed.items()}
         if len(set(digests.values())) > 1:
@@ -128,7 +144,7 @@ def resolve_image(
     trusted = _digest_of(tag, meta)
     if digest is not None and digest.lower() != trusted:
         raise DigestMismatch(digest, trusted)
-    return VerifiedImage(updater.gun, tag, trusted, role, meta.length)
+    return VerifiedImage(updater.gun, tag, trusted, role, meta.length, updater.cached_at)
 
 
 def _digest_of(tag: str, meta: FileMeta) -> str:

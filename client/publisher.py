@@ -45,6 +45,11 @@ class RepositoryExists(PublishError):
     """``initialize`` on a GUN the server already has."""
 
 
+class RootKeyChoice(PublishError):
+    """``initialize`` cannot tell which root key of the trust directory to use, or cannot use
+    the one there (an ed25519 key signs no root certificate)."""
+
+
 class MissingKeysError(PublishError):
     """This trust directory holds fewer of a role's keys than its threshold."""
 
@@ -79,6 +84,16 @@ class _Draft:
 Refresh = Callable[[], object]
 
 
+@dataclass(frozen=True)
+class Initialized:
+    """What ``initialize`` published: each role's key id, and the root key file it signed with
+    (``root_key_reused``: it was in the trust directory already)."""
+
+    key_ids: dict[str, str]
+    root_key_id: str
+    root_key_reused: bool
+
+
 class Publisher:
     """Signs and uploads changes to one GUN; ``refresh`` is the verifying update."""
 
@@ -91,9 +106,20 @@ class Publisher:
 
     # -- creating --------------------------------------------------------------------------
 
-    def initialize(self, *, server_snapshot: bool = False) -> dict[str, str]:
+    def initialize(
+        self,
+        *,
+        server_snapshot: bool = False,
+        root_key_id: str | None = None,
+        new_root_key: bool = False,
+    ) -> Initialized:
         """Create the repository: root key with certificate, targets key, snapshot key here or
-        on the server, timestamp key on the server; publish root 1, targets 2, snapshot 2."""
+        on the server, timestamp key on the server; publish root 1, targets 2, snapshot 2.
+
+        As notary does, the root key already in the trust directory signs (``root_key_id``
+        chooses when there are several); a new one is made if there is none or if
+        ``new_root_key``.
+        """
         try:
             self.remote.fetch(self.gun, ROOT, 0)
         except NotFoundError:
@@ -101,7 +127,8 @@ class Publisher:
         except OversizedError as exc:  # a root.json is there
             raise RepositoryExists(f"{self.gun} already exists on {self.remote.url}") from exc
         timestamp_key = self.remote.server_key(self.gun, TIMESTAMP)
-        certificate = self._new_root_key()
+        existing = None if new_root_key else self._existing_root_key(root_key_id)
+        root_key, certificate = self._root_key(existing)
         targets_key = self.trustdir.generate_key(TARGETS, self.gun)
         if server_snapshot:
             snapshot_key = self.remote.server_key(self.gun, SNAPSHOT)
@@ -120,7 +147,8 @@ class Publisher:
         draft = _Draft(Metadata(root), b"", {TARGETS: Metadata(Targets(1, ""))}, {}, None)
         draft.dirty = {ROOT, TARGETS}  # root goes out as version 1, targets as 2 (as Go does)
         self._upload(draft)
-        return {role: keys.keyids[0] for role, keys in root.roles.items()}
+        key_ids = {role: keys.keyids[0] for role, keys in root.roles.items()}
+        return Initialized(key_ids, root_key.public.key_id, existing is not None)
 
     # -- staging -----------------------------------------------------------------------------
 
@@ -194,7 +222,7 @@ class Publisher:
         if role == ROOT:
             old = self.trustdir.find_keys(replaced, root.keys)
             draft.extra_root_signers = [(key, keyid) for keyid, key in old.items()]
-            new_key = self._new_root_key()
+            new_key = self._root_key()[1]
         elif server_managed or role == TIMESTAMP:
             new_key = self.remote.server_key(self.gun, role, rotate=True)
         else:
@@ -212,12 +240,32 @@ class Publisher:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _new_root_key(self) -> Key:
-        """A new root key, stored once its certificate for the GUN could be made."""
+    def _existing_root_key(self, key_id: str | None) -> PrivateKey | None:
+        """The root key ``key_id``, else the only root key in the trust directory, else None."""
+        if key_id is None:
+            held = sorted(info.key_id for info in self.trustdir.list_keys() if info.role == ROOT)
+            if len(held) > 1:
+                raise RootKeyChoice(
+                    f"the trust directory holds {len(held)} root keys ({', '.join(held)}): "
+                    "choose one with --root-key ID, or make a new one with --new-root-key"
+                )
+            key_id = held[0] if held else None
+        return self.trustdir.load_key(key_id) if key_id else None
+
+    def _root_key(self, private: PrivateKey | None = None) -> tuple[PrivateKey, Key]:
+        """``private`` and its root certificate for the GUN; without it, a new root key (stored
+        once its certificate could be made)."""
+        if private is not None:
+            try:
+                return private, root_certificate(private, self.gun)
+            except ValueError as exc:
+                raise RootKeyChoice(
+                    f"root key {private.public.key_id}: {exc}; make a new one with --new-root-key"
+                ) from exc
         private = PrivateKey.generate()
         certificate = root_certificate(private, self.gun)
         self.trustdir.add_key(private, ROOT)
-        return certificate
+        return private, certificate
 
     def _draft(self) -> _Draft:
         """The verified current state, read back from the cache the updater just wrote."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from tufnotary.metadata.keys import Key
 
@@ -19,11 +23,56 @@ TIMESTAMP_CAP = 1 * MiB
 ROOT_CAP = 100 * MiB
 KEY_CAP = 256 * 1024
 ERROR_CAP = 1024
+DEFAULT_TIMEOUT = 30.0
 _CHUNK = 64 * 1024
 
 
 class RemoteError(Exception):
     """The server could not be reached or answered something other than what was asked."""
+
+
+class ServerUnavailable(RemoteError):
+    """No usable answer came from the server: the kinds below. Nothing was read or changed."""
+
+
+class ServerUnreachable(ServerUnavailable):
+    """No connection: refused, unknown host, reset, or a URL that is not one."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"cannot reach {where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+class ServerTimeout(ServerUnavailable):
+    """The server did not answer, or stopped sending, within the timeout."""
+
+    def __init__(self, where: str, seconds: float) -> None:
+        super().__init__(f"{where} did not answer within {seconds:g} seconds")
+        self.where, self.seconds = where, seconds
+
+
+class TLSError(ServerUnavailable):
+    """The TLS handshake failed, e.g. the server's certificate is not from a trusted CA."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"TLS connection to {where} failed: {reason}")
+        self.where, self.reason = where, reason
+
+
+class ServerError(ServerUnavailable):
+    """5xx: the server (or a proxy in front of it) failed to answer the request."""
+
+    def __init__(self, where: str, status: int, message: str) -> None:
+        super().__init__(f"{where} failed to answer ({status}): {message}".rstrip(": "))
+        self.where, self.status, self.message = where, status, message
+
+
+class CAFileError(RemoteError):
+    """The CA bundle given to verify the server's certificate cannot be loaded."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"the CA file {path} cannot be used: {reason}")
+        self.path, self.reason = path, reason
 
 
 class NotFoundError(RemoteError):
@@ -35,22 +84,29 @@ class OversizedError(RemoteError):
 
 
 class RejectedError(RemoteError):
-    """The server refused the request (400 and others) with its error envelope."""
+    """The server refused the request (400 and others) with its error envelope.
 
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+    ``method`` is the refused request's; a refused write (POST, DELETE) changed nothing.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, detail: Any = None, method: str = "GET"
+    ) -> None:
         text = f"server rejected the request ({status} {code}): {message}"
         if isinstance(detail, dict) and isinstance(detail.get("Error"), dict):
             text += f": {detail.get('Name', '')}: {detail['Error'].get('Msg', '')}"
         elif isinstance(detail, str) and detail:
             text += f": {detail}"
         super().__init__(text)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.method = status, code, detail, method
 
 
 class UnauthorizedError(RejectedError):
     """401: no credentials, a token the server refuses, or one lacking the needed access."""
 
-    def __init__(self, challenge: Mapping[str, str], detail: Any = None) -> None:
+    def __init__(
+        self, challenge: Mapping[str, str], detail: Any = None, method: str = "GET"
+    ) -> None:
         scope, error = challenge.get("scope", ""), challenge.get("error", "")
         if error == "insufficient_scope":
             reason = f"the credentials do not grant {scope}"
@@ -58,10 +114,28 @@ class UnauthorizedError(RejectedError):
             reason = f"the server refused the token ({error}) for {scope}"
         else:
             reason = f"authentication required for {scope}"
-        super().__init__(401, "UNAUTHORIZED", reason, detail)
+        super().__init__(401, "UNAUTHORIZED", reason, detail, method)
 
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (requests and urllib3 nest the real error in ``reason``/args)."""
+    chain = [exc]
+    while True:
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or inner in chain:
+            return chain
+        chain.append(inner)
+        exc = inner
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a connection error, without urllib3's wrapping text."""
+    return re.sub(r"^\w+\(host=[^)]*\): ", "", str(_causes(exc)[-1]))
 
 
 def parse_bearer_challenge(header: str) -> dict[str, str] | None:
@@ -86,7 +160,7 @@ class Remote:
 
     url: str
     verify: str | bool = True
-    timeout: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     session: requests.Session | None = None
     username: str | None = None
     password: str | None = None
@@ -115,7 +189,8 @@ class Remote:
         token = self.token or self._bearer.get("token")
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        try:
+        self._check_ca_file(url)
+        with self._talking(self._where):
             return self._session().request(
                 method,
                 url,
@@ -125,8 +200,36 @@ class Remote:
                 headers=headers,
                 **kwargs,
             )
-        except requests.RequestException as exc:
-            raise RemoteError(f"cannot reach the trust server {self.url}: {exc}") from exc
+
+    @contextmanager
+    def _talking(self, where: str) -> Iterator[None]:
+        """Turn what requests and urllib3 raise while talking to ``where`` into typed errors."""
+        try:
+            yield
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            causes = _causes(exc)
+            timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+            refused = urllib3.exceptions.NewConnectionError  # a TimeoutError subclass, oddly
+            if any(isinstance(c, timeouts) and not isinstance(c, refused) for c in causes):
+                raise ServerTimeout(where, self.timeout) from exc
+            if any(isinstance(cause, ssl.SSLError) for cause in causes):
+                raise TLSError(where, _reason(exc)) from exc
+            raise ServerUnreachable(where, _reason(exc)) from exc
+
+    def _check_ca_file(self, url: str) -> None:
+        """For an https ``url``: CAFileError unless ``verify`` names a CA bundle (or directory)
+        TLS can load. Checked first, so a bad file is never mistaken for a server problem."""
+        path = self.verify
+        if not url.lower().startswith("https:") or not isinstance(path, str):
+            return
+        try:
+            if os.path.isdir(path):
+                ssl.create_default_context(capath=path)
+            else:
+                ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CAFileError(path, reason) from exc
 
     def _fetch_token(self, challenge: Mapping[str, str]) -> str:
         """A bearer token from the challenge's realm for its service and scopes."""
@@ -136,12 +239,14 @@ class Remote:
         if self.username:
             params.append(("account", self.username))
         auth = (self.username, self.password or "") if self.username else None
-        try:
+        where = f"the token service {realm}"
+        self._check_ca_file(realm)
+        with self._talking(where):
             response = self._session().get(
                 realm, params=params, auth=auth, verify=self.verify, timeout=self.timeout
             )
-        except requests.RequestException as exc:
-            raise RemoteError(f"cannot reach the token service {realm}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServerError(where, response.status_code, response.text[:200].strip())
         if response.status_code != 200:
             text = response.text[:200].strip()
             raise RejectedError(
@@ -158,12 +263,17 @@ class Remote:
             raise RemoteError(f"the token service {realm} answered without a token")
         return token
 
-    @staticmethod
-    def _raise_for(response: requests.Response) -> None:
+    @property
+    def _where(self) -> str:
+        return f"the trust server {self.url}"
+
+    def _raise_for(self, response: requests.Response) -> None:
         if response.status_code == 200:
             return
-        body = response.raw.read(ERROR_CAP, decode_content=True)
+        with self._talking(self._where):
+            body = response.raw.read(ERROR_CAP, decode_content=True)
         response.close()
+        method = str(response.request.method)
         if response.status_code == 404:
             raise NotFoundError(f"not found on the trust server: {response.url}")
         challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -172,14 +282,15 @@ class Remote:
                 detail = json.loads(body)["errors"][0].get("detail")
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 detail = None
-            raise UnauthorizedError(challenge, detail)
+            raise UnauthorizedError(challenge, detail, method)
         try:
             error = json.loads(body)["errors"][0]
             code, message = str(error["code"]), str(error.get("message", ""))
         except (ValueError, KeyError, IndexError, TypeError):
-            text = body[:200].decode("utf-8", "replace")
-            raise RejectedError(response.status_code, "", text) from None
-        raise RejectedError(response.status_code, code, message, error.get("detail"))
+            error, code, message = {}, "", body[:200].decode("utf-8", "replace").strip()
+        if response.status_code >= 500:
+            raise ServerError(self._where, response.status_code, message)
+        raise RejectedError(response.status_code, code, message, error.get("detail"), method)
 
     def fetch(self, gun: str, name: str, max_bytes: int) -> bytes:
         """GET ``<name>.json``; OversizedError as soon as more than ``max_bytes`` arrive."""
@@ -190,10 +301,11 @@ class Remote:
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise OversizedError(f"{name}: server announces {declared} bytes, over {max_bytes}")
             data = bytearray()
-            for chunk in response.iter_content(_CHUNK):
-                data.extend(chunk)
-                if len(data) > max_bytes:
-                    raise OversizedError(f"{name}: server sent more than {max_bytes} bytes")
+            with self._talking(self._where):
+                for chunk in response.iter_content(_CHUNK):
+                    data.extend(chunk)
+                    if len(data) > max_bytes:
+                        raise OversizedError(f"{name}: server sent more than {max_bytes} bytes")
         return bytes(data)
 
     def server_key(self, gun: str, role: str, *, rotate: bool = False) -> Key:
@@ -202,7 +314,8 @@ class Remote:
         response = self._request("POST" if rotate else "GET", url)
         with response:
             self._raise_for(response)
-            body = response.raw.read(KEY_CAP + 1, decode_content=True)
+            with self._talking(self._where):
+                body = response.raw.read(KEY_CAP + 1, decode_content=True)
         if len(body) > KEY_CAP:
             raise OversizedError(f"{role}.key: more than {KEY_CAP} bytes")
         try:

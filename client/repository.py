@@ -6,6 +6,11 @@ The library's entry point::
                       TrustDir(Path("~/.notary").expanduser()), verify="ca.crt")
     policy = Policy(required_roles=["targets/releases"])
     repo.verify_image("1.4", digest="sha256:...", policy=policy)
+
+Every read updates from the server first and fails closed: if the server cannot be reached or
+fails, the typed ``RemoteError`` kind is raised (ServerUnreachable, ServerTimeout, TLSError,
+ServerError, CAFileError...), never an answer from the cache. ``offline=True`` reads only the
+cache, with every check (expiry included); ``cached_at`` says how old it is.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tufnotary.client.changes import Change
 from tufnotary.client.images import Policy, VerifiedImage, resolve_image
-from tufnotary.client.publisher import Publisher
+from tufnotary.client.publisher import Initialized, Publisher
 from tufnotary.client.remote import Remote
 from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.trusted import TrustedSet, TrustPinning
@@ -55,19 +61,26 @@ class Repository:
         *,
         verify: str | bool = True,
         pinning: TrustPinning | None = None,
+        offline: bool = False,
     ) -> None:
         self.gun = gun
         self.remote = server if isinstance(server, Remote) else Remote(server, verify)
         self.trustdir = trustdir
         self.pinning = pinning
-        self.updater = Updater(self.remote, trustdir, gun, pinning=pinning)
+        self.offline = offline
+        self.updater = Updater(self.remote, trustdir, gun, pinning=pinning, offline=offline)
         self.publisher = Publisher(self.remote, trustdir, gun, self.refresh)
 
     # -- reading -----------------------------------------------------------------------------
 
     def refresh(self) -> TrustedSet:
-        """Update from the server with every TUF check (spec 4.2)."""
+        """Update from the server with every TUF check (spec 4.2); offline, from the cache."""
         return self.updater.refresh()
+
+    @property
+    def cached_at(self) -> datetime | None:
+        """Offline, after a read: when its trust data was last fetched from the server."""
+        return self.updater.cached_at
 
     def targets(self, roles: Iterable[str] = (TARGETS,)) -> list[Target]:
         """The trusted targets of ``roles`` and their delegations, as notary lists them: a
@@ -99,7 +112,9 @@ class Repository:
         policy = policy or Policy()
         updater = self.updater
         if policy.pinning is not None and policy.pinning is not self.pinning:
-            updater = Updater(self.remote, self.trustdir, self.gun, pinning=policy.pinning)
+            updater = Updater(
+                self.remote, self.trustdir, self.gun, pinning=policy.pinning, offline=self.offline
+            )
         updater.refresh()
         return resolve_image(updater, tag, digest, policy.required_roles)
 
@@ -149,9 +164,18 @@ class Repository:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def initialize(self, *, server_snapshot: bool = False) -> dict[str, str]:
-        """Create and publish the repository; returns the key id of each role."""
-        return self.publisher.initialize(server_snapshot=server_snapshot)
+    def initialize(
+        self,
+        *,
+        server_snapshot: bool = False,
+        root_key_id: str | None = None,
+        new_root_key: bool = False,
+    ) -> Initialized:
+        """Create and publish the repository, signed by the root key already in the trust
+        directory (``root_key_id`` if there are several) unless ``new_root_key``."""
+        return self.publisher.initialize(
+            server_snapshot=server_snapshot, root_key_id=root_key_id, new_root_key=new_root_key
+        )
 
     def publish(self) -> list[str]:
         return self.publisher.publish()

@@ -316,6 +316,14 @@ class TrustDir:
         """Cache ``data`` as ``tuf/<gun>/metadata/<role>.json`` (atomically replaced)."""
         _atomic_write(self._metadata_path(gun, role), data)
 
+    def metadata_time(self, gun: str, role: str) -> datetime | None:
+        """When the cached ``<role>.json`` of ``gun`` was last written, or None."""
+        try:
+            mtime = self._metadata_path(gun, role).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return datetime.fromtimestamp(mtime, UTC)
+
     def clear_metadata(self, gun: str) -> None:
         """Forget every cached document of ``gun``."""
         directory = self._metadata_dir(gun)

@@ -3,6 +3,11 @@
 Every download is capped at what the referencing metadata allows (spec 4.3), checked by a
 :class:`TrustedSet`, and cached only once it verified. Cached copies that still verify make
 the versions that may not go backwards, across process restarts.
+
+The update fails closed: when the server cannot be reached or fails, ``refresh`` raises (the
+typed :class:`RemoteError` kinds) instead of answering from the cache, as notary and docker
+do. Only an ``offline`` updater reads the cache, and then every role passes every check of an
+update (signatures, hashes, expiry) without contacting the server.
 """
 
 from __future__ import annotations
@@ -18,9 +23,7 @@ from tufnotary.client.remote import (
     TIMESTAMP_CAP,
     NotFoundError,
     OversizedError,
-    RejectedError,
     Remote,
-    RemoteError,
 )
 from tufnotary.client.trusted import (
     RootOutdatedError,
@@ -54,6 +57,10 @@ class MetadataCache(Protocol):
 
     def write_metadata(self, gun: str, role: str, data: bytes) -> None: ...
 
+    def metadata_time(self, gun: str, role: str) -> datetime | None:
+        """When the cached ``role`` of ``gun`` was last written, or None if it is not cached."""
+        ...
+
 
 class RepositoryNotFound(NotFoundError):
     """The trust server has no root for the GUN: it was never published, or was deleted."""
@@ -61,6 +68,14 @@ class RepositoryNotFound(NotFoundError):
     def __init__(self, gun: str) -> None:
         super().__init__(f"repository {gun} does not exist on the trust server")
         self.gun = gun
+
+
+class NotCached(LookupError):
+    """Offline: the cache holds no verified copy of a role the trust data needs."""
+
+    def __init__(self, gun: str, role: str) -> None:
+        super().__init__(f"the cache holds no verified {role} of {gun}")
+        self.gun, self.role = gun, role
 
 
 def _matches(meta: FileMeta, data: bytes, role: str) -> bool:
@@ -71,15 +86,13 @@ def _matches(meta: FileMeta, data: bytes, role: str) -> bool:
     return True
 
 
-def _server_unavailable(exc: RemoteError) -> bool:
-    """Errors after which the cached timestamp may stand in (spec 4.2 step 1)."""
-    if isinstance(exc, RejectedError):
-        return exc.status != 400
-    return not isinstance(exc, OversizedError)
-
-
 class Updater:
-    """Keeps the trusted metadata of one GUN up to date from ``remote`` through ``cache``."""
+    """Keeps the trusted metadata of one GUN up to date from ``remote`` through ``cache``.
+
+    ``offline``: never contact ``remote``; load every role from ``cache`` with every check of
+    an update, expiry included (NotCached if one is missing). ``cached_at`` then says when the
+    trust data was last fetched from the server.
+    """
 
     def __init__(
         self,
@@ -89,20 +102,28 @@ class Updater:
         *,
         pinning: TrustPinning | None = None,
         max_root_rotations: int = 32,
+        offline: bool = False,
     ) -> None:
         self._remote = remote
         self._cache = cache
         self.gun = gun
         self._pinning = pinning
         self._max_root_rotations = max_root_rotations
+        self.offline = offline
+        self.cached_at: datetime | None = None
         self._trusted: TrustedSet | None = None
 
     def refresh(self) -> TrustedSet:
-        """Run the update (spec 4.2); if it fails, update the root and run it once more."""
+        """Run the update (spec 4.2); if it fails, update the root and run it once more.
+
+        Fails closed: a server that cannot be reached or fails raises its RemoteError kind.
+        """
+        if self.offline:
+            return self._load_cached()
         trusted = self._bootstrap()
         try:
             self._load_roles(trusted)
-        except (MetadataError, RemoteError) as exc:
+        except (MetadataError, NotFoundError, OversizedError) as exc:
             logger.info("update of %s failed (%s): checking the root, then retrying", self.gun, exc)
             failed = trusted
             trusted = self._bootstrap()
@@ -110,7 +131,30 @@ class Updater:
                 hint = exc.root_meta if isinstance(exc, RootOutdatedError) else None
                 self._update_root(trusted, hint)
             self._load_roles(trusted)
+        return self._done(trusted, "updated from the server")
+
+    def _load_cached(self) -> TrustedSet:
+        """The offline update: every role from the cache, checked as if just downloaded."""
+        root = self._cache.read_metadata(self.gun, ROOT)
+        if root is None:
+            raise NotCached(self.gun, ROOT)
+        trusted = TrustedSet(self.gun, root, pinning=self._pinning)
+        self._load_roles(trusted)
+        self.cached_at = self._cache.metadata_time(self.gun, TIMESTAMP)
+        return self._done(trusted, "offline: from the cache")
+
+    def _done(self, trusted: TrustedSet, source: str) -> TrustedSet:
+        """Warn of roles expiring soon, report the versions now trusted, keep them."""
         self._warn_expiring(trusted)
+        assert trusted.timestamp is not None and trusted.snapshot is not None
+        logger.info(
+            "%s: trusted root %d, timestamp %d, snapshot %d (%s)",
+            self.gun,
+            trusted.root.version,
+            trusted.timestamp.version,
+            trusted.snapshot.version,
+            source,
+        )
         self._trusted = trusted
         return trusted
 
@@ -139,6 +183,11 @@ class Updater:
     def targets_of(self, role: str) -> dict[str, FileMeta]:
         """The targets ``role`` lists within its effective paths; {} if it is not trusted."""
         return self._current().targets_of(role)
+
+    def signers_of(self, name: str) -> list[str]:
+        """Every trusted targets role that signs ``name`` within its paths, parents first."""
+        trusted = self._current()
+        return [role for role in trusted.walk() if name in trusted.targets_of(role)]
 
     def _current(self) -> TrustedSet:
         return self._trusted or self.refresh()
@@ -220,16 +269,14 @@ class Updater:
 
     def _load_timestamp(self, trusted: TrustedSet) -> None:
         cached = self._cache.read_metadata(self.gun, TIMESTAMP)
-        if cached is not None:
-            trusted.remember_cached(TIMESTAMP, cached)
-        try:
-            data = self._remote.fetch(self.gun, TIMESTAMP, TIMESTAMP_CAP)
-        except RemoteError as exc:
-            if cached is None or not _server_unavailable(exc):
-                raise
-            logger.warning("%s: using the cached timestamp: %s", self.gun, exc)
+        if self.offline:
+            if cached is None:
+                raise NotCached(self.gun, TIMESTAMP)
             trusted.update_timestamp(cached)
             return
+        if cached is not None:
+            trusted.remember_cached(TIMESTAMP, cached)
+        data = self._remote.fetch(self.gun, TIMESTAMP, TIMESTAMP_CAP)
         trusted.update_timestamp(data)
         self._cache.write_metadata(self.gun, TIMESTAMP, data)
 
@@ -249,6 +296,8 @@ class Updater:
             trusted.remember_cached(role, cached)
             if _matches(meta, cached, role):
                 return update(cached)
+        if self.offline:
+            raise NotCached(self.gun, role)
         name = f"{role}.{meta.sha256_hex}" if meta.sha256_hex else role
         data = self._remote.fetch(self.gun, name, meta.length)
         result = update(data)

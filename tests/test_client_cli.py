@@ -21,7 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.clients import NOTARY_HINT, PASSPHRASE, NotaryCLI, require_cli
 from support.server import ServerInfo, free_port, running_server
+from support.tamper import Stalled, TrustServer, failing
 from tufnotary.client.cli import ImageReference, cli
+from tufnotary.metadata.model import TIMESTAMP
+from tufnotary.server.tls import ensure_self_signed
 
 SCRIPT = Path(sys.executable).with_name("tufnotary")
 PASSPHRASE_VARIABLES = (
@@ -339,8 +342,11 @@ def test_verify_image_deploy_gate(server: ServerInfo, tool: Tool, tmp_path: Path
     assert wrong.stdout == "" and "not the signed digest" in wrong.stderr
     unknown = deploy.run("--json", "verify-image", f"{gun}:2.0", expect=1)
     assert unknown.json()["trusted"] is False and "2.0" in unknown.stderr
+    assert unknown.json()["reason"] == "ImageNotSigned"
     unsigned = deploy.run("verify-image", f"{gun}:1.3-rc", "--require-role", RELEASES, expect=1)
-    assert f"required signer {RELEASES} does not sign 1.3-rc" in unsigned.stderr
+    assert f"required signer {RELEASES} does not sign 1.3-rc (only targets" in unsigned.stderr
+    nobody = deploy.run("verify-image", f"{gun}:2.0", "--require-role", RELEASES, expect=1)
+    assert "2.0: the tag is not signed" in nobody.stderr
     plain = deploy.run("verify-image", f"{gun}:1.3-rc")  # docker's rule accepts targets
     assert plain.stdout.endswith("(signed by targets)\n")
     usage = deploy.run("verify-image", f"{gun}:1.4", "--digest", "sha1:00", expect=2)
@@ -357,10 +363,12 @@ def test_verify_image_deploy_gate(server: ServerInfo, tool: Tool, tmp_path: Path
         TUFNOTARY_SERVER=server.url,
         TUFNOTARY_TRUST_DIR=str(tmp_path / "x"),
     )
-    assert no_ca.stderr.startswith(f"tufnotary: error: cannot reach the trust server {server.url}")
+    assert no_ca.stderr.startswith(
+        f"tufnotary: error: not trusted: TLS connection to the trust server {server.url} failed"
+    )
     assert "--tlscacert" in no_ca.stderr and no_ca.stderr.count("\n") == 1
     down = deploy.run("-s", f"https://127.0.0.1:{free_port()}", "verify-image", gun, expect=1)
-    assert "cannot reach the trust server" in down.stderr
+    assert "not trusted: cannot reach the trust server" in down.stderr
     # root pinning: a wrong certificate id refuses the repository on first use
     pinned = Tool(server, tmp_path / "pinned")
     refused = pinned.run("verify-image", f"{gun}:1.4", "--pin-cert-id", "0" * 64, expect=1)
@@ -385,13 +393,140 @@ def test_errors_and_progress(server: ServerInfo, tool: Tool, tmp_path: Path) -> 
 
     # progress goes to stderr, stdout stays JSON
     slow = tool.run("--json", "init", gun, TUFNOTARY_PROGRESS_DELAY="0")
-    assert slow.json() == {"gun": gun, "server": server.url, "initialized": True}
+    assert slow.json() | {"root_key_id": "", "root_key_reused": False} == {
+        "gun": gun,
+        "server": server.url,
+        "initialized": True,
+        "root_key_id": "",
+        "root_key_reused": False,
+    }
     assert f"initializing {gun} on {server.url} ..." in slow.stderr
     assert f"initializing {gun} on {server.url}: done" in slow.stderr
     quiet = tool.run("list", gun)  # default delay: a fast update shows nothing
     assert quiet.stderr == ""
     exists = tool.run("init", gun, expect=1)
     assert "already exists" in exists.stderr and exists.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[TrustServer]:
+    """A real plain-HTTP server whose answers a test sets per file name (503, stalls...)."""
+    with TrustServer().running() as running:
+        try:
+            yield running
+        finally:
+            for hook in running.hooks.values():
+                if isinstance(hook, Stalled):
+                    hook.release.set()
+
+
+def signed_repository(tool: Tool, gun: str) -> Tool:
+    """``gun`` with tag 1.4 signed, and a deploy gate whose trust dir has it cached."""
+    tool("init", gun)
+    tool("addhash", gun, "1.4", "3", "--sha256", "ab" * 32, "-p")
+    deploy = Tool(tool.server, tool.trust_dir.with_name("deploy"))
+    assert deploy("verify-image", f"{gun}:1.4").stdout.startswith("trusted:")
+    return deploy
+
+
+def test_reads_fail_closed_with_a_warm_cache(
+    tool: Tool, tmp_path: Path, misbehaving: TrustServer
+) -> None:
+    gun = "example.com/cli/fail-closed"
+    deploy = signed_repository(tool, gun)
+    wrong_ca = ensure_self_signed(tmp_path / "other").ca_cert
+    bad_ca = tmp_path / "bad-ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    down = f"https://127.0.0.1:{free_port()}"
+    cases = [
+        (("-s", down), "ServerUnreachable", f"cannot reach the trust server {down}"),
+        (("--tlscacert", str(wrong_ca)), "TLSError", f"check that {wrong_ca} holds the CA"),
+        (("--tlscacert", str(bad_ca)), "CAFileError", f"the CA file {bad_ca} cannot be used"),
+        (("-s", misbehaving.url), "ServerError", "failed to answer (503)"),
+        (("-s", misbehaving.url, "--timeout", "0.3"), "ServerTimeout", "within 0.3 seconds"),
+    ]
+    for args, reason, needle in cases:
+        misbehaving.hooks[TIMESTAMP] = Stalled() if reason == "ServerTimeout" else failing(503)
+        out = deploy("--json", "verify-image", f"{gun}:1.4", *args, expect=1)
+        assert out.json() == {
+            "gun": gun,
+            "tag": "1.4",
+            "digest": None,
+            "trusted": False,
+            "reason": reason,
+            "error": out.stderr.removeprefix("tufnotary: error: ").strip(),
+        }, reason
+        assert out.stderr.startswith("tufnotary: error: not trusted: "), out
+        assert needle in out.stderr and out.stderr.count("\n") == 1, out
+        assert "cannot reach" not in out.stderr or reason == "ServerUnreachable", out
+        for read in (("list", gun), ("lookup", gun, "1.4"), ("verify", gun, "1.4")):
+            refused = deploy(*read, *args, input=b"abc", expect=1)
+            assert needle in refused.stderr and refused.stdout == "", refused
+
+    misbehaving.hooks[TIMESTAMP] = failing(400)  # a refused read changed nothing: no claim
+    rejected = deploy("list", gun, "-s", misbehaving.url, expect=1)
+    assert "server rejected the request (400" in rejected.stderr
+    assert "nothing was changed" not in rejected.stderr
+
+
+def test_offline_uses_the_cache_and_says_so(tool: Tool, tmp_path: Path) -> None:
+    gun = "example.com/cli/offline"
+    deploy = signed_repository(tool, gun)
+    down = ("-s", f"https://127.0.0.1:{free_port()}")
+    gate = deploy("--json", "verify-image", f"{gun}:1.4", "--offline", *down)
+    assert gate.json()["trusted"] is True and gate.json()["offline"] is True
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", gate.json()["cached_at"])
+    note = f"tufnotary: warning: offline: trust data of {gun} from the cache, last updated from "
+    assert gate.stderr.startswith(note) and gate.json()["cached_at"] in gate.stderr
+    assert " ago (" in gate.stderr
+    listed = deploy("list", gun, "--offline", *down)
+    assert table(listed) == [["1.4", "ab" * 32, "3", "targets"]] and note in listed.stderr
+    assert deploy("lookup", gun, "1.4", "--offline", *down).stdout.startswith("1.4 sha256:abab")
+    never = Tool(tool.server, tmp_path / "never")
+    refused = never("verify-image", f"{gun}:1.4", "--offline", expect=1)
+    assert f"offline: the cache holds no verified root of {gun}" in refused.stderr
+    assert "run once without --offline" in refused.stderr
+
+
+def test_verbose_anywhere_and_failed_publish_keeps_staged_changes(tool: Tool) -> None:
+    gun = "example.com/cli/verbose"
+    tool("init", gun)
+    info = f"tufnotary: info: {gun}: trusted root 1, timestamp "
+    for args in (("-v", "list", gun), ("list", "-v", gun), ("list", gun, "--verbose")):
+        assert info in tool(*args).stderr, args
+    assert info in tool("delegation", "-v", "list", gun).stderr
+    assert tool("list", gun).stderr == ""
+
+    tool("addhash", gun, "2.0", "3", "--sha256", "cd" * 32)
+    down = f"https://127.0.0.1:{free_port()}"
+    failed = tool("publish", gun, "-s", down, expect=1)
+    assert f"cannot reach the trust server {down}" in failed.stderr
+    assert "not trusted" not in failed.stderr
+    assert failed.stderr.rstrip().endswith(
+        f"the 1 staged change(s) are kept: `tufnotary publish {gun}` tries again, "
+        f"`tufnotary reset {gun}` drops them"
+    )
+    assert table(tool("status", gun)) == [["0", "create", "targets", "target", "2.0"]]
+
+
+def test_init_reuses_the_root_key_unless_asked_for_a_new_one(tool: Tool) -> None:
+    first = tool("--json", "init", "example.com/cli/root-a").json()
+    assert first["root_key_reused"] is False
+    second = tool("init", "example.com/cli/root-b")
+    assert f"(root key found, using: {first['root_key_id']})" in second.stdout
+    roots = [k["key_id"] for k in tool("--json", "key", "list").json() if k["role"] == "root"]
+    assert roots == [first["root_key_id"]]
+    tool("addhash", "example.com/cli/root-b", "v1", "3", "--sha256", "ab" * 32, "-p")
+    reader = Tool(tool.server, tool.trust_dir.with_name("reader"))
+    assert table(reader("list", "example.com/cli/root-b")) == [["v1", "ab" * 32, "3", "targets"]]
+
+    third = tool("--json", "init", "example.com/cli/root-c", "--new-root-key").json()
+    assert third["root_key_reused"] is False and third["root_key_id"] != first["root_key_id"]
+    ambiguous = tool("init", "example.com/cli/root-d", expect=1)
+    assert "--root-key" in ambiguous.stderr and first["root_key_id"] in ambiguous.stderr
+    chosen = tool("--json", "init", "example.com/cli/root-d", "--root-key", third["root_key_id"])
+    assert chosen.json()["root_key_id"] == third["root_key_id"]
+    tool("init", "example.com/cli/root-e", "--root-key", "x", "--new-root-key", expect=2)
 
 
 def test_reference_parsing() -> None:

@@ -47,7 +47,7 @@ from tufnotary.client.images import (
     RequiredSignerMissing,
     VerifiedImage,
 )
-from tufnotary.client.remote import RejectedError
+from tufnotary.client.remote import NotFoundError, RejectedError
 from tufnotary.client.repository import Repository, TargetNotFound
 from tufnotary.client.trustdir import (
     DELEGATION_ENV,
@@ -397,9 +397,13 @@ def test_library_lifecycle_read_by_notary_and_new_clients(
     expect_failure(missing, f"does not have trust data for {gun}")
     with pytest.raises(RepositoryNotFound):
         lab.new_repo(gun).targets()
-    # clients holding a cached timestamp fall back to it when the server has none (spec 4.2)
+    # notary falls back to its cached timestamp when the server has none (spec 4.2); we fail
+    # closed, and answer from the cache only when asked to (offline)
     assert follower_notary.list_targets(gun) == expected.listing()
-    assert listed(follower) == expected.listing()
+    with pytest.raises(NotFoundError):
+        follower.targets()
+    offline = Repository(gun, lab.server.url, follower.trustdir, offline=True)
+    assert listed(offline) == expected.listing()
 
 
 def test_out_of_path_targets_never_reach_readers(lab: Lab, gun: str, server_kind: str) -> None:
@@ -433,7 +437,7 @@ def test_out_of_path_targets_never_reach_readers(lab: Lab, gun: str, server_kind
     with pytest.raises(TargetNotFound):
         reader.lookup("outside", roles=["targets/qa"])
     qa_only = Policy(required_roles=["targets/qa"])
-    with pytest.raises(RequiredSignerMissing):
+    with pytest.raises(ImageNotSigned):  # no role signs it within its paths
         reader.verify_image("outside", policy=qa_only)
     assert reader.verify_image("qa/one", policy=qa_only).role == "targets/qa"
 

@@ -19,14 +19,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from support.repo import RepoBuilder, expires_in
+from support.server import free_port
 from support.tamper import (
     FAR,
     PAST,
     Endless,
     MemoryCache,
     Repository,
+    Stalled,
     TrustServer,
     announcing,
+    failing,
 )
 from tufnotary.client.images import (
     DigestMismatch,
@@ -37,7 +40,17 @@ from tufnotary.client.images import (
     resolve_image,
     verify_image,
 )
-from tufnotary.client.remote import TIMESTAMP_CAP, OversizedError
+from tufnotary.client.remote import (
+    TIMESTAMP_CAP,
+    CAFileError,
+    NotFoundError,
+    OversizedError,
+    Remote,
+    RemoteError,
+    ServerError,
+    ServerTimeout,
+    ServerUnreachable,
+)
 from tufnotary.client.trusted import (
     DelegationError,
     RollbackError,
@@ -46,7 +59,7 @@ from tufnotary.client.trusted import (
     TrustPinning,
     UntrustedRootError,
 )
-from tufnotary.client.updater import RELEASES, RepositoryNotFound, Updater
+from tufnotary.client.updater import RELEASES, NotCached, RepositoryNotFound, Updater
 from tufnotary.metadata.errors import (
     ExpiredError,
     FormatError,
@@ -172,15 +185,96 @@ def test_unknown_repository(server: TrustServer, cache: MemoryCache) -> None:
     assert cache.files == {}
 
 
-def test_cached_timestamp_stands_in_while_the_server_is_unavailable(
-    server: TrustServer, repo: Repository, cache: MemoryCache
+# -- failing closed, and the explicit offline mode ----------------------------------------------
+
+
+def _unavailable(server: TrustServer, kind: str) -> tuple[Remote, type[RemoteError]]:
+    """A remote for ``server`` made unusable in the way ``kind`` names, and the error due."""
+    if kind == "refused":
+        return Remote(f"http://127.0.0.1:{free_port()}", verify=False), ServerUnreachable
+    if kind == "timeout":
+        for name in (ROOT, TIMESTAMP):
+            server.hooks[name] = Stalled()
+        return Remote(server.url, verify=False, timeout=0.3), ServerTimeout
+    if kind == "503":
+        for name in (ROOT, TIMESTAMP):
+            server.hooks[name] = failing(503)
+        return server.remote(), ServerError
+    assert kind == "404"
+    del server.files[ROOT], server.files[TIMESTAMP]
+    return server.remote(), NotFoundError
+
+
+@pytest.mark.parametrize("kind", ["refused", "timeout", "503", "404"])
+def test_update_fails_closed_with_or_without_a_cache(
+    server: TrustServer, repo: Repository, cache: MemoryCache, kind: str
 ) -> None:
     repo.builder.add_target("v1", manifest("v1"))
     repo.publish(TARGETS)
+    assert verify_image(server.remote(), cache, GUN, "v1").cached_at is None  # warm cache
+    remote, error = _unavailable(server, kind)
+    try:
+        for where in (cache, MemoryCache()):  # a repository seen before, and one never seen
+            with pytest.raises(error):
+                Updater(remote, where, GUN).refresh()
+            with pytest.raises(error):
+                verify_image(remote, where, GUN, "v1")
+    finally:
+        for hook in server.hooks.values():
+            if isinstance(hook, Stalled):
+                hook.release.set()
+
+
+def test_a_bad_ca_file_is_named_before_any_connection(tmp_path: Path, cache: MemoryCache) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    remote = Remote(f"https://127.0.0.1:{free_port()}", verify=str(bad))
+    with pytest.raises(CAFileError) as raised:
+        Updater(remote, cache, GUN).refresh()
+    assert raised.value.path == str(bad)
+
+
+def test_offline_reads_every_role_from_the_cache_without_the_server(
+    server: TrustServer, repo: Repository, cache: MemoryCache
+) -> None:
+    served = with_delegations(repo)
     refresh(server, cache)
-    del server.files[TIMESTAMP]  # 404
-    trusted = refresh(server, cache)
-    assert trusted.targets_of(TARGETS) == {"v1": FileMeta.of(manifest("v1"))}
+    server.requests.clear()
+    down = Remote(f"http://127.0.0.1:{free_port()}", verify=False)
+    image = verify_image(down, cache, GUN, "v1", offline=True)
+    assert (image.role, image.digest) == (RELEASES, digest(manifest("releases-v1")))
+    assert image.cached_at == cache.times[(GUN, TIMESTAMP)]
+    offline = Updater(down, cache, GUN, offline=True)
+    assert offline.targets_of(OTHER) == {"other-tag": FileMeta.of(manifest("other"))}
+    assert server.requests == []
+
+    del cache.files[(GUN, TEAM)]  # a delegation the cache does not hold: no partial answer
+    with pytest.raises(NotCached) as missing:
+        Updater(down, cache, GUN, offline=True).refresh()
+    assert missing.value.role == TEAM
+    with pytest.raises(NotCached):
+        Updater(down, MemoryCache(), GUN, offline=True).refresh()
+    cache.files[(GUN, TEAM)] = served[TEAM][:-1]  # corrupted in the cache: not trusted either
+    with pytest.raises(NotCached):
+        Updater(down, cache, GUN, offline=True).refresh()
+
+
+@pytest.mark.parametrize("role", [ROOT, TIMESTAMP, SNAPSHOT, TARGETS])
+def test_offline_refuses_expired_cached_metadata(
+    server: TrustServer, repo: Repository, cache: MemoryCache, role: str
+) -> None:
+    expiring = {
+        ROOT: repo.builder.root,
+        TIMESTAMP: repo.timestamp,
+        SNAPSHOT: repo.builder.snapshot,
+        TARGETS: repo.builder.targets[TARGETS],
+    }
+    expiring[role].expires = PAST
+    for name, data in repo.publish(TARGETS).items():  # as cached before they expired
+        cache.write_metadata(GUN, name, data)
+    with pytest.raises(ExpiredError, match=role):
+        Updater(server.remote(), cache, GUN, offline=True).refresh()
+    assert server.requests == []
 
 
 def test_expired_cached_root_is_replaced_by_a_newer_one_it_signed(
@@ -730,7 +824,9 @@ def test_verify_image_required_roles(
     }
     with pytest.raises(RequiredSignerMissing) as missing:
         verify_image(remote, cache, GUN, "v3", policy=both)
-    assert missing.value.role == bob
+    assert (missing.value.role, missing.value.signers) == (bob, [RELEASES, alice])
+    with pytest.raises(ImageNotSigned, match="the tag is not signed"):
+        verify_image(remote, cache, GUN, "v9", policy=both)  # no one signs it
     assert verify_image(remote, cache, GUN, "v3").role == RELEASES  # docker alone accepts it
     with pytest.raises(ValueError):
         Policy(required_roles=["alice"])

@@ -13,6 +13,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from support.repo import RepoBuilder, root_certificate, signed_bytes
@@ -134,6 +135,28 @@ class Endless:
             self.done.set()
 
 
+class Stalled:
+    """A hook that sends nothing until ``release`` is set (at the latest after ``limit`` s)."""
+
+    def __init__(self, limit: float = 30.0) -> None:
+        self.limit = limit
+        self.release = threading.Event()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        self.release.wait(self.limit)
+
+
+def failing(status: int) -> Hook:
+    """A hook that answers ``status`` with an empty body (e.g. 503 from a proxy)."""
+
+    def hook(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return hook
+
+
 def announcing(length: int, body: bytes) -> Hook:
     """A hook that declares ``length`` bytes in Content-Length and sends ``body``."""
 
@@ -222,9 +245,14 @@ class MemoryCache:
 
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
+        self.times: dict[tuple[str, str], datetime] = {}
 
     def read_metadata(self, gun: str, role: str) -> bytes | None:
         return self.files.get((gun, role))
 
     def write_metadata(self, gun: str, role: str, data: bytes) -> None:
         self.files[(gun, role)] = data
+        self.times[(gun, role)] = datetime.now(UTC)
+
+    def metadata_time(self, gun: str, role: str) -> datetime | None:
+        return self.times.get((gun, role))
