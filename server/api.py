@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import http_date
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
@@ -287,9 +288,20 @@ def changefeed(gun: str | None = None) -> Response:
 # -- uploads ----------------------------------------------------------------------------------
 
 
+class _PartDecoder(MultipartDecoder):
+    """werkzeug's decoder, reading a part without Content-Disposition as a part without a
+    file name (as Go's reader does) instead of failing the whole body."""
+
+    def _parse_headers(self, data: bytes | bytearray) -> Headers:
+        headers = super()._parse_headers(data)
+        headers.setdefault("Content-Disposition", "form-data")
+        return headers
+
+
 def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[str, bytes]]:
-    """(filename, body) of each part in order; nothing is read past ``limit`` bytes."""
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=max_parts)
+    """(filename, body) of each part in order; nothing is read past ``limit`` bytes. A part
+    without a file name is NO_FILENAME as soon as its headers are read."""
+    decoder = _PartDecoder(boundary.encode("latin-1"), max_parts=max_parts)
     files: list[tuple[str, bytearray]] = []
     received = 0
     while True:
@@ -302,7 +314,7 @@ def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[st
             if not received:
                 raise MalformedUpload(log="empty body")
             decoder.receive_data(chunk or None)
-        elif isinstance(event, Field):
+        elif isinstance(event, Field) or (isinstance(event, File) and not event.filename):
             raise NoFilename(log=f"part {event.name!r} has no filename")
         elif isinstance(event, File):
             files.append((event.filename, bytearray()))
@@ -329,8 +341,6 @@ def _read_parts() -> dict[str, Part]:
     limits = _service().limits
     parts: dict[str, Part] = {}
     for filename, data in files:
-        if not filename:
-            raise NoFilename(log="a part has an empty filename")
         part = Part.parse(filename, data, limits)
         if part.role != TIMESTAMP:  # the server always makes the timestamp itself
             parts[part.role] = part
@@ -384,6 +394,29 @@ def clean_path(path: str) -> str:
     return cleaned
 
 
+_GUN_PART = re.compile(r"/v2/(?P<gun>.*)/_trust/", re.DOTALL)
+
+
+def _gun_part(path: str) -> str | None:
+    """What a route would take as the GUN: the text between ``/v2/`` and the last
+    ``/_trust/``."""
+    match = _GUN_PART.match(path)
+    return None if match is None else match["gun"]
+
+
+def _refuse_unclean_gun(path: str, cleaned: str, raw_path: str) -> None:
+    """Decision 21: a GUN with '.', '..' or empty segments, or an encoded '/', is refused
+    rather than redirected, since the cleaned path names another repository."""
+    gun = _gun_part(path)
+    if gun is None:
+        return
+    raw_gun = raw_path[: raw_path.rfind("/_trust/")]
+    if "%2f" in raw_gun.lower():
+        raise InvalidGun("invalid repository name: contains an encoded '/'")
+    if _gun_part(cleaned) != gun:
+        raise InvalidGun("invalid repository name: has '.', '..' or empty path segments")
+
+
 def check_gun(gun: str) -> None:
     """Decision 21: 1-255 bytes, no '..', no empty segment, no control characters."""
     problem = None
@@ -413,6 +446,8 @@ def dispatch(path: str) -> Response:
     """Match the decoded path against the route table in order; the first match wins."""
     path = request.path
     cleaned = clean_path(path)
+    raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or path
+    _refuse_unclean_gun(path, cleaned, raw_path.partition("?")[0])
     if cleaned != path:
         query = request.query_string.decode("latin-1")
         response = Response(b"", 301)

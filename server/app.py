@@ -10,19 +10,22 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask import Flask, Response, g, request
+from gunicorn import glogging
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
-from tufnotary.server import api
+from tufnotary.server import api, startup
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import NoRoute, ServerError, TooLarge
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
+from tufnotary.server.startup import open_vault
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
 
@@ -79,14 +82,30 @@ def _metrics_renderer() -> Callable[[], bytes]:
     return generate_latest
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """The WSGI application for ``settings`` (default: ``Settings.load()``)."""
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own log lines (start, workers, errors) as JSON like the server's:
+    ``gunicorn --logger-class tufnotary.server.app.GunicornLogger``."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JSONFormatter())
+
+
+def create_app(settings: Settings | None = None, *, preflight: bool = True) -> Flask:
+    """The WSGI application for ``settings`` (default: ``Settings.load()``).
+
+    Unless ``preflight`` is false (the serving process ran them before starting workers), the
+    start-up checks run first and raise StartupError: SQLite (or, with ``auto_migrate``, any
+    database) is migrated, the schema must be the latest and the stored keys must decrypt.
+    """
     settings = settings or Settings.load()
     configure_logging(settings.log_level)
     store = MetadataStore.from_url(settings.effective_database_url)
-    vault = KeyVault.from_settings(
-        settings.key_passphrase, settings.key_passphrase_file, settings.data_dir
-    )
+    vault = open_vault(settings)
+    if preflight:
+        startup.preflight(settings, store, vault)
+        vault.warn_if_development()
     limits = Limits(settings.max_delegations, settings.max_delegation_depth)
     service = TrustService(
         store,

@@ -87,7 +87,8 @@ database_option = click.option(
 )
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tufnotary", prog_name=PROG)
 def main() -> None:
     """Notary-compatible trust server."""
 
@@ -111,11 +112,19 @@ def main() -> None:
 )
 @click.option("--token-lifetime", type=int, help="Seconds a builtin-mode token is valid (300).")
 @click.option("--htpasswd-file", type=_path, help="Read-only bcrypt users for builtin mode.")
+@click.option(
+    "--auto-migrate",
+    is_flag=True,
+    default=None,
+    help="Migrate a PostgreSQL or MariaDB database to the latest schema at start.",
+)
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Serve the Notary API over HTTPS.
 
-    SQLite databases are migrated automatically; without --tls-cert/--tls-key a development CA
-    and a localhost certificate are created in the data directory.
+    SQLite databases are migrated automatically, other databases with --auto-migrate; a
+    database not at the latest schema, or stored keys that do not decrypt with the key
+    passphrase, stop the start. Without --tls-cert/--tls-key a development CA and a localhost
+    certificate are created in the data directory.
     """
     settings = _load_settings(config_file, **overrides)
     tls_files = _given_tls_files(settings)
@@ -125,15 +134,13 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "anyone who can reach it may publish and delete trust data"
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if _is_sqlite(settings):
-        _migrate(settings.effective_database_url, "head", downgrade=False)
+    _share_metrics_between_workers(settings.data_dir / "metrics")  # before importing the app
+    _preflight(settings)
     if tls_files is None:
         generated = ensure_self_signed(settings.data_dir)
         tls_files = generated.cert, generated.key
         _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
     cert, key = tls_files
-
-    _share_metrics_between_workers(settings.data_dir / "metrics")
 
     def when_ready(_arbiter: Arbiter) -> None:
         _say(f"listening on https://{settings.listen}")
@@ -155,6 +162,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "keyfile": str(key),
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": "tufnotary.server.app.GunicornLogger",
             "loglevel": settings.log_level,
             "graceful_timeout": GRACEFUL_TIMEOUT,
             "preload_app": False,
@@ -163,6 +171,25 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "child_exit": child_exit,
         },
     ).run()
+
+
+def _preflight(settings: Settings) -> None:
+    """The start-up checks, once, before gunicorn starts workers: a failure is one line on
+    stderr and exit status 1; the development-key warning is logged here only."""
+    from .app import configure_logging
+    from .startup import StartupError, open_vault, preflight
+    from .storage import MetadataStore
+
+    configure_logging(settings.log_level)
+    store = MetadataStore.from_url(settings.effective_database_url)
+    try:
+        vault = open_vault(settings)
+        preflight(settings, store, vault)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.engine.dispose()
+    vault.warn_if_development()
 
 
 def _share_metrics_between_workers(directory: Path) -> None:
@@ -526,11 +553,12 @@ def token_key() -> None:
 
 
 def _vault(settings: Settings) -> Any:
-    from .signer import KeyVault
+    from .startup import StartupError, open_vault
 
-    return KeyVault.from_settings(
-        settings.key_passphrase, settings.key_passphrase_file, settings.data_dir
-    )
+    try:
+        return open_vault(settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @token_key.command("rotate")
@@ -573,6 +601,52 @@ def token_key_retire(
     _say(f"token key {kid} retired")
 
 
+@main.command()
+@_realm_options
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TUFNOTARY_NEW_KEY_PASSPHRASE_FILE",
+    required=True,
+    help="File holding the new passphrase (env TUFNOTARY_NEW_KEY_PASSPHRASE_FILE).",
+)
+def rekey(
+    config_file: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    new_passphrase_file: Path,
+) -> None:
+    """Re-encrypt every server key and token-signing key under a new passphrase.
+
+    The keys are read with the configured passphrase (key_passphrase, key_passphrase_file, or
+    the generated development key); all are rewritten in one transaction, recorded in the audit
+    log. Stop the servers first, then start them with the new passphrase configured.
+    """
+    from .signer import KeyDecryptionError, rekey
+
+    settings, store = _realm_store(config_file, data_dir, database_url)
+    new = _new_vault(new_passphrase_file)
+    try:
+        count = _realm_call(lambda: rekey(store, _vault(settings), new))
+    except KeyDecryptionError as exc:
+        raise click.ClickException(
+            f"{exc}: the configured key passphrase is not the one the keys are encrypted with; "
+            "nothing was changed"
+        ) from None
+    finally:
+        store.engine.dispose()
+    _say(f"{count} keys re-encrypted; configure the new passphrase before starting the server")
+
+
+def _new_vault(path: Path) -> Any:
+    from .signer import KeyVault
+
+    try:
+        return KeyVault.from_file(path)
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
 class _ServerApplication(BaseApplication):
     """Gunicorn configured from code; each worker builds its own app (and database engine)."""
 
@@ -590,7 +664,7 @@ class _ServerApplication(BaseApplication):
     def load(self) -> Flask:
         from .app import create_app
 
-        return create_app(self.settings)
+        return create_app(self.settings, preflight=False)  # serve ran the checks
 
 
 if __name__ == "__main__":

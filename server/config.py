@@ -60,6 +60,7 @@ class Settings:
     htpasswd_file: Path | None = None
     rules: tuple[tuple[str, str, str], ...] = ()
     bcrypt_rounds: int = 12
+    auto_migrate: bool = False
 
     @property
     def effective_database_url(self) -> str:
@@ -174,6 +175,8 @@ def _convert(name: str, value: object, source: str, base_dir: Path | None) -> ob
     try:
         if name == "rules":
             converted: object = _to_rules(value)
+        elif hint is bool:
+            converted = _to_bool(value)
         elif hint is int:
             converted = _to_int(value)
         elif hint is str:
@@ -197,6 +200,17 @@ def _to_int(value: object) -> int:
         except ValueError:
             pass
     raise ValueError(f"expected an integer, got {value!r}")
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _to_str(value: object) -> str:
@@ -291,13 +305,33 @@ def _check_listen(value: str) -> str:
     return value
 
 
-_DATABASE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*", re.DOTALL)
+_DATABASE_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://.*", re.DOTALL)
+DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mysql+pymysql": "mysql",
+    "mariadb": "mariadb",
+    "mariadb+pymysql": "mariadb",
+}
+"""URL schemes accepted (lower-cased), and the scheme each is stored under."""
 
 
 def _check_database_url(value: str) -> str:
-    if not _DATABASE_URL.fullmatch(value):
+    """A URL of a supported database; ``postgres://`` becomes ``postgresql://``."""
+    match = _DATABASE_URL.fullmatch(value)
+    if match is None:
         raise ValueError("expected a URL such as postgresql://user:password@host:5432/name")
-    return value
+    scheme = match["scheme"].lower()
+    if scheme not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"unsupported database {match['scheme']!r}: use sqlite://, postgresql:// "
+            "(or postgres://), mysql:// or mariadb://"
+        )
+    return DATABASE_SCHEMES[scheme] + value[len(scheme) :]
 
 
 def _check_gun_prefixes(value: tuple[str, ...]) -> tuple[str, ...]:

@@ -8,8 +8,22 @@ from typing import Any, ClassVar
 NO_DETAIL: Any = object()
 """The envelope has no ``detail`` member (catch-all 404, malformed uploads...)."""
 
-MAX_MESSAGE = 512
-"""Typed ``Msg`` texts are cut so that every error body stays under the Go client's 1 KiB."""
+MAX_MESSAGE = 256
+"""Typed ``Msg`` texts are cut (in UTF-8 bytes) so that every error body stays under the Go
+client's 1 KiB and echoes little of the client's input (decision 18)."""
+
+MAX_ECHO = 200
+"""A ``detail`` string, which may repeat client input (part names, parameters), is cut to this
+many UTF-8 bytes."""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (never inside a character), "..." marking
+    a cut."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 class ServerError(Exception):
@@ -22,6 +36,8 @@ class ServerError(Exception):
 
     def __init__(self, detail: Any = NO_DETAIL, log: str | None = None) -> None:
         self.detail = self.default_detail if detail is NO_DETAIL else detail
+        if isinstance(self.detail, str):
+            self.detail = clip(self.detail, MAX_ECHO)
         super().__init__(log or self.message)
 
     def body(self) -> bytes:
@@ -52,7 +68,7 @@ class ValidationFailed(InvalidUpdate):
     """One of the reference's five typed validation errors, which the Go client parses."""
 
     def __init__(self, name: str, msg: str, missing: str | None = None) -> None:
-        msg = msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."
+        msg = clip(msg, MAX_MESSAGE)
         error = {"Missing": missing, "Msg": msg} if missing else {"Msg": msg}
         super().__init__({"Name": name, "Error": error}, log=f"{name}: {msg}")
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import Metadata, Root, Signed
 from tufnotary.metadata.signing import PrivateKey
-from tufnotary.server.storage import MetadataStore, StoredKey
+from tufnotary.server.storage import AuditEntry, MetadataStore, StoredKey
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ class KeyDecryptionError(Exception):
 class KeyVault:
     """Encrypts private keys with a passphrase (AES-256-GCM, scrypt-derived key)."""
 
-    def __init__(self, passphrase: bytes) -> None:
+    def __init__(self, passphrase: bytes, development_key: Path | None = None) -> None:
         if not passphrase:
             raise ValueError("the key passphrase is empty")
         self._passphrase = passphrase
+        self.development_key = development_key
+        """The generated file the passphrase came from, when none was configured."""
 
     @classmethod
     def from_settings(
@@ -51,7 +53,7 @@ class KeyVault:
         if passphrase:
             return cls(passphrase.encode())
         if passphrase_file:
-            return cls(passphrase_file.read_bytes().strip())
+            return cls.from_file(passphrase_file)
         path = data_dir / DEV_MASTER_KEY
         if not path.exists():
             # Several workers may start at once: write aside, then link atomically.
@@ -63,12 +65,22 @@ class KeyVault:
             with suppress(FileExistsError):
                 os.link(draft, path)
             draft.unlink()
-        log.warning(
-            "no key passphrase configured: server keys are encrypted with the generated key "
-            "in %s; set TUFNOTARY_KEY_PASSPHRASE or TUFNOTARY_KEY_PASSPHRASE_FILE in production",
-            path,
-        )
+        return cls(path.read_bytes().strip(), development_key=path)
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyVault:
+        """The passphrase in ``path`` (surrounding white space ignored)."""
         return cls(path.read_bytes().strip())
+
+    def warn_if_development(self) -> None:
+        """Log that the generated development key is in use (once per process that serves)."""
+        if self.development_key is not None:
+            log.warning(
+                "no key passphrase configured: server keys are encrypted with the generated key "
+                "in %s; set TUFNOTARY_KEY_PASSPHRASE or TUFNOTARY_KEY_PASSPHRASE_FILE in "
+                "production (see `tufnotary-server rekey`)",
+                self.development_key,
+            )
 
     def _aead(self, salt: bytes) -> AESGCM:
         return AESGCM(Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(self._passphrase))
@@ -89,6 +101,31 @@ class KeyVault:
 
 def _context(key_id: str, gun: str, role: str) -> bytes:
     return f"{key_id}\0{gun}\0{role}".encode()
+
+
+def _decrypt(vault: KeyVault, key: StoredKey) -> bytes:
+    try:
+        return vault.decrypt(key.private, _context(key.key_id, key.gun, key.role))
+    except KeyDecryptionError as exc:
+        raise KeyDecryptionError(f"{key.role} key {key.key_id}: {exc}") from exc
+
+
+def check_keys(store: MetadataStore, vault: KeyVault) -> None:
+    """KeyDecryptionError unless the newest stored key of each kind (timestamp, snapshot,
+    token-signing) decrypts with ``vault``."""
+    for key in store.newest_keys():
+        _decrypt(vault, key)
+
+
+def rekey(store: MetadataStore, old: KeyVault, new: KeyVault, *, actor: str = "cli") -> int:
+    """Re-encrypt every stored key (server and token-signing keys) from ``old`` to ``new`` in
+    one audited transaction; nothing changes if one of them does not decrypt. Returns the
+    number of keys."""
+
+    def reencrypt(key: StoredKey) -> bytes:
+        return new.encrypt(_decrypt(old, key), _context(key.key_id, key.gun, key.role))
+
+    return store.replace_private_keys(reencrypt, AuditEntry(actor, "keys-rekey", None, {}))
 
 
 @dataclass(frozen=True)

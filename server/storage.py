@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -570,6 +570,45 @@ class MetadataStore:
             if removed and audit is not None:
                 _append_audit(connection, audit, now)
         return bool(removed)
+
+    def newest_keys(self) -> list[StoredKey]:
+        """The newest key of each role (timestamp, snapshot, token-signing...), by role."""
+        with self._transaction("newest keys") as connection:
+            roles = connection.execute(
+                sa.select(ServerKeyRow.role).distinct().order_by(ServerKeyRow.role)
+            ).scalars()
+            newest = [
+                connection.execute(
+                    sa.select(*_KEY_COLUMNS)
+                    .where(ServerKeyRow.role == role)
+                    .order_by(ServerKeyRow.created_at.desc(), ServerKeyRow.key_id.desc())
+                    .limit(1)
+                ).one()
+                for role in list(roles)
+            ]
+        return [StoredKey(**row._mapping) for row in newest]
+
+    def replace_private_keys(
+        self, reencrypt: Callable[[StoredKey], bytes], audit: AuditEntry
+    ) -> int:
+        """Replace every key's ``private`` by ``reencrypt(key)`` and record ``audit`` (its
+        detail gains the count), all in one transaction that keeps other writers from adding
+        keys meanwhile; an exception from ``reencrypt`` changes nothing. Returns the count."""
+        now = datetime.now(UTC)
+        with self._transaction("re-encryption of the keys", write=True) as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("LOCK TABLE server_keys IN EXCLUSIVE MODE")
+            query = sa.select(*_KEY_COLUMNS).order_by(ServerKeyRow.key_id).with_for_update()
+            keys = [StoredKey(**row._mapping) for row in connection.execute(query)]
+            for key in keys:
+                connection.execute(
+                    sa.update(ServerKeyRow)
+                    .where(ServerKeyRow.key_id == key.key_id)
+                    .values(private=reencrypt(key))
+                )
+            detail = {**audit.detail, "keys": len(keys)}
+            _append_audit(connection, dataclasses.replace(audit, detail=detail), now)
+        return len(keys)
 
     # -- users, groups and rules of the built-in realm ---------------------------------------
 

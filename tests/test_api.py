@@ -363,11 +363,19 @@ def test_malformed_uploads(server: Server) -> None:
             content_type="multipart/form-data; boundary=b",
         )
         assert response.status_code == 400 and error_of(response)["code"] == "MALFORMED_UPLOAD"
-    no_filename = b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\n{}\r\n--b--\r\n'
-    response = server.client.post(
-        url, data=no_filename, content_type="multipart/form-data; boundary=b"
-    )
-    assert error_of(response)["code"] == "NO_FILENAME"
+    for headers in (
+        b'Content-Disposition: form-data; name="files"',
+        b'Content-Disposition: form-data; name="files"; filename=""',
+        b"Content-Type: application/octet-stream",  # no Content-Disposition at all
+    ):
+        no_filename = b"--b\r\n" + headers + b"\r\n\r\n{}\r\n--b--\r\n"
+        response = server.client.post(
+            url, data=no_filename, content_type="multipart/form-data; boundary=b"
+        )
+        assert error_of(response) == {
+            "code": "NO_FILENAME",
+            "message": "No file/role name provided.",
+        }, headers
 
 
 @pytest.mark.parametrize("role", ["bogus", "../targets", "targets/Bad", "targets//x", "targets/"])
@@ -410,13 +418,57 @@ def test_part_count_cap(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "gun", ["a" * 256, "example.com/a\x01b", "example.com/a..b", "example.com/a/"]
+    "gun",
+    [
+        "a" * 256,
+        "example.com/a\x01b",
+        "example.com/a..b",
+        "example.com/a/",
+        "example.com//a",
+        "example.com/./a",
+        "example.com/x/../a",
+        "../../etc/x",
+        "",
+        "example.com%2Fa",
+        "example.com/a%2f%2fb",
+    ],
 )
 def test_hostile_guns_are_refused(server: Server, gun: str) -> None:
-    response = server.get(gun, "root.json")
-    assert response.status_code in (400, 301), response.data
-    if response.status_code == 400:
+    """Decision 21: never a 301 to another repository's path."""
+    for method, name in (
+        ("GET", "root.json"),
+        ("POST", ""),
+        ("DELETE", ""),
+        ("GET", "timestamp.key"),
+    ):
+        response = server.client.open(server.tuf(gun, name) + "?q=1", method=method)
+        assert response.status_code == 400, (method, response.headers)
         assert error_of(response)["code"] == "INVALID_GUN"
+    changefeed = server.client.get(f"/v2/{gun}/_trust/changefeed")
+    assert error_of(changefeed)["code"] == "INVALID_GUN"
+
+
+def test_unclean_tail_after_the_gun_cannot_reach_another_repository(server: Server) -> None:
+    """A '..' after the last /_trust/ that would land on a shorter GUN is refused too."""
+    response = server.client.get("/v2/a/_trust/tuf/x/_trust/../../root.json")
+    assert response.status_code == 400 and error_of(response)["code"] == "INVALID_GUN"
+
+
+def test_error_bodies_echo_little_client_input(server: Server) -> None:
+    """Decision 18: about 200 bytes of the client's input at most, whatever it sent."""
+    long_role = "targets/" + "a" * 1500
+    response = server.upload(GUN, {long_role: b"{}"})
+    error = error_of(response)
+    assert error["code"] == "INVALID_ROLE"
+    assert error["detail"] == long_role[:197] + "..."
+    assert len(response.data) < 400
+    multibyte = server.upload(GUN, {"targets/" + "é" * 600: b"{}"})
+    assert len(error_of(multibyte)["detail"].encode()) <= 200
+    records = server.client.get(f"/v2/{GUN}/_trust/changefeed?records={'9' * 3000}")
+    assert error_of(records)["code"] == "INVALID_PARAMETERS"
+    assert len(records.data) < 400
+    expires = server.upload(GUN, {"targets.json": b'{"signed":{"expires":"' + b"x" * 3000 + b'"}'})
+    assert len(expires.data) < 600
 
 
 def test_router_details(server: Server) -> None:
@@ -437,9 +489,10 @@ def test_router_details(server: Server) -> None:
     assert server.client.put(f"/v2/{GUN}/_trust/tuf/root.json").status_code == 404
     patch = server.client.patch(f"/v2/{GUN}/_trust/tuf/")
     assert patch.status_code == 405 and patch.data == b""
-    redirect = server.client.get("/v2/a/../b/_trust/tuf/root.json?x=1")
+    redirect = server.client.get("/v2/b/_trust/tuf/./root.json?x=1")  # GUN kept: as reference
     assert redirect.status_code == 301
     assert redirect.headers["Location"] == "/v2/b/_trust/tuf/root.json?x=1"
+    assert server.client.get("/v2/./").headers["Location"] == "/v2/"
     assert server.get(GUN, "0.root.json").status_code == 404
     assert server.client.get("/v2/").data == b"{}"
 

@@ -86,6 +86,28 @@ def test_environment_conversions() -> None:
     assert settings.data_dir == Path("data")
 
 
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("postgres://u:p@db:5432/n", "postgresql://u:p@db:5432/n"),
+        ("POSTGRES://db/n", "postgresql://db/n"),
+        ("postgresql+psycopg://db/n", "postgresql://db/n"),
+        ("mariadb+pymysql://root@db/n", "mariadb://root@db/n"),
+        ("sqlite:////var/lib/x.db", "sqlite:////var/lib/x.db"),
+    ],
+)
+def test_database_url_schemes_are_normalised(given: str, stored: str) -> None:
+    assert Settings.load(env={"TUFNOTARY_DATABASE_URL": given}).effective_database_url == stored
+
+
+def test_auto_migrate_from_file_environment_and_flag(tmp_path: Path) -> None:
+    assert Settings.load(env={}).auto_migrate is False
+    assert Settings.load(write_config(tmp_path, "auto_migrate = true\n"), env={}).auto_migrate
+    assert Settings.load(env={"TUFNOTARY_AUTO_MIGRATE": "yes"}).auto_migrate is True
+    assert Settings.load(env={"TUFNOTARY_AUTO_MIGRATE": "FALSE"}, auto_migrate=None) == Settings()
+    assert Settings.load(env={"TUFNOTARY_AUTO_MIGRATE": "0"}, auto_migrate=True).auto_migrate
+
+
 def test_file_lists_and_override_types(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'gun_prefixes = ["docker.io/"]\ncache_max_age_current = 0\n')
     settings = Settings.load(config, env={}, data_dir=str(tmp_path), gun_prefixes=["a/", "b/"])
@@ -107,6 +129,14 @@ def test_file_lists_and_override_types(tmp_path: Path) -> None:
         ({"TUFNOTARY_LISTEN": "localhost:70000"}, {}, "listen: port must be 1-65535"),
         ({"TUFNOTARY_LOG_LEVEL": "loud"}, {}, "log_level: must be one of debug, info"),
         ({"TUFNOTARY_DATABASE_URL": "db.sqlite"}, {}, "database_url: expected a URL"),
+        (
+            {"TUFNOTARY_DATABASE_URL": "foo://db/x"},
+            {},
+            "database_url: unsupported database 'foo': use sqlite://, postgresql:// "
+            "(or postgres://), mysql:// or mariadb://",
+        ),
+        ({}, {"database_url": "postgresql+asyncpg://db/x"}, "unsupported database"),
+        ({"TUFNOTARY_AUTO_MIGRATE": "maybe"}, {}, "auto_migrate: expected true or false"),
         ({"TUFNOTARY_CACHE_MAX_AGE_CURRENT": "-1"}, {}, "cache_max_age_current: must be 0.."),
         (
             {"TUFNOTARY_CACHE_MAX_AGE_CONSISTENT": "31536001"},
@@ -145,6 +175,7 @@ def test_invalid_values_name_setting_and_source(
         ("listen = 4443\n", "listen: expected a string, got int (from config file "),
         ("gun_prefixes = [1]\n", "gun_prefixes: expected a list of strings"),
         ("data_dir = 1\n", "data_dir: expected a file path"),
+        ('auto_migrate = "sometimes"\n', "auto_migrate: expected true or false"),
         ("worker = 4\n", "worker: unknown setting (from config file "),
         ("workers = \n", "invalid TOML"),
     ],

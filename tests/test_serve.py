@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import requests
+import sqlalchemy as sa
 
 from support.server import (
     free_port,
@@ -17,6 +22,11 @@ from support.server import (
     server_environment,
     wait_until_healthy,
 )
+from tufnotary.server.app import create_app
+from tufnotary.server.config import Settings
+from tufnotary.server.signer import KeyDecryptionError, KeyVault, ServerKeys, check_keys, rekey
+from tufnotary.server.startup import StartupError
+from tufnotary.server.storage import MetadataStore, StoredKey
 from tufnotary.server.tls import ensure_self_signed
 
 CLI = [sys.executable, "-m", "tufnotary.server.cli"]
@@ -83,6 +93,7 @@ def test_gunicorn_app_factory_string(tmp_path: Path) -> None:
     command = [
         *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
         *("--certfile", str(tls.cert), "--keyfile", str(tls.key)),
+        *("--logger-class", "tufnotary.server.app.GunicornLogger"),
         "tufnotary.server:create_app()",
     ]
     log = tmp_path / "gunicorn.log"
@@ -90,6 +101,8 @@ def test_gunicorn_app_factory_string(tmp_path: Path) -> None:
         url = f"https://127.0.0.1:{port}"
         wait_until_healthy(process, url, log, ca_cert=tls.ca_cert)
         assert requests.get(f"{url}/v2/", verify=str(tls.ca_cert), timeout=10).ok
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # all of them JSON
+    assert any(line["msg"].startswith("Starting gunicorn") for line in lines)
 
 
 def test_migrate_sqlite_up_and_down(tmp_path: Path) -> None:
@@ -137,6 +150,9 @@ def test_configuration_errors_exit_2_with_a_readable_message(tmp_path: Path) -> 
     assert_usage_error(
         run_cli("migrate", "--database", "db.sqlite"), "database_url: expected a URL"
     )
+    assert_usage_error(
+        run_cli("serve", "--database", "foo://db/x"), "database_url: unsupported database 'foo'"
+    )
     assert_usage_error(run_cli("migrate", "--downgrade"), "--downgrade needs --revision")
 
 
@@ -161,5 +177,146 @@ def test_metrics_add_up_every_worker_and_requests_are_logged_as_json(tmp_path: P
         ]
     requests_logged = [line for line in lines if line.get("path", "").endswith("/root.json")]
     assert len(requests_logged) == 9
+    other = [line for line in server.log.read_text().splitlines() if line[:1] != "{"]
+    assert all(line.startswith("tufnotary-server: ") for line in other), other  # the CLI's own
+    gunicorn = [line["msg"] for line in lines if line["logger"] == "gunicorn.error"]
+    assert any(msg.startswith("Booting worker with pid") for msg in gunicorn), gunicorn
+    warnings = [line for line in lines if "no key passphrase configured" in line["msg"]]
+    assert len(warnings) == 1  # once, not once per worker
     assert {line["status"] for line in requests_logged} == {404}
     assert all(line["gun"] == "example.com/app" and line["request_id"] for line in requests_logged)
+
+
+def test_version_and_short_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("tufnotary-server, version ")
+    for args in (("-h",), ("serve", "-h"), ("rekey", "-h")):
+        shown = run_cli(*args)
+        assert shown.returncode == 0 and shown.stdout.startswith("Usage: "), args
+    assert "--auto-migrate" in run_cli("serve", "-h").stdout
+
+
+@pytest.fixture
+def fresh_postgres(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[str]:
+    """A new, empty (unmigrated) PostgreSQL database, as a postgres:// URL."""
+    admin, url = postgresql_admin
+    name = f"tufnotary_test_{secrets.token_hex(6)}"
+    admin.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        rendered = url.set(database=name).render_as_string(hide_password=False)
+        yield rendered.replace("postgresql", "postgres", 1)
+    finally:
+        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def assert_start_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 1, one line on stderr naming the fix, no traceback, never "listening"."""
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "listening" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unreachable_database_stops_the_start(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    assert_start_refused(
+        run_cli("serve", "--data-dir", str(tmp_path / "data"), "--database", url),
+        f"database postgresql://postgres@127.0.0.1:{url.split(':')[2]} is unusable",
+        "Connection refused",
+        "check database_url",
+    )
+
+
+def test_unmigrated_database_stops_the_start_unless_auto_migrate(
+    tmp_path: Path, fresh_postgres: str
+) -> None:
+    data_dir = str(tmp_path / "data")
+    refused = run_cli("serve", "--data-dir", data_dir, "--database", fresh_postgres)
+    shown = fresh_postgres.replace("postgres://", "postgresql://", 1)
+    assert_start_refused(
+        refused,
+        f"database {shown} is not at the latest schema (at none, latest ",
+        f"run `tufnotary-server migrate --database {shown}`",
+        "--auto-migrate (TUFNOTARY_AUTO_MIGRATE=true)",
+    )
+    with pytest.raises(StartupError, match="is not at the latest schema"):  # plain gunicorn
+        create_app(Settings(data_dir=tmp_path / "app", database_url=shown, log_level="error"))
+    env = {"TUFNOTARY_AUTO_MIGRATE": "true", "TUFNOTARY_DATABASE_URL": fresh_postgres}
+    with running_server(tmp_path, env=env) as server:
+        response = requests.get(
+            f"{server.url}/v2/example.com/app/_trust/tuf/timestamp.key",
+            verify=str(server.ca_cert),
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_switching_from_the_development_key_with_rekey(tmp_path: Path) -> None:
+    """Keys made under the development key: a new passphrase alone refuses to start; `rekey`
+    re-encrypts server and token-signing keys, audited, and the server starts with it."""
+    data_dir = tmp_path / "data"
+    key_urls = [f"/v2/example.com/app/_trust/tuf/{role}.key" for role in ("timestamp", "snapshot")]
+    with running_server(tmp_path) as server:
+        keys = [
+            requests.get(server.url + url, verify=str(server.ca_cert), timeout=10).json()
+            for url in key_urls
+        ]
+    rotated = run_cli("token-key", "rotate", "--data-dir", str(data_dir))
+    assert rotated.returncode == 0, rotated.stderr
+    secret = tmp_path / "passphrase"
+    secret.write_text("a long production passphrase\n")
+    new = {"TUFNOTARY_KEY_PASSPHRASE_FILE": str(secret)}
+    assert_start_refused(
+        run_cli("serve", "--data-dir", str(data_dir), env=new),
+        f"stored keys do not decrypt with the key passphrase in {secret}",
+        "`tufnotary-server rekey --new-passphrase-file FILE` with the old one configured",
+    )
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it")
+    refused = run_cli(
+        "rekey",
+        *("--data-dir", str(data_dir), "--new-passphrase-file", str(secret)),
+        env={"TUFNOTARY_KEY_PASSPHRASE_FILE": str(wrong)},
+    )
+    assert refused.returncode == 1 and "nothing was changed" in refused.stderr, refused.stderr
+    rekeyed = run_cli("rekey", "--data-dir", str(data_dir), "--new-passphrase-file", str(secret))
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert "3 keys re-encrypted" in rekeyed.stderr  # timestamp, snapshot, token-signing
+    assert_start_refused(
+        run_cli("serve", "--data-dir", str(data_dir)),
+        f"the generated development key in {data_dir / 'master.key'}",
+    )
+    audit = run_cli("audit", "--data-dir", str(data_dir), "--json")
+    records = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert records[-1]["action"] == "keys-rekey" and records[-1]["actor"] == "cli"
+    assert records[-1]["detail"] == {"keys": 3}
+
+    with running_server(tmp_path, env=new) as server:
+        for url, key in zip(key_urls, keys, strict=True):
+            again = requests.get(server.url + url, verify=str(server.ca_cert), timeout=10)
+            assert again.json() == key  # the same keys, now under the new passphrase
+        assert "no key passphrase configured" not in server.log.read_text()
+
+
+def test_rekey_is_one_transaction(store: MetadataStore) -> None:
+    """A key that does not decrypt, even the last one, leaves every key as it was."""
+    old, new = KeyVault(b"old passphrase"), KeyVault(b"new passphrase")
+    for gun in ("a", "b"):
+        ServerKeys(store, old, "ecdsa").get_or_create(gun, "timestamp", None)
+    stray = new.encrypt(b"x", b"")  # sorted last, so the others were rewritten first
+    store.add_key(
+        StoredKey("f" * 64, "c", "snapshot", "ecdsa", b"-", stray, datetime.now(UTC), None)
+    )
+    with pytest.raises(KeyDecryptionError, match=f"snapshot key {'f' * 64}"):
+        rekey(store, old, new)
+    store.delete_key("f" * 64)
+    check_keys(store, old)
+    assert rekey(store, old, new, actor="admin") == 2  # both still decrypted with the old one
+    check_keys(store, new)
+    with pytest.raises(KeyDecryptionError):
+        check_keys(store, old)
+    (entry,) = store.audit_log(actor="admin")
+    assert (entry.action, entry.detail) == ("keys-rekey", {"keys": 2})
