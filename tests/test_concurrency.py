@@ -80,11 +80,16 @@ def database(
         admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
 
 
+# Every server of this module shares its engine's database, so they share the key passphrase.
+PASSPHRASE = {"TUFNOTARY_KEY_PASSPHRASE": "concurrency tests"}
+
+
 @pytest.fixture(scope="module")
 def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     """The server with 4 worker processes on ``database``."""
     tmp_path = tmp_path_factory.mktemp("server")
-    with running_server(tmp_path, "--workers", str(WORKERS), "--database", database) as info:
+    args = ("--workers", str(WORKERS), "--database", database)
+    with running_server(tmp_path, *args, env=PASSPHRASE) as info:
         yield info
 
 
@@ -467,7 +472,7 @@ def test_parallel_first_publishes_to_different_guns(client: Client) -> None:
 def test_parallel_readers_racing_to_resign(database: str, tmp_path: Path) -> None:
     """With a cache max age beyond the timestamp's lifetime every GET of timestamp.json re-signs
     (spec 2.8): racing readers are all served a valid timestamp, and a publisher gets through."""
-    env = {"TUFNOTARY_CACHE_MAX_AGE_CURRENT": str(365 * 24 * 3600)}
+    env = {"TUFNOTARY_CACHE_MAX_AGE_CURRENT": str(365 * 24 * 3600), **PASSPHRASE}
     args = ("--workers", "2", "--database", database)  # two racing processes suffice
     with running_server(tmp_path, *args, env=env) as info:
         client = Client(info)
