@@ -23,6 +23,7 @@ from tufnotary.server.errors import NoRoute, ServerError, TooLarge
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
+from tufnotary.server.slots import UploadSlots
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
 
@@ -34,6 +35,10 @@ REQUEST_SECONDS = Histogram(
     "Time spent answering requests, by notary-server operation.",
     ["operation", "method", "status"],
 )
+
+
+LARGE_UPLOAD_WAIT = 10.0
+"""Seconds a large upload waits for a free slot before it is answered 503."""
 
 
 class _EverythingConverter(BaseConverter):
@@ -87,7 +92,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     vault = KeyVault.from_settings(
         settings.key_passphrase, settings.key_passphrase_file, settings.data_dir
     )
-    limits = Limits(settings.max_delegations, settings.max_delegation_depth)
+    limits = Limits(
+        settings.max_delegations,
+        settings.max_delegation_depth,
+        settings.max_signatures,
+        settings.max_json_values,
+        settings.max_root_bytes,
+        settings.max_snapshot_bytes,
+        settings.max_timestamp_bytes,
+        settings.max_targets_bytes,
+    )
     service = TrustService(
         store,
         ServerKeys(store, vault, settings.key_algorithm),
@@ -108,6 +122,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.cache_max_age_current,
         settings.cache_max_age_consistent,
         settings.gun_prefixes,
+    )
+    app.extensions["tufnotary.upload_slots"] = UploadSlots(
+        settings.data_dir / "upload-slots",
+        settings.max_concurrent_large_uploads,
+        settings.large_upload_bytes,
+        LARGE_UPLOAD_WAIT,
     )
     app.extensions["tufnotary.auth"] = _token_auth(settings)
     if settings.auth_mode == "builtin":
