@@ -47,6 +47,22 @@ class UnencodableNumber:
         return self.text
 
 
+class TooManyValuesError(FormatError, ValueError):
+    """The bytes could decode to more JSON values than allowed."""
+
+
+def check_value_count(data: bytes, limit: int) -> None:
+    """TooManyValuesError if ``data`` holds more than ``limit`` JSON values, counted without
+    decoding as its ``[``, ``{`` and ``,`` bytes (strings included, so it may overcount).
+
+    Decoding ``[],[],...`` makes about 20 bytes of Python objects per byte: this bounds the
+    memory a document can take before it is parsed.
+    """
+    count = data.count(b"[") + data.count(b"{") + data.count(b",")
+    if count > limit:
+        raise TooManyValuesError(f"more than {limit} JSON values")
+
+
 def _parse_int(text: str) -> int | UnencodableNumber:
     if len(text) > 17:  # longer than any integer within +/-2**53
         return UnencodableNumber(text)

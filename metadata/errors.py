@@ -26,6 +26,10 @@ class ThresholdError(MetadataError):
         self.role = role
 
 
+class SignatureCountError(MetadataError):
+    """More signatures than the role has keys (or than accepted), or two by one key id."""
+
+
 class KeyIdMismatchError(MetadataError):
     """A trusted key listed under an id that is not its own key id."""
 

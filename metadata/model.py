@@ -307,6 +307,16 @@ class Root(Signed):
         role = self.roles.get(name)
         return {k: self.keys[k] for k in role.keyids if k in self.keys} if role else {}
 
+    def root_key_ids(self) -> set[str]:
+        """Key ids of the root role and of the previous root roles Notary keeps as
+        ``root.<version>``: every key a root rotation may be signed with."""
+        return {
+            keyid
+            for name, role in self.roles.items()
+            if name == ROOT or name.startswith(ROOT + ".")
+            for keyid in role.keyids
+        }
+
 
 @dataclass
 class DelegatedRole:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -44,11 +47,23 @@ class Signature:
         return {"keyid": self.keyid, "method": self.method, "sig": b64encode(self.value)}
 
 
+class Message:
+    """Bytes to verify signatures over, hashed once however many signatures are checked:
+    ECDSA and RSA verify the SHA-256 digest; Ed25519 needs the bytes themselves."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @cached_property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.data).digest()
+
+
 def _curve_bytes(curve: ec.EllipticCurve) -> int:
     return (curve.key_size + 7) // 8
 
 
-def verify_signature(key: Key, signature: Signature, message: bytes) -> bool:
+def verify_signature(key: Key, signature: Signature, message: bytes | Message) -> bool:
     """True if ``signature`` is a valid signature of ``message`` by ``key``.
 
     Unknown key types and methods, unreadable keys and wrong signature sizes are simply
@@ -58,6 +73,8 @@ def verify_signature(key: Key, signature: Signature, message: bytes) -> bool:
         public = key.public_key()
     except FormatError:
         return False
+    message = message if isinstance(message, Message) else Message(message)
+    prehashed = Prehashed(hashes.SHA256())
     value = signature.value
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -67,7 +84,7 @@ def verify_signature(key: Key, signature: Signature, message: bytes) -> bool:
             der = encode_dss_signature(
                 int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
             )
-            public.verify(der, message, ec.ECDSA(hashes.SHA256()))
+            public.verify(der, message.sha256, ec.ECDSA(prehashed))
         elif isinstance(public, rsa.RSAPublicKey):
             if public.key_size < MIN_RSA_BITS or len(value) < MIN_RSA_BITS // 8:
                 return False
@@ -79,11 +96,11 @@ def verify_signature(key: Key, signature: Signature, message: bytes) -> bool:
                 scheme = padding.PKCS1v15()
             else:
                 return False
-            public.verify(value, message, scheme, hashes.SHA256())
+            public.verify(value, message.sha256, scheme, prehashed)
         else:
             if signature.method != EDDSA_METHOD or len(value) != 64:
                 return False
-            public.verify(value, message)
+            public.verify(value, message.data)
     except (InvalidSignature, ValueError):
         return False
     return True

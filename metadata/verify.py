@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,13 +13,14 @@ from tufnotary.metadata.errors import (
     KeyIdMismatchError,
     RootError,
     RotationError,
+    SignatureCountError,
     ThresholdError,
     UnsignedError,
     VersionError,
 )
 from tufnotary.metadata.keys import Key, root_certificate_key
 from tufnotary.metadata.model import ROOT, Metadata, Root, Signed
-from tufnotary.metadata.signing import verify_signature
+from tufnotary.metadata.signing import Message, verify_signature
 
 NO_VALID_LEAF = (
     "could not validate the path to a trusted root: unable to retrieve valid leaf certificates"
@@ -34,19 +36,22 @@ def verify_threshold(
 ) -> set[str]:
     """Return the key ids that validly signed; ThresholdError if fewer than ``threshold``.
 
-    ``keys`` are the role's trusted keys by id. Each key id counts once, however many
-    signatures carry it; signatures by other keys are ignored.
+    ``keys`` are the role's trusted keys by id. Each key id counts once: only its first
+    signature is verified, later ones are ignored; signatures by other keys are ignored. The
+    signed bytes are hashed once for all signatures.
     """
     if threshold < 1:
         raise FormatError(f"{role} threshold must be at least 1")
     if not metadata.signatures:
         raise UnsignedError()
-    message = metadata.signing_bytes()
+    message = Message(metadata.signing_bytes())
     valid: set[str] = set()
+    verified: set[str] = set()
     for signature in metadata.signatures:
         key = keys.get(signature.keyid)
-        if key is None or signature.keyid in valid:
+        if key is None or signature.keyid in verified:
             continue
+        verified.add(signature.keyid)
         if key.key_id != signature.keyid:
             raise KeyIdMismatchError(f"key listed as {signature.keyid} has id {key.key_id}")
         if verify_signature(key, signature, message):
@@ -54,6 +59,25 @@ def verify_threshold(
     if len(valid) < threshold:
         raise ThresholdError(role)
     return valid
+
+
+def check_signature_count(
+    metadata: Metadata[Any], keyids: Collection[str], role: str, limit: int
+) -> None:
+    """SignatureCountError unless ``metadata`` carries at most one signature per key id, no
+    more signatures than the role has keys (``keyids``) and at most ``limit``."""
+    count, keys = len(metadata.signatures), len(set(keyids))
+    if count > keys:
+        raise SignatureCountError(f"{role} carries {count} signatures but has only {keys} keys")
+    if count > limit:
+        raise SignatureCountError(
+            f"{role} carries {count} signatures, more than the {limit} accepted"
+        )
+    repeated = Counter(signature.keyid for signature in metadata.signatures).most_common(1)
+    if repeated and repeated[0][1] > 1:
+        raise SignatureCountError(
+            f"{role} carries {repeated[0][1]} signatures by key {repeated[0][0]}"
+        )
 
 
 def check_fresh(signed: Signed, role: str, now: datetime | None = None) -> None:

@@ -12,6 +12,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,8 +40,9 @@ from tufnotary.server.errors import (
 )
 from tufnotary.server.realm import Realm, RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
+from tufnotary.server.slots import UploadSlots
 from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
-from tufnotary.server.updates import Part
+from tufnotary.server.updates import Limits, Part
 
 bp = Blueprint("notary", __name__)
 
@@ -249,7 +251,8 @@ def delete(gun: str) -> Response:
 
 
 def upload(gun: str) -> Response:
-    files = _service().publish(gun, _read_parts(), _requester())
+    with ExitStack() as held:  # a large-upload slot, taken while reading, until stored
+        files = _service().publish(gun, _read_parts(held), _requester())
     g.audit = {"stored": {file.role: file.version for file in files}}
     return Response(b"", 200)
 
@@ -298,7 +301,31 @@ class _PartDecoder(MultipartDecoder):
         return headers
 
 
-def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[str, bytes]]:
+@dataclass
+class _BodyGuard:
+    """Checks a body while it is read: each part within its role's size cap; past the
+    large-upload threshold, the request holds an upload slot (in ``held``) to go on."""
+
+    limits: Limits
+    slots: UploadSlots
+    held: ExitStack
+    large: bool = False
+
+    def received(self, total: int) -> None:
+        if total > self.slots.threshold and not self.large:
+            self.held.enter_context(self.slots.hold())
+            self.large = True
+
+    def part(self, filename: str, size: int) -> None:
+        role = filename.removesuffix(".json")
+        cap = self.limits.max_bytes(role)
+        if size > cap:
+            raise TooLarge(f"{role} is larger than {cap} bytes", log=f"{role} over {cap} bytes")
+
+
+def _multipart_files(
+    boundary: str, limit: int, max_parts: int, guard: _BodyGuard
+) -> list[tuple[str, bytes]]:
     """(filename, body) of each part in order; nothing is read past ``limit`` bytes. A part
     without a file name is NO_FILENAME as soon as its headers are read."""
     decoder = _PartDecoder(boundary.encode("latin-1"), max_parts=max_parts)
@@ -313,6 +340,7 @@ def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[st
                 raise TooLarge(log=f"body over {limit} bytes")
             if not received:
                 raise MalformedUpload(log="empty body")
+            guard.received(received)
             decoder.receive_data(chunk or None)
         elif isinstance(event, Field) or (isinstance(event, File) and not event.filename):
             raise NoFilename(log=f"part {event.name!r} has no filename")
@@ -320,25 +348,29 @@ def _multipart_files(boundary: str, limit: int, max_parts: int) -> list[tuple[st
             files.append((event.filename, bytearray()))
         elif isinstance(event, Data) and files:
             files[-1][1].extend(event.data)
+            guard.part(files[-1][0], len(files[-1][1]))
         elif isinstance(event, Epilogue):
             return [(name, bytes(body)) for name, body in files]
 
 
-def _read_parts() -> dict[str, Part]:
-    """Multipart body -> parts by role, checked in order; the last part of a role wins."""
+def _read_parts(held: ExitStack) -> dict[str, Part]:
+    """Multipart body -> parts by role, checked in order; the last part of a role wins.
+
+    A body past the large-upload threshold takes an upload slot into ``held``."""
     settings = _settings()
     boundary = request.mimetype_params.get("boundary")
     if request.mimetype != "multipart/form-data" or not boundary:
         raise MalformedUpload(log=f"content type {request.content_type!r} is not multipart")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise TooLarge(log=f"declared body of {request.content_length} bytes")
+    limits = _service().limits
+    guard = _BodyGuard(limits, current_app.extensions["tufnotary.upload_slots"], held)
     try:
-        files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts)
+        files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts, guard)
     except RequestEntityTooLarge as exc:
         raise TooLarge(log="more parts than allowed") from exc
     except ValueError as exc:
         raise MalformedUpload(log=f"unreadable multipart body: {exc}") from exc
-    limits = _service().limits
     parts: dict[str, Part] = {}
     for filename, data in files:
         part = Part.parse(filename, data, limits)

@@ -25,6 +25,7 @@ from tufnotary.server.errors import NoRoute, ServerError, TooLarge
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
+from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_vault
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
@@ -37,6 +38,10 @@ REQUEST_SECONDS = Histogram(
     "Time spent answering requests, by notary-server operation.",
     ["operation", "method", "status"],
 )
+
+
+LARGE_UPLOAD_WAIT = 10.0
+"""Seconds a large upload waits for a free slot before it is answered 503."""
 
 
 class _EverythingConverter(BaseConverter):
@@ -106,7 +111,16 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     if preflight:
         startup.preflight(settings, store, vault)
         vault.warn_if_development()
-    limits = Limits(settings.max_delegations, settings.max_delegation_depth)
+    limits = Limits(
+        settings.max_delegations,
+        settings.max_delegation_depth,
+        settings.max_signatures,
+        settings.max_json_values,
+        settings.max_root_bytes,
+        settings.max_snapshot_bytes,
+        settings.max_timestamp_bytes,
+        settings.max_targets_bytes,
+    )
     service = TrustService(
         store,
         ServerKeys(store, vault, settings.key_algorithm),
@@ -127,6 +141,12 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.cache_max_age_current,
         settings.cache_max_age_consistent,
         settings.gun_prefixes,
+    )
+    app.extensions["tufnotary.upload_slots"] = UploadSlots(
+        settings.data_dir / "upload-slots",
+        settings.max_concurrent_large_uploads,
+        settings.large_upload_bytes,
+        LARGE_UPLOAD_WAIT,
     )
     app.extensions["tufnotary.auth"] = _token_auth(settings)
     if settings.auth_mode == "builtin":

@@ -47,6 +47,14 @@ class Settings:
     max_parts: int = 1000
     max_delegations: int = 10_000
     max_delegation_depth: int = 32
+    max_signatures: int = 32
+    max_json_values: int = 4_000_000
+    max_root_bytes: int = 1024 * 1024
+    max_snapshot_bytes: int = 8 * 1024 * 1024
+    max_timestamp_bytes: int = 64 * 1024
+    max_targets_bytes: int = 64 * 1024 * 1024
+    max_concurrent_large_uploads: int = 2
+    large_upload_bytes: int = 1024 * 1024
     cache_max_age_current: int = 300
     cache_max_age_consistent: int = 2_592_000
     gun_prefixes: tuple[str, ...] = ()
@@ -354,6 +362,14 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_parts": _int_range(1),
     "max_delegations": _int_range(1),
     "max_delegation_depth": _int_range(1),
+    "max_signatures": _int_range(1),
+    "max_json_values": _int_range(1),
+    "max_root_bytes": _int_range(1),
+    "max_snapshot_bytes": _int_range(1),
+    "max_timestamp_bytes": _int_range(1),
+    "max_targets_bytes": _int_range(1),
+    "max_concurrent_large_uploads": _int_range(1),
+    "large_upload_bytes": _int_range(0),
     "cache_max_age_current": _int_range(0, MAX_CACHE_AGE),
     "cache_max_age_consistent": _int_range(0, MAX_CACHE_AGE),
     "gun_prefixes": _check_gun_prefixes,

@@ -144,6 +144,17 @@ class Unavailable(ServerError):
     message = "The trust server's storage is unavailable; try again later."
 
 
+class UploadsBusy(ServerError):
+    """Every large-upload slot is taken (max_concurrent_large_uploads): retry later."""
+
+    code, status = "UNAVAILABLE", 503
+    message = "The server is busy with other large uploads; try again later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(log="no free large-upload slot")
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class LoginFailed(ServerError):
     """Token endpoint (auth_mode builtin): unknown user or wrong password, indistinguishably."""
 

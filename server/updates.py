@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from tufnotary.metadata.canonical import NumberFormatError
+from tufnotary.metadata.canonical import NumberFormatError, TooManyValuesError, check_value_count
 from tufnotary.metadata.errors import FormatError, MetadataError
 from tufnotary.metadata.keys import X509_TYPES, Key, check_certificate
 from tufnotary.metadata.model import (
@@ -33,11 +33,18 @@ from tufnotary.metadata.model import (
     path_allowed,
     restrict_paths,
 )
-from tufnotary.metadata.verify import check_fresh, check_version, verify_root, verify_threshold
+from tufnotary.metadata.verify import (
+    check_fresh,
+    check_signature_count,
+    check_version,
+    verify_root,
+    verify_threshold,
+)
 from tufnotary.server.errors import (
     InvalidRole,
     InvalidUpdate,
     MalformedJSON,
+    TooLarge,
     ValidationFailed,
     bad_root,
     bad_snapshot,
@@ -68,10 +75,33 @@ class RoleSigner(Protocol):
         """Wire bytes, or None when the server holds fewer keys than the role's threshold."""
 
 
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
+    """What one upload may contain (README, Configuration)."""
+
     max_delegations: int = 10_000
     max_delegation_depth: int = 32
+    max_signatures: int = 32
+    max_json_values: int = 4_000_000
+    max_root_bytes: int = MIB
+    max_snapshot_bytes: int = 8 * MIB
+    max_timestamp_bytes: int = 64 * 1024
+    max_targets_bytes: int = 64 * MIB
+
+    def max_bytes(self, role: str) -> int:
+        """The size cap of one file of ``role`` (targets covers delegations; the smallest
+        cap for a name that is no role, which is refused anyway)."""
+        if is_targets_role(role):
+            return self.max_targets_bytes
+        caps = {
+            ROOT: self.max_root_bytes,
+            SNAPSHOT: self.max_snapshot_bytes,
+            TIMESTAMP: self.max_timestamp_bytes,
+        }
+        return caps.get(role, min(caps.values()))
 
 
 @dataclass(frozen=True)
@@ -84,12 +114,17 @@ class Part:
 
     @classmethod
     def parse(cls, filename: str, data: bytes, limits: Limits) -> Part:
-        """InvalidRole, MalformedJSON, or InvalidUpdate for numbers Go cannot verify."""
+        """InvalidRole, MalformedJSON, InvalidUpdate for numbers Go cannot verify, or
+        TooLarge for more JSON values than ``limits`` allow (counted before decoding)."""
         role = filename.removesuffix(".json")
         if not is_valid_role(role):
             raise InvalidRole(filename)
         if delegation_depth(role) > limits.max_delegation_depth:
             raise invalid(f"{role} is nested deeper than {limits.max_delegation_depth} levels")
+        try:
+            check_value_count(data, limits.max_json_values)
+        except TooManyValuesError as exc:
+            raise TooLarge(f"{role}: {exc} (max_json_values)", log=f"{role}: {exc}") from exc
         try:
             envelope = Envelope.from_bytes(data)
         except NumberFormatError as exc:
@@ -168,6 +203,8 @@ class UpdateValidator:
             )
         try:
             metadata = Metadata.from_envelope(part.envelope, Root)
+            signers = metadata.signed.root_key_ids() | (stored.root_key_ids() if stored else set())
+            check_signature_count(metadata, signers, ROOT, self.limits.max_signatures)
             verify_root(metadata, self.gun, previous=stored, min_version=current, now=self.now)
         except MetadataError as exc:
             raise bad_root(str(exc)) from exc
@@ -219,6 +256,7 @@ class UpdateValidator:
                     root.roles[TARGETS].threshold,
                     [""],
                 )
+                keyids = root.roles[TARGETS].keyids
             else:
                 paths = self._effective_paths(role)
                 parent = self._stored_targets(parent_role(role))
@@ -227,7 +265,8 @@ class UpdateValidator:
                 assert entry is not None
                 keys = parent.metadata.signed.delegations.role_keys(entry)
                 self._check_delegation_keys(keys)
-                threshold = entry.threshold
+                threshold, keyids = entry.threshold, entry.keyids
+            check_signature_count(metadata, keyids, role, self.limits.max_signatures)
             verify_threshold(metadata, keys, threshold, role)
             check_version(targets, role, 1)
             check_fresh(targets, role, self.now)
@@ -278,6 +317,8 @@ class UpdateValidator:
         try:
             metadata: Metadata[Snapshot] = Metadata.from_envelope(part.envelope, Snapshot)
             threshold = root.roles[SNAPSHOT].threshold
+            keyids = root.roles[SNAPSHOT].keyids
+            check_signature_count(metadata, keyids, SNAPSHOT, self.limits.max_signatures)
             verify_threshold(metadata, root.role_keys(SNAPSHOT), threshold, SNAPSHOT)
             check_version(metadata.signed, SNAPSHOT, 1)
             check_fresh(metadata.signed, SNAPSHOT, self.now)

@@ -18,6 +18,8 @@ from support.repo import root_certificate, signed_bytes
 from tufnotary.metadata.canonical import (
     JSONFormatError,
     NumberFormatError,
+    TooManyValuesError,
+    check_value_count,
     encode_canonical,
     encode_wire,
     loads,
@@ -28,6 +30,7 @@ from tufnotary.metadata.errors import (
     HashMismatchError,
     KeyIdMismatchError,
     RootError,
+    SignatureCountError,
     ThresholdError,
     UnsignedError,
 )
@@ -49,7 +52,13 @@ from tufnotary.metadata.model import (
     signed_type,
 )
 from tufnotary.metadata.signing import PrivateKey, Signature, verify_signature
-from tufnotary.metadata.verify import NO_VALID_LEAF, ROTATION_FAILED, verify_root, verify_threshold
+from tufnotary.metadata.verify import (
+    NO_VALID_LEAF,
+    ROTATION_FAILED,
+    check_signature_count,
+    verify_root,
+    verify_threshold,
+)
 
 FIXTURES = Path(
     os.environ.get(
@@ -222,6 +231,49 @@ def test_threshold_counts_unique_key_ids() -> None:
         verify_threshold(metadata, keys, 2, TARGETS)
     both = _targets_signed_by(one, two)
     assert verify_threshold(both, keys, 2, TARGETS) == set(keys)
+
+
+def test_only_the_first_signature_of_a_key_is_verified() -> None:
+    key = PrivateKey.generate()
+    metadata = _targets_signed_by(key)
+    valid = metadata.signatures[0]
+    metadata.signatures.insert(0, Signature(valid.keyid, valid.method, bytes(64)))
+    with pytest.raises(ThresholdError):  # the valid one comes second: not verified
+        verify_threshold(metadata, {key.public.key_id: key.public}, 1, TARGETS)
+
+
+def test_signature_count_rules() -> None:
+    one, two = PrivateKey.generate(), PrivateKey.generate()
+    keyids = [one.public.key_id, two.public.key_id]
+    both = _targets_signed_by(one, two)
+    check_signature_count(both, keyids, TARGETS, 2)
+    with pytest.raises(SignatureCountError, match="targets carries 2 signatures but has only 1"):
+        check_signature_count(both, keyids[:1], TARGETS, 2)
+    with pytest.raises(SignatureCountError, match="more than the 1 accepted"):
+        check_signature_count(both, keyids, TARGETS, 1)
+    twice = _targets_signed_by(one)
+    twice.signatures.append(twice.signatures[0])
+    with pytest.raises(SignatureCountError, match=f"2 signatures by key {keyids[0]}"):
+        check_signature_count(twice, keyids, TARGETS, 2)
+
+
+def test_root_key_ids_include_previous_root_roles() -> None:
+    root = Root(
+        3,
+        "2030-01-01T00:00:00Z",
+        roles={
+            ROOT: RoleKeys(["new"], 1),
+            "root.2": RoleKeys(["old"], 1),
+            TARGETS: RoleKeys(["t"], 1),
+        },
+    )
+    assert root.root_key_ids() == {"new", "old"}
+
+
+def test_json_values_are_counted_before_decoding() -> None:
+    check_value_count(b'{"a":[1,2]}', 3)  # {, [ and ,
+    with pytest.raises(TooManyValuesError, match="more than 2 JSON values"):
+        check_value_count(b'{"a":[1,2]}', 2)
 
 
 def test_threshold_below_one_and_unsigned_are_invalid() -> None:
