@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tufnotary.metadata.keys import issued_by
 
 CA_NAME = "tufnotary development CA"
 CA_LIFETIME = datetime.timedelta(days=3650)
@@ -39,7 +40,7 @@ def ensure_self_signed(data_dir: Path) -> TLSFiles:
     issued by it. Keys are written with mode 0600.
     """
     tls_dir = data_dir.absolute() / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = TLSFiles(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key")
     ca_key_path = tls_dir / "ca.key"
     now = datetime.datetime.now(datetime.UTC)
@@ -52,7 +53,7 @@ def ensure_self_signed(data_dir: Path) -> TLSFiles:
     ca_cert, ca_key = ca
 
     server = _load_pair(files.cert, files.key, now)
-    if server is None or not _issued_by(server[0], ca_cert):
+    if server is None or not issued_by(server[0], ca_cert):
         cert, key = _make_server(ca_cert, ca_key, now)
         _write(files.key, _key_pem(key), private=True)
         chain = cert.public_bytes(serialization.Encoding.PEM)
@@ -74,14 +75,6 @@ def _load_pair(
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         return None
     return cert, key
-
-
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _make_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
