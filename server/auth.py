@@ -250,7 +250,7 @@ class TokenAuth:
     def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
         """``exp`` at most ``max_lifetime`` after ``iat`` (else ``nbf``) or now if earlier."""
         now = time.time()
-        start = claims.get("iat", claims.get("nbf", now))
+        start = next((claims[k] for k in ("iat", "nbf") if claims.get(k) is not None), now)
         if not isinstance(start, int | float) or isinstance(start, bool):
             raise TokenError("iat is not a number")
         lifetime = claims["exp"] - min(start, now)
