@@ -318,6 +318,9 @@ INVALID = {
     "no key reference": _mint(key_by="none"),
     "leaf without digitalSignature": lambda pki: _chained(pki, leaf_usage=key_usage()),
     "intermediate that is not a CA": lambda pki: _chained(pki, middle_ca=False),
+    "leaf issued by a bundle certificate that is not a CA": lambda pki: pki.mint(
+        repository_access(GUN, "pull"), signer=pki.issue("leaf", by=pki.signer)
+    ),
     "intermediate without keyCertSign": lambda pki: _chained(
         pki, middle_usage=key_usage(digital_signature=True)
     ),
