@@ -175,6 +175,27 @@ def certificate_is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+_KEY_USAGE_BITS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def key_usage(*bits: str) -> x509.KeyUsage:
+    """A KeyUsage extension with exactly the named bits (``"digital_signature"``...) set."""
+    unknown = set(bits) - set(_KEY_USAGE_BITS)
+    if unknown:
+        raise ValueError(f"unknown key usage bits: {', '.join(sorted(unknown))}")
+    return x509.KeyUsage(**{bit: bit in bits for bit in _KEY_USAGE_BITS})
+
+
 def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
     try:
         return cert.extensions.get_extension_for_class(x509.KeyUsage).value

@@ -45,12 +45,12 @@ from support.token_issuer import (
     TokenPKI,
     User,
     der_b64,
-    key_usage,
     repository_access,
     running_issuer,
 )
 from tufnotary.client.cli import cli
 from tufnotary.client.remote import ForeignRealmError, Remote, UnauthorizedError
+from tufnotary.metadata.keys import key_usage
 from tufnotary.server.auth import TokenAuth, is_loopback, libtrust_key_id
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.tls import ensure_self_signed
@@ -316,13 +316,15 @@ INVALID = {
         repository_access(GUN, "pull"), signer=pki.issue("other"), key_by="kid"
     ),
     "no key reference": _mint(key_by="none"),
-    "leaf without digitalSignature": lambda pki: _chained(pki, leaf_usage=key_usage()),
+    "leaf without digitalSignature": lambda pki: _chained(
+        pki, leaf_usage=key_usage("key_encipherment")
+    ),
     "intermediate that is not a CA": lambda pki: _chained(pki, middle_ca=False),
     "leaf issued by a bundle certificate that is not a CA": lambda pki: pki.mint(
         repository_access(GUN, "pull"), signer=pki.issue("leaf", by=pki.signer)
     ),
     "intermediate without keyCertSign": lambda pki: _chained(
-        pki, middle_usage=key_usage(digital_signature=True)
+        pki, middle_usage=key_usage("digital_signature")
     ),
     "path length exceeded": lambda pki: _chained(pki, top_path_length=0),
     "lifetime over the cap": lambda pki: _mint(iat=int(time.time()), exp=int(time.time()) + 7200)(
@@ -396,12 +398,12 @@ def _chained(
     """A token whose x5c is leaf, middle CA, top CA (issued by the bundle CA)."""
     top = pki.issue("top CA", ca=True, path_length=top_path_length, key_usage=_ca_usage())
     middle = pki.issue("middle CA", by=top, ca=middle_ca, key_usage=middle_usage or _ca_usage())
-    leaf = pki.issue("signer", by=middle, key_usage=leaf_usage or key_usage(digital_signature=True))
+    leaf = pki.issue("signer", by=middle, key_usage=leaf_usage or key_usage("digital_signature"))
     return pki.mint(repository_access(GUN, "pull"), signer=leaf)
 
 
 def _ca_usage() -> x509.KeyUsage:
-    return key_usage(key_cert_sign=True)
+    return key_usage("key_cert_sign", "crl_sign")
 
 
 def test_token_lifetime_cap_is_a_setting(tmp_path: Path, pki: TokenPKI) -> None:
