@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from support.api import Server, error_of
 from support.server import running_server
 from tufnotary.server.app import create_app
-from tufnotary.server.config import Settings
+from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.files import loose_permissions, private_dir, secret_files
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.realm import FAILED_LOGIN_LIMIT, add_user
@@ -181,3 +182,30 @@ def test_failed_logins_count_across_workers_on_postgresql(
             assert login("right password") == 429
     finally:
         admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_serve_trusts_the_configured_proxy_hops(tmp_path: Path) -> None:
+    arguments = ("--trusted-proxies", "1", "--audit-access", "loopback")
+    with running_server(tmp_path, *arguments) as server:
+        audit = f"{server.url}/_notary_server/audit"
+        verify = str(server.ca_cert)
+        assert requests.get(audit, verify=verify, timeout=10).status_code == 200
+        forwarded = {"X-Forwarded-For": "192.0.2.7"}
+        refused = requests.get(audit, headers=forwarded, verify=verify, timeout=10)
+        assert refused.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"token_lifetime": "7200"}, "token_lifetime: 7200 is over max_token_lifetime 3600"),
+        ({"forwarded_header": "x-real-ip"}, "forwarded_header: must be one of"),
+        ({"trusted_proxies": "-1"}, "trusted_proxies: must be 0..10"),
+        ({"audit_access": "everyone"}, "audit_access: must be one of auth, loopback"),
+        ({"key_creation_limit": "0"}, "key_creation_limit: must be at least 1"),
+    ],
+)
+def test_hardening_settings_are_checked(setting: dict[str, str], message: str) -> None:
+    env = {f"TUFNOTARY_{name.upper()}": value for name, value in setting.items()}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.load(env=env)
