@@ -108,6 +108,7 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     gun: str | None = None  # the repository the command works on, for error hints
     staged: int = 0  # staged changes a publish under way sends (kept if it fails)
+    token_realm_hosts: tuple[str, ...] = ()
     _trustdir: TrustDir | None = field(default=None, repr=False)
 
     @property
@@ -133,6 +134,7 @@ class Settings:
             username=self.username,
             password=self.password,
             token=self.token,
+            realm_hosts=self.token_realm_hosts,
         )
         return Repository(
             gun, remote, self.trustdir(), verify=self.verify, pinning=pinning, offline=offline
@@ -647,6 +649,16 @@ def _roles_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...
     envvar="TUFNOTARY_TOKEN",
     help="Bearer token sent to the server as is (env TUFNOTARY_TOKEN).",
 )
+@click.option(
+    "--token-realm-host",
+    "token_realm_hosts",
+    metavar="HOST",
+    multiple=True,
+    envvar="TUFNOTARY_TOKEN_REALM_HOSTS",
+    help="Also send --username/--password to a token service on HOST (repeatable; * for any; "
+    "env TUFNOTARY_TOKEN_REALM_HOSTS, space-separated). By default they go only to the "
+    "server's own host.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Report what the update does.")
 @click.version_option(package_name="tufnotary", prog_name=PROG)
@@ -660,6 +672,7 @@ def cli(
     username: str | None,
     password: str | None,
     token: str | None,
+    token_realm_hosts: tuple[str, ...],
     json_output: bool,
     verbose: bool,
 ) -> None:
@@ -673,6 +686,7 @@ def cli(
         password,
         token or None,
         timeout,
+        token_realm_hosts=token_realm_hosts,
     )
     _configure_logging(verbose)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -149,13 +149,18 @@ def parse_bearer_challenge(header: str) -> dict[str, str] | None:
     }
 
 
+class ForeignRealmError(RemoteError):
+    """The token realm is on another host than the server: credentials are not sent there."""
+
+
 @dataclass(frozen=True)
 class Remote:
     """One trust server. ``verify`` is a CA bundle path, True (system CAs) or False.
 
     Token auth (spec 4.7): a static bearer ``token`` is sent as is; otherwise a 401 Bearer
     challenge is answered by fetching a token from its realm (with ``username``/``password``
-    as HTTP basic credentials when given, anonymously if not) and retrying once.
+    as HTTP basic credentials when given, anonymously if not) and retrying once. Credentials
+    go only to a realm on the server's host or on one of ``realm_hosts`` (``*``: any host).
     """
 
     url: str
@@ -165,6 +170,7 @@ class Remote:
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    realm_hosts: tuple[str, ...] = ()
     _bearer: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def _session(self) -> requests.Session:
@@ -238,6 +244,14 @@ class Remote:
         params += [("scope", scope) for scope in challenge.get("scope", "").split() if scope]
         if self.username:
             params.append(("account", self.username))
+            realm_host = urlsplit(realm).hostname or ""
+            allowed = {urlsplit(self.url).hostname, *(h.lower() for h in self.realm_hosts)}
+            if realm_host not in allowed and "*" not in allowed:
+                raise ForeignRealmError(
+                    f"the server {self.url} sends you to the token service {realm} on another "
+                    f"host; not sending your credentials there (allow it with "
+                    f"--token-realm-host {realm_host})"
+                )
         auth = (self.username, self.password or "") if self.username else None
         where = f"the token service {realm}"
         self._check_ca_file(realm)

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tufnotary.metadata.errors import FormatError
-from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key
+from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key, key_usage
 from tufnotary.metadata.signing import PrivateKey
 
 ROOT_ENV = ("NOTARY_ROOT_PASSPHRASE", "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE")
@@ -350,17 +350,7 @@ def root_certificate(key: PrivateKey, gun: str) -> Key:
         warnings.simplefilter("ignore", UserWarning)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gun, _validate=False)])
     now = datetime.now(UTC).replace(microsecond=0)
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=True,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = key_usage("digital_signature", "key_encipherment")
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

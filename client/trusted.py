@@ -29,7 +29,7 @@ from tufnotary.metadata.errors import (
     UnsignedError,
     VersionError,
 )
-from tufnotary.metadata.keys import Key, check_certificate, issued_by
+from tufnotary.metadata.keys import Key, check_certificate, issued_by, may_issue
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,
@@ -149,16 +149,20 @@ def _load_anchors(path: Path, now: datetime) -> list[x509.Certificate]:
 
 
 def _chains_to(chain: list[x509.Certificate], anchors: list[x509.Certificate]) -> bool:
-    """True if the leaf ``chain[0]`` is, or is issued through ``chain[1:]`` by, an anchor."""
-    pending = [(chain[0], chain[1:])]
+    """True if the leaf ``chain[0]`` is, or is issued through ``chain[1:]`` by, an anchor;
+    every issuer must be a CA allowed to issue what is below it (``may_issue``)."""
+    pending = [(chain[0], chain[1:], 0)]
     while pending:
-        cert, unused = pending.pop()
-        if any(cert == anchor or issued_by(cert, anchor) for anchor in anchors):
+        cert, unused, below = pending.pop()
+        if any(
+            cert == anchor or (issued_by(cert, anchor) and may_issue(anchor, below))
+            for anchor in anchors
+        ):
             return True
         pending.extend(
-            (issuer, [c for c in unused if c is not issuer])
+            (issuer, [c for c in unused if c is not issuer], below + 1)
             for issuer in unused
-            if issued_by(cert, issuer)
+            if issued_by(cert, issuer) and may_issue(issuer, below)
         )
     return False
 

@@ -175,6 +175,57 @@ def certificate_is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+_KEY_USAGE_BITS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def key_usage(*bits: str) -> x509.KeyUsage:
+    """A KeyUsage extension with exactly the named bits (``"digital_signature"``...) set."""
+    unknown = set(bits) - set(_KEY_USAGE_BITS)
+    if unknown:
+        raise ValueError(f"unknown key usage bits: {', '.join(sorted(unknown))}")
+    return x509.KeyUsage(**{bit: bit in bits for bit in _KEY_USAGE_BITS})
+
+
+def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def may_issue(issuer: x509.Certificate, below: int) -> bool:
+    """Whether ``issuer`` may sign a certificate that has ``below`` CA certificates under it
+    in the chain (0: the leaf itself): a CA by basic constraints, with keyCertSign if it states
+    key usage, and a path length constraint (if any) of at least ``below``."""
+    try:
+        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    usage = _key_usage(issuer)
+    return (
+        constraints.ca
+        and (usage is None or usage.key_cert_sign)
+        and (constraints.path_length is None or constraints.path_length >= below)
+    )
+
+
+def may_sign_data(cert: x509.Certificate) -> bool:
+    """Whether a leaf may sign data: digitalSignature if it states key usage (RFC 5280: no key
+    usage extension means no restriction)."""
+    usage = _key_usage(cert)
+    return usage is None or usage.digital_signature
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True if ``issuer`` names and signed ``cert``."""
     try:

@@ -7,8 +7,10 @@ expressions (GUNs span slashes), so one catch-all Flask rule hands every request
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
+import logging
 import posixpath
 import re
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from tufnotary.server.errors import (
     InvalidParameters,
     LoginFailed,
     MalformedUpload,
+    MetricsUnauthorized,
     NoFilename,
     NoRoute,
     ServerError,
@@ -45,6 +48,7 @@ from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
 from tufnotary.server.updates import Limits, Part
 
 bp = Blueprint("notary", __name__)
+log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "HEAD", "DELETE"]
 _GUN = r"(?P<gun>[^*]+)"
@@ -65,6 +69,8 @@ class Settings:
     cache_max_age_current: int
     cache_max_age_consistent: int
     gun_prefixes: tuple[str, ...]
+    audit_access: str = "auth"
+    metrics_token: str | None = None
 
 
 def _service() -> TrustService:
@@ -125,24 +131,32 @@ def ping(**_: str) -> Response:
 
 
 def health(**_: str) -> Response:
+    """``{}``, or 503 with a generic message when the database fails (the cause is logged)."""
     try:
         _service().ping()
     except StorageError as exc:
-        return _json({"DB operational": str(exc)}, 503)
+        log.error("health check: %s", exc)
+        return _json({"DB operational": "database unavailable"}, 503)
     return _json({})
 
 
 def audit() -> Response:
     """The audit log, filtered by ``gun``, ``actor``, ``since``, ``until`` (ISO 8601) and
-    ``limit``: for administrators (``registry:catalog:*`` with token auth, else loopback only)."""
-    if current_app.extensions.get("tufnotary.auth") is None and not _is_loopback():
-        raise Forbidden(log="the audit log is only served to loopback clients without auth")
+    ``limit`` (1-1000): for administrators (``registry:catalog:*`` with token auth; without
+    auth only with ``audit_access = "loopback"``, to loopback clients)."""
+    if current_app.extensions.get("tufnotary.auth") is None:
+        if _settings().audit_access != "loopback":
+            raise Forbidden(log="the audit log needs auth (or audit_access 'loopback')")
+        if not _is_loopback():
+            raise Forbidden(log="the audit log is only served to loopback clients without auth")
     args = request.args
     try:
         since, until = (
             parse_time(args[name]) if args.get(name) else None for name in ("since", "until")
         )
-        limit = min(int(args.get("limit", MAX_RECORDS)), MAX_RECORDS)
+        limit = int(args.get("limit", MAX_RECORDS))
+        if not 1 <= limit <= MAX_RECORDS:
+            raise ValueError(f"limit must be 1-{MAX_RECORDS}, got {limit}")
     except ValueError as exc:
         raise InvalidParameters(f"invalid audit filter: {exc}") from exc
     records = _service().audit_log(
@@ -179,6 +193,12 @@ def _is_loopback() -> bool:
 
 
 def metrics(**_: str) -> Response:
+    """Prometheus metrics; with ``metrics_token`` set only for ``Authorization: Bearer <it>``."""
+    expected = _settings().metrics_token
+    if expected is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            raise MetricsUnauthorized()
     data = current_app.extensions["tufnotary.metrics"]()
     return Response(data, 200, content_type=CONTENT_TYPE_LATEST)
 
@@ -202,17 +222,18 @@ def token() -> Response:
     if realm is None:  # not builtin mode: the catch-all's answer
         _authorize(None, ALL)
         raise NoRoute()
-    address = request.remote_addr or ""
-    retry_after = realm.failed_logins.retry_after(address)
+    credentials = request.authorization if request.headers.get("Authorization") else None
+    name = credentials.username if credentials and credentials.type == "basic" else None
+    # failures count per client address and per user name, in the database (every worker)
+    counted = [f"address:{request.remote_addr or ''}"] + ([f"user:{name}"] if name else [])
+    retry_after = realm.failed_logins.retry_after(*counted)
     if retry_after:
         raise TooManyLogins(retry_after)
     user = ""
     if request.headers.get("Authorization"):
-        credentials = request.authorization
-        name = credentials.username if credentials and credentials.type == "basic" else None
         password = credentials.password if credentials else None
         if not realm.authenticate(name or "", password or "") or not name:
-            realm.failed_logins.failed(address)
+            realm.failed_logins.hit(*counted)
             raise LoginFailed(log=f"failed login of {name!r}")
         user = name
     g.actor = user or "anonymous"

@@ -22,6 +22,8 @@ from tufnotary.server import api, startup
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.proxy import trust_proxies
+from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
@@ -32,6 +34,8 @@ from tufnotary.server.updates import Limits
 
 log = logging.getLogger("tufnotary.server")
 access_log = logging.getLogger("tufnotary.access")
+KEY_WINDOW = 3600
+"""Seconds over which ``key_creation_limit`` new server keys per client address are allowed."""
 
 REQUEST_SECONDS = Histogram(
     "notary_server_http_request_duration_seconds",
@@ -126,9 +130,13 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         ServerKeys(store, vault, settings.key_algorithm),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
+        key_creations=RateLimit(store, "key-create", settings.key_creation_limit, KEY_WINDOW),
     )
 
     app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
+    app.wsgi_app = trust_proxies(  # type: ignore[method-assign]
+        app.wsgi_app, settings.trusted_proxies, settings.forwarded_header
+    )
     app.url_map.converters["everything"] = _EverythingConverter
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
@@ -141,6 +149,8 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.cache_max_age_current,
         settings.cache_max_age_consistent,
         settings.gun_prefixes,
+        audit_access=settings.audit_access,
+        metrics_token=settings.metrics_token,
     )
     app.extensions["tufnotary.upload_slots"] = UploadSlots(
         settings.data_dir / "upload-slots",
@@ -174,6 +184,7 @@ def _token_auth(settings: Settings) -> TokenAuth | None:
             settings.token_service or "",
             settings.token_issuer or "",
             settings.token_rootcertbundle,
+            settings.max_token_lifetime,
         )
     except ValueError as exc:
         raise ConfigError(f"token_rootcertbundle: {exc}") from None

@@ -14,6 +14,7 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tufnotary.metadata.keys import certificate_is_ca, issued_by
+from tufnotary.metadata.keys import issued_by, may_issue, may_sign_data
 from tufnotary.server.errors import ServerError
 
 LEEWAY = 60
 """Seconds of clock skew tolerated on ``exp``, ``nbf`` and certificate validity."""
 MAX_CHAIN = 10
+DEFAULT_MAX_LIFETIME = 3600
+"""Seconds from issue (``iat``, else ``nbf``, else now) to ``exp`` a token may span."""
 _EC_ALGORITHMS: dict[str, type[ec.EllipticCurve]] = {
     "ES256": ec.SECP256R1,
     "ES384": ec.SECP384R1,
@@ -164,10 +167,18 @@ class TokenAuth:
     service: str
     issuer: str
     roots: tuple[x509.Certificate, ...]
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
 
     @classmethod
-    def from_files(cls, realm: str, service: str, issuer: str, bundle: Path) -> TokenAuth:
-        return cls(realm, service, issuer, tuple(load_root_bundle(bundle)))
+    def from_files(
+        cls,
+        realm: str,
+        service: str,
+        issuer: str,
+        bundle: Path,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    ) -> TokenAuth:
+        return cls(realm, service, issuer, tuple(load_root_bundle(bundle)), max_lifetime)
 
     @property
     def trusted_keys(self) -> dict[str, PublicKey]:
@@ -233,7 +244,20 @@ class TokenAuth:
             raise TokenError(str(exc) or type(exc).__name__) from None
         if not isinstance(claims, dict):
             raise TokenError("claims are not an object")
+        self._check_lifetime(claims)
         return claims
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """``exp`` at most ``max_lifetime`` after ``iat`` (else ``nbf``) or now if earlier."""
+        now = time.time()
+        start = next((claims[k] for k in ("iat", "nbf") if claims.get(k) is not None), now)
+        if not isinstance(start, int | float) or isinstance(start, bool):
+            raise TokenError("iat is not a number")
+        lifetime = claims["exp"] - min(start, now)
+        if lifetime > self.max_lifetime:
+            raise TokenError(
+                f"token lifetime {int(lifetime)}s is over the {self.max_lifetime}s allowed"
+            )
 
     def _signing_key(self, header: Mapping[str, Any]) -> PublicKey:
         """From x5c (chain to the bundle), else jwk, else kid (spec 1.9 order)."""
@@ -261,22 +285,29 @@ class TokenAuth:
             raise TokenError(f"x5c: unreadable certificate: {exc}") from None
         now = datetime.datetime.now(datetime.UTC)
         leaf, intermediates = chain[0], chain[1:]
+        if not may_sign_data(leaf):
+            raise TokenError("x5c: the leaf certificate's key usage lacks digitalSignature")
         current = leaf
-        for _ in range(MAX_CHAIN):
+        for below in range(MAX_CHAIN):
             if not _in_validity(current, now):
                 raise TokenError(f"x5c: certificate {current.subject.rfc4514_string()} expired")
             if current in self.roots:
                 break
             root = next((r for r in self.roots if issued_by(current, r)), None)
             if root is not None:
+                if not may_issue(root, below):
+                    raise TokenError("x5c: the root certificate may not issue this chain")
                 if not _in_validity(root, now):
                     raise TokenError("x5c: root certificate not valid now")
                 break
-            issuer = next(
-                (c for c in intermediates if certificate_is_ca(c) and issued_by(current, c)), None
-            )
+            issuer = next((c for c in intermediates if issued_by(current, c)), None)
             if issuer is None:
                 raise TokenError("x5c: chain does not verify to the root bundle")
+            if not may_issue(issuer, below):
+                raise TokenError(
+                    f"x5c: {issuer.subject.rfc4514_string()} is not a CA allowed to issue "
+                    "this chain (basic constraints, key usage or path length)"
+                )
             current = issuer
         else:
             raise TokenError("x5c: chain too long")

@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from .auth import is_loopback
 from .config import ConfigError, Settings
+from .files import loose_permissions, private_dir, secret_files
 from .tls import ensure_self_signed
 
 if TYPE_CHECKING:
@@ -118,6 +119,15 @@ def main() -> None:
     default=None,
     help="Migrate a PostgreSQL or MariaDB database to the latest schema at start.",
 )
+@click.option(
+    "--trusted-proxies",
+    type=int,
+    help="Reverse proxies in front of the server whose forwarded client address is believed (0).",
+)
+@click.option("--forwarded-header", help="x-forwarded-for (default) or forwarded (RFC 7239).")
+@click.option(
+    "--audit-access", help="Without auth: auth (default: no audit log) or loopback clients."
+)
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Serve the Notary API over HTTPS.
 
@@ -133,7 +143,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             f"warning: listening on {settings.listen} without authentication (auth_mode none); "
             "anyone who can reach it may publish and delete trust data"
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     _share_metrics_between_workers(settings.data_dir / "metrics")  # before importing the app
     _preflight(settings)
     if tls_files is None:
@@ -141,6 +151,9 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
         tls_files = generated.cert, generated.key
         _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
     cert, key = tls_files
+    directories = (settings.data_dir, settings.data_dir / "tls")
+    for warning in loose_permissions(directories, secret_files(settings, key)):
+        _say(warning)
 
     def when_ready(_arbiter: Arbiter) -> None:
         _say(f"listening on https://{settings.listen}")
@@ -219,7 +232,7 @@ def migrate(
         raise click.UsageError("--downgrade needs --revision (for example -1 or base)")
     settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
     if _is_sqlite(settings):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
     target = revision or "head"
     _migrate(settings.effective_database_url, target, downgrade=downgrade)
     _say(f"database {'downgraded' if downgrade else 'upgraded'} to {target}")

@@ -19,6 +19,8 @@ CONFIG_ENV = "TUFNOTARY_CONFIG"
 KEY_ALGORITHMS = ("ecdsa", "ed25519")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 AUTH_MODES = ("none", "token", "builtin")
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
+AUDIT_ACCESS = ("auth", "loopback")
 MAX_CACHE_AGE = 31_536_000
 
 
@@ -69,6 +71,12 @@ class Settings:
     rules: tuple[tuple[str, str, str], ...] = ()
     bcrypt_rounds: int = 12
     auto_migrate: bool = False
+    trusted_proxies: int = 0
+    forwarded_header: str = "x-forwarded-for"
+    audit_access: str = "auth"
+    metrics_token: str | None = None
+    max_token_lifetime: int = 3600
+    key_creation_limit: int = 100
 
     @property
     def effective_database_url(self) -> str:
@@ -126,6 +134,11 @@ class Settings:
                 f"{raw['key_passphrase_file'][1]})"
             )
         _check_auth(settings, raw)
+        if settings.token_lifetime > settings.max_token_lifetime:
+            raise ConfigError(
+                f"token_lifetime: {settings.token_lifetime} is over max_token_lifetime "
+                f"{settings.max_token_lifetime} (raise max_token_lifetime or lower token_lifetime)"
+            )
         return settings
 
 
@@ -377,4 +390,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "auth_mode": _one_of(AUTH_MODES),
     "token_lifetime": _int_range(10, 86_400),
     "bcrypt_rounds": _int_range(4, 31),
+    "trusted_proxies": _int_range(0, 10),
+    "forwarded_header": _one_of(FORWARDED_HEADERS),
+    "audit_access": _one_of(AUDIT_ACCESS),
+    "max_token_lifetime": _int_range(10, 604_800),
+    "key_creation_limit": _int_range(1),
 }

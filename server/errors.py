@@ -162,11 +162,30 @@ class LoginFailed(ServerError):
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Basic realm="tufnotary"'}
 
 
-class TooManyLogins(ServerError):
-    """Token endpoint: too many failed logins from this address; retry after some seconds."""
+class MetricsUnauthorized(ServerError):
+    """``/metrics`` with ``metrics_token`` set, without that bearer token."""
 
-    code, status, message = "TOOMANYREQUESTS", 429, "too many failed logins, try again later"
+    code, status, message = "UNAUTHORIZED", 401, "metrics need the configured bearer token"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+
+
+class TooManyRequests(ServerError):
+    """A rate limit is reached; ``Retry-After`` says in how many seconds to try again."""
+
+    code, status = "TOOMANYREQUESTS", 429
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(log=f"failed-login limit, retry after {retry_after}s")
+        super().__init__(log=f"{self.message}: retry after {retry_after}s")
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class TooManyLogins(TooManyRequests):
+    """Token endpoint: too many failed logins of this user or from this address."""
+
+    message = "too many failed logins, try again later"
+
+
+class TooManyKeys(TooManyRequests):
+    """``GET role.key``: this client created too many server keys lately."""
+
+    message = "too many new server keys from this client, try again later"

@@ -30,7 +30,6 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tufnotary.server.auth import PublicKey, TokenAuth, TokenError, libtrust_key_id
+from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.signer import KeyVault
 from tufnotary.server.storage import AuditEntry, MetadataStore, StoredKey
 
@@ -57,7 +57,8 @@ DEFAULT_ROUNDS = 12
 TOKEN_KEY_ROLE = "token-signing"
 TOKEN_KEY_GUN = ""
 FAILED_LOGIN_LIMIT = 10
-FAILED_LOGIN_WINDOW = 60.0
+"""Failed logins per user name and per client address within FAILED_LOGIN_WINDOW seconds."""
+FAILED_LOGIN_WINDOW = 60
 MAX_NAME = 255
 _HTPASSWD_PREFIXES = ("$2y$", "$2b$", "$2a$")
 
@@ -194,43 +195,6 @@ def read_htpasswd(path: Path) -> dict[str, str]:
             continue
         users.setdefault(name, hashed)
     return users
-
-
-class FailedLogins:
-    """Failed logins per client address in a sliding window (in memory, per worker process).
-
-    After ``limit`` failures within ``window`` seconds the address is refused until the oldest
-    of them leaves the window.
-    """
-
-    MAX_ADDRESSES = 100_000
-
-    def __init__(self, limit: int = FAILED_LOGIN_LIMIT, window: float = FAILED_LOGIN_WINDOW):
-        self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, address: str) -> int:
-        """Seconds until ``address`` may try again (0: now)."""
-        now = time.monotonic()
-        with self._lock:
-            failures = self._failures.get(address)
-            if failures is None:
-                return 0
-            while failures and failures[0] <= now - self.window:
-                failures.popleft()
-            if not failures:
-                del self._failures[address]
-                return 0
-            if len(failures) < self.limit:
-                return 0
-            return max(1, int(failures[0] + self.window - now + 0.999))
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            if address not in self._failures and len(self._failures) >= self.MAX_ADDRESSES:
-                self._failures.pop(next(iter(self._failures)))
-            self._failures.setdefault(address, deque()).append(time.monotonic())
 
 
 # -- token-signing keys ---------------------------------------------------------------------------
@@ -383,7 +347,7 @@ class Realm:
         self.store, self.keys = store, keys
         self.service, self.issuer, self.lifetime = service, issuer, lifetime
         self.htpasswd, self.config_rules, self.rounds = htpasswd, tuple(rules), rounds
-        self.failed_logins = FailedLogins()
+        self.failed_logins = RateLimit(store, "login", FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW)
         self.bcrypt_checks = 0  # how many passwords were checked (tests: both paths hash)
         self._htpasswd_users: dict[str, str] = {}
         self._htpasswd_stamp: tuple[float, int] | None = None
@@ -392,7 +356,9 @@ class Realm:
 
     @property
     def verifier(self) -> RealmTokenAuth:
-        return RealmTokenAuth("", self.service, self.issuer, (), self.keys)
+        return RealmTokenAuth(
+            "", self.service, self.issuer, (), max_lifetime=self.lifetime, keys=self.keys
+        )
 
     # -- users ------------------------------------------------------------------------------
 

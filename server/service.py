@@ -27,10 +27,12 @@ from tufnotary.metadata.model import (
 )
 from tufnotary.server.errors import (
     MetadataNotFound,
+    TooManyKeys,
     Unavailable,
     UpdateFailed,
     VersionConflictError,
 )
+from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.signer import ServerKeys
 from tufnotary.server.storage import (
     AuditEntry,
@@ -117,8 +119,10 @@ class TrustService:
         keys: ServerKeys,
         limits: Limits,
         refresh_margin: timedelta = timedelta(minutes=5),
+        key_creations: RateLimit | None = None,
     ) -> None:
         self.store = store
+        self.key_creations = key_creations
         self.keys = keys
         self.limits = limits
         self.refresh_margin = refresh_margin
@@ -291,16 +295,31 @@ class TrustService:
     def server_key(self, gun: str, role: str, by: Requester) -> Key:
         """GET ``role.key``; a key created now is recorded in the audit log."""
         with _storage_errors(UpdateFailed):
-            key, created = self.keys.get_or_create(gun, role, self._root(gun))
+            key, created = self.keys.get_or_create(gun, role, self._root(gun), self._gate(by))
             if created:
                 self.store.record(by.entry("key-create", gun, role=role, key_id=key.key_id))
         return key
 
     def rotate_key(self, gun: str, role: str, by: Requester) -> Key:
         with _storage_errors(UpdateFailed):
-            key, _ = self.keys.rotate(gun, role)
+            key, _ = self.keys.rotate(gun, role, self._gate(by))
             self.store.record(by.entry("key-rotate", gun, role=role, key_id=key.key_id))
         return key
+
+    def _gate(self, by: Requester) -> Callable[[], None]:
+        """Counts a key creation against ``key_creations`` per client address; TooManyKeys
+        once the limit is reached."""
+        limit = self.key_creations
+        if limit is None:
+            return lambda: None
+
+        def gate() -> None:
+            retry_after = limit.retry_after(by.address)
+            if retry_after:
+                raise TooManyKeys(retry_after)
+            limit.hit(by.address)
+
+        return gate
 
     def audit_log(self, **filters: Any) -> list[AuditRecord]:
         with _storage_errors(Unavailable):

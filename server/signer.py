@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,7 +58,7 @@ class KeyVault:
         path = data_dir / DEV_MASTER_KEY
         if not path.exists():
             # Several workers may start at once: write aside, then link atomically.
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             draft = data_dir / f".{DEV_MASTER_KEY}.{os.getpid()}"
             descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as handle:
@@ -146,12 +147,13 @@ class ServerKeys:
         self._cache: dict[str, PrivateKey] = {}
         self._used: set[str] = set()
 
-    def _create(self, gun: str, role: str) -> tuple[Key, bool]:
+    def _create(self, gun: str, role: str, gate: Callable[[], None]) -> tuple[Key, bool]:
         """A key for ``role`` that never signed: one created earlier, else a new one (then
-        ``True``)."""
+        ``True``) once ``gate`` (which may raise to refuse) returned."""
         unused = self._store.unused_key(gun, role, self._algorithm)
         if unused is not None:
             return Key(unused.algorithm, unused.public), False
+        gate()
         private = PrivateKey.generate(self._algorithm)
         key_id = private.public.key_id
         blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
@@ -166,18 +168,22 @@ class ServerKeys:
         stored = self._store.get_key(key_id)
         return stored if stored and stored.gun == gun and stored.role == role else None
 
-    def get_or_create(self, gun: str, role: str, root: Root | None) -> tuple[Key, bool]:
+    def get_or_create(
+        self, gun: str, role: str, root: Root | None, gate: Callable[[], None] = lambda: None
+    ) -> tuple[Key, bool]:
         """GET ``role.key``: the key current root lists for ``role`` if held, else a key that
-        never signed; ``True`` if it was created now."""
+        never signed; ``True`` if it was created now (``gate`` is called first)."""
         if root is not None and role in root.roles:
             for key_id in root.roles[role].keyids:
                 if self._stored(gun, role, key_id) is not None:
                     return root.keys[key_id], False
-        return self._create(gun, role)
+        return self._create(gun, role, gate)
 
-    def rotate(self, gun: str, role: str) -> tuple[Key, bool]:
+    def rotate(
+        self, gun: str, role: str, gate: Callable[[], None] = lambda: None
+    ) -> tuple[Key, bool]:
         """POST ``role.key``: a key the client can list in its next root."""
-        return self._create(gun, role)
+        return self._create(gun, role, gate)
 
     def held(self, gun: str, role: str, root: Root) -> list[HeldKey]:
         """The keys root lists for ``role`` that this server can sign with."""

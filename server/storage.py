@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -186,6 +187,20 @@ class RealmRuleRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class RateEventRow(Base):
+    """One counted event of a rate-limit bucket, counting until ``expires_at``."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (
+        sa.Index("ix_rate_events_bucket_expires_at", "bucket", "expires_at"),
+        sa.Index("ix_rate_events_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(ExactString(300))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A stored metadata file."""
@@ -299,9 +314,19 @@ def make_engine(url: str) -> Engine:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     engine = sa.create_engine(parsed, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        _create_private(parsed.database)
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _create_private(database: str | None) -> None:
+    """Create a missing SQLite file with mode 0600: it holds password hashes and encrypted keys,
+    and SQLite gives its WAL and shared-memory files the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    with suppress(OSError):  # a missing directory is reported by SQLite on connect
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -742,6 +767,25 @@ class MetadataStore:
             query = query.where(RealmRuleRow.subject.in_(list(subjects)))
         with self._transaction("rules") as connection:
             return [StoredRule(**row._mapping) for row in connection.execute(query)]
+
+    def rate_events(self, bucket: str, now: datetime, limit: int) -> list[datetime]:
+        """When the newest ``limit`` unexpired events of ``bucket`` expire, latest first."""
+        query = (
+            sa.select(RateEventRow.expires_at)
+            .where(RateEventRow.bucket == bucket, RateEventRow.expires_at > now)
+            .order_by(RateEventRow.expires_at.desc())
+            .limit(limit)
+        )
+        with self._transaction("rate events") as connection:
+            return list(connection.scalars(query))
+
+    def add_rate_events(self, buckets: Sequence[str], now: datetime, expires_at: datetime) -> None:
+        """Count one event in each bucket until ``expires_at``; forget every expired event."""
+        with self._transaction("add rate events", write=True) as connection:
+            connection.execute(sa.delete(RateEventRow).where(RateEventRow.expires_at <= now))
+            connection.execute(
+                sa.insert(RateEventRow), [{"bucket": b, "expires_at": expires_at} for b in buckets]
+            )
 
     def ping(self) -> None:
         """Raise StorageError unless ``tuf_files`` can be read (health check)."""

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tufnotary.metadata.keys import issued_by, key_usage
 
 CA_NAME = "tufnotary development CA"
 CA_LIFETIME = datetime.timedelta(days=3650)
@@ -39,7 +40,7 @@ def ensure_self_signed(data_dir: Path) -> TLSFiles:
     issued by it. Keys are written with mode 0600.
     """
     tls_dir = data_dir.absolute() / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = TLSFiles(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key")
     ca_key_path = tls_dir / "ca.key"
     now = datetime.datetime.now(datetime.UTC)
@@ -52,7 +53,7 @@ def ensure_self_signed(data_dir: Path) -> TLSFiles:
     ca_cert, ca_key = ca
 
     server = _load_pair(files.cert, files.key, now)
-    if server is None or not _issued_by(server[0], ca_cert):
+    if server is None or not issued_by(server[0], ca_cert):
         cert, key = _make_server(ca_cert, ca_key, now)
         _write(files.key, _key_pem(key), private=True)
         chain = cert.public_bytes(serialization.Encoding.PEM)
@@ -76,21 +77,13 @@ def _load_pair(
     return cert, key
 
 
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _make_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
     cert = (
         _builder(name, name, key.public_key(), now, CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True), critical=True)
+        .add_extension(key_usage("key_cert_sign", "crl_sign"), critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -109,7 +102,7 @@ def _make_server(
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), now, SERVER_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(key_cert_sign=False), critical=True)
+        .add_extension(key_usage("digital_signature"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
@@ -137,20 +130,6 @@ def _builder(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + lifetime)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-
-
-def _key_usage(*, key_cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not key_cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=key_cert_sign,
-        encipher_only=False,
-        decipher_only=False,
     )
 
 

@@ -19,7 +19,7 @@ GUN = "registry.example.com/team/app"
 
 @pytest.fixture
 def server(tmp_path: Path, migrated_url: str) -> Server:
-    return Server.start(tmp_path, migrated_url)
+    return Server.start(tmp_path, migrated_url, audit_access="loopback")
 
 
 def _log(server: Server, query: str = "") -> list[dict[str, object]]:
@@ -58,6 +58,50 @@ def test_audit_endpoint_is_for_administrators(server: Server) -> None:
     assert remote.status_code == 403
     assert json.loads(remote.data)["errors"][0]["code"] == "DENIED"
     assert server.client.get("/_notary_server/audit?since=yesterday").status_code == 400
+
+
+def test_without_auth_the_audit_log_needs_a_setting(tmp_path: Path) -> None:
+    default = Server.start(tmp_path)
+    assert default.settings.audit_access == "auth"
+    response = default.client.get("/_notary_server/audit")  # loopback, but no auth: refused
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "1001", "x"])
+def test_audit_limit_outside_the_cap_is_refused(server: Server, limit: str) -> None:
+    response = server.client.get(f"/_notary_server/audit?limit={limit}")
+    assert response.status_code == 400
+    assert json.loads(response.data)["errors"][0]["code"] == "INVALID_PARAMETERS"
+
+
+@pytest.mark.parametrize(
+    ("header", "name", "value", "client"),
+    [
+        ("x-forwarded-for", "X-Forwarded-For", "10.9.9.9, 192.0.2.7", "192.0.2.7"),
+        ("forwarded", "Forwarded", 'for=10.9.9.9, for="192.0.2.7:4711";proto=https', "192.0.2.7"),
+        ("forwarded", "Forwarded", 'for="[2001:db8::7]:4711"', "2001:db8::7"),
+    ],
+)
+def test_behind_a_trusted_proxy_the_forwarded_client_counts(
+    tmp_path: Path, header: str, name: str, value: str, client: str
+) -> None:
+    server = Server.start(
+        tmp_path, audit_access="loopback", trusted_proxies=1, forwarded_header=header
+    )
+    headers = {name: value}
+    # the proxy is on loopback, the client it forwards is not
+    assert server.client.get("/_notary_server/audit", headers=headers).status_code == 403
+    assert server.client.get("/_notary_server/audit").status_code == 200
+    assert server.client.get(server.tuf(GUN, "timestamp.key"), headers=headers).status_code == 200
+    (entry,) = _log(server)
+    assert entry["address"] == client
+
+
+def test_forwarded_addresses_are_ignored_without_trusted_proxies(server: Server) -> None:
+    spoofed = {"X-Forwarded-For": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
+    assert server.client.get("/_notary_server/audit", headers=spoofed).status_code == 200
+    assert server.client.get(server.tuf(GUN, "timestamp.key"), headers=spoofed).status_code == 200
+    assert [entry["address"] for entry in _log(server)] == ["127.0.0.1"]
 
 
 def test_command_line_reads_the_log(server: Server) -> None:

@@ -37,6 +37,7 @@ from support.clients import (
 from support.server import ServerInfo, running_server
 from tufnotary.client.cli import cli
 from tufnotary.server import realm as realm_module
+from tufnotary.server.app import create_app
 from tufnotary.server.cli import main as server_cli
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.realm import (
@@ -399,22 +400,40 @@ def test_unknown_user_and_wrong_password_look_the_same(
     assert checked[1] == checked[2] != checked[0]
 
 
-def test_failed_logins_are_rate_limited_per_address(builtin: Builtin) -> None:
+def test_failed_logins_are_limited_per_user_and_per_address(builtin: Builtin) -> None:
     scopes = [f"repository:{TEAM_A}:pull"]
-    for _ in range(10):
-        assert builtin.token_response(scopes, "alice", password="guess").status_code == 401
-    limited = builtin.token_response(scopes, "alice", password="guess")
+    # ten guesses at alice's password from ten addresses: the eleventh is refused anywhere
+    for number in range(10):
+        guess = builtin.token_response(scopes, "alice", "guess", address=f"192.0.2.{number}")
+        assert guess.status_code == 401
+    limited = builtin.token_response(scopes, "alice", "guess", address="198.51.100.1")
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert error_of(limited)["code"] == "TOOMANYREQUESTS"
     checks = builtin.realm.bcrypt_checks
     # even the right password waits: the limit is checked before any password
-    assert builtin.token_response(scopes, "alice").status_code == 429
+    assert builtin.token_response(scopes, "alice", address="198.51.100.1").status_code == 429
     assert builtin.realm.bcrypt_checks == checks
-    assert builtin.token_response(scopes, "alice", address="192.0.2.9").status_code == 200
+    # other users from those addresses are not locked out
+    assert builtin.token_response(scopes, "bob", address="192.0.2.1").status_code == 200
+    # ten failures from one address against ten users: that address is refused for everyone
+    for number in range(10):
+        guess = builtin.token_response(scopes, f"user{number}", "guess", address="203.0.113.5")
+        assert guess.status_code == 401
+    assert builtin.token_response(scopes, "bob", address="203.0.113.5").status_code == 429
+    assert builtin.token_response(scopes, None, address="203.0.113.5").status_code == 429
+    assert builtin.token_response(scopes, "bob", address="203.0.113.6").status_code == 200
     # successful logins do not count
     for _ in range(12):
-        assert builtin.token_response(scopes, "bob", address="192.0.2.10").status_code == 200
+        assert builtin.token_response(scopes, "carol", address="192.0.2.10").status_code == 200
+    # the counts live in the database: a second app on it (another worker) sees them
+    other = create_app(builtin.server.settings).test_client()
+    answer = other.get(
+        "/auth/token",
+        query_string={"service": SERVICE, "scope": scopes[0]},
+        environ_base={"REMOTE_ADDR": "203.0.113.5"},
+    )
+    assert answer.status_code == 429
 
 
 def test_htpasswd_users(builtin: Builtin) -> None:

@@ -49,7 +49,8 @@ from support.token_issuer import (
     running_issuer,
 )
 from tufnotary.client.cli import cli
-from tufnotary.client.remote import Remote, UnauthorizedError
+from tufnotary.client.remote import ForeignRealmError, Remote, UnauthorizedError
+from tufnotary.metadata.keys import key_usage
 from tufnotary.server.auth import TokenAuth, is_loopback, libtrust_key_id
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.tls import ensure_self_signed
@@ -315,6 +316,26 @@ INVALID = {
         repository_access(GUN, "pull"), signer=pki.issue("other"), key_by="kid"
     ),
     "no key reference": _mint(key_by="none"),
+    "leaf without digitalSignature": lambda pki: _chained(
+        pki, leaf_usage=key_usage("key_encipherment")
+    ),
+    "intermediate that is not a CA": lambda pki: _chained(pki, middle_ca=False),
+    "leaf issued by a bundle certificate that is not a CA": lambda pki: pki.mint(
+        repository_access(GUN, "pull"), signer=pki.issue("leaf", by=pki.signer)
+    ),
+    "intermediate without keyCertSign": lambda pki: _chained(
+        pki, middle_usage=key_usage("digital_signature")
+    ),
+    "path length exceeded": lambda pki: _chained(pki, top_path_length=0),
+    "lifetime over the cap": lambda pki: _mint(iat=int(time.time()), exp=int(time.time()) + 7200)(
+        pki
+    ),
+    "lifetime over the cap, iat in the future": lambda pki: _mint(
+        iat=int(time.time()) + 7000, exp=int(time.time()) + 7200
+    )(pki),
+    "lifetime over the cap from nbf, no iat": lambda pki: _mint(
+        iat=None, nbf=int(time.time()) - 1, exp=int(time.time()) + 7200
+    )(pki),
     "no signature": _unsigned,
     "not a JWT": lambda pki: "not.a.jwt",
 }
@@ -359,7 +380,38 @@ VALID = {
     "RS256": lambda pki: pki.mint(
         repository_access(GUN, "pull"), signer=_rsa_signer(pki), algorithm="RS256"
     ),
+    "two intermediates within their path length, key usages set": lambda pki: _chained(pki),
+    "lifetime at the cap": lambda pki: _mint(iat=int(time.time()), exp=int(time.time()) + 3600)(
+        pki
+    ),
 }
+
+
+def _chained(
+    pki: TokenPKI,
+    *,
+    leaf_usage: x509.KeyUsage | None = None,
+    middle_ca: bool = True,
+    middle_usage: x509.KeyUsage | None = None,
+    top_path_length: int = 1,
+) -> str:
+    """A token whose x5c is leaf, middle CA, top CA (issued by the bundle CA)."""
+    top = pki.issue("top CA", ca=True, path_length=top_path_length, key_usage=_ca_usage())
+    middle = pki.issue("middle CA", by=top, ca=middle_ca, key_usage=middle_usage or _ca_usage())
+    leaf = pki.issue("signer", by=middle, key_usage=leaf_usage or key_usage("digital_signature"))
+    return pki.mint(repository_access(GUN, "pull"), signer=leaf)
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return key_usage("key_cert_sign", "crl_sign")
+
+
+def test_token_lifetime_cap_is_a_setting(tmp_path: Path, pki: TokenPKI) -> None:
+    token = pki.mint(repository_access(GUN, "pull"), exp=int(time.time()) + 7200)
+    default = _token_server(tmp_path, pki)
+    assert _open(default, default.tuf(GUN, "root.json"), token).status_code == 401
+    relaxed = _token_server(tmp_path / "relaxed", pki, max_token_lifetime=86_400)
+    assert _open(relaxed, relaxed.tuf(GUN, "root.json"), token).status_code == 404
 
 
 def _jwk_with_x5c(pki: TokenPKI) -> str:
@@ -448,6 +500,30 @@ def test_remote_fetches_a_token_and_retries(server: Server, tmp_path: Path, pki:
         with pytest.raises(UnauthorizedError, match="do not grant"):
             anonymous.server_key(GUN, "timestamp")
         assert issuer.requests[-1] == ("", [f"repository:{GUN}:push,pull"])
+
+
+def test_credentials_go_only_to_a_realm_on_the_servers_host(
+    server: Server, tmp_path: Path, pki: TokenPKI
+) -> None:
+    tls = ensure_self_signed(tmp_path / "issuer-tls")
+    with running_issuer(pki, _users(), tls.cert, tls.key) as issuer, serving(server.app) as url:
+        # the server is reached as 127.0.0.1, its token service is named by another host name
+        foreign = issuer.realm.replace("127.0.0.1", "localhost")
+        roots = server.app.extensions["tufnotary.auth"].roots
+        server.app.extensions["tufnotary.auth"] = TokenAuth(foreign, SERVICE, ISSUER, roots)
+        alice = Remote(url, str(tls.ca_cert), username="alice", password=PASSWORD)
+        with pytest.raises(ForeignRealmError, match="--token-realm-host localhost"):
+            alice.server_key(GUN, "timestamp")
+        assert issuer.requests == []  # nothing was sent
+        allowed = Remote(
+            url, str(tls.ca_cert), username="alice", password=PASSWORD, realm_hosts=("LOCALHOST",)
+        )
+        allowed.server_key(GUN, "timestamp")
+        assert issuer.requests == [("alice", [f"repository:{GUN}:push,pull"])]
+        anonymous = Remote(url, str(tls.ca_cert))  # no credentials: nothing to protect
+        with pytest.raises(UnauthorizedError):
+            anonymous.server_key(GUN, "timestamp")
+        assert issuer.requests[-1][0] == ""
 
 
 # -- end to end: the real server process, notary, docker and our CLI -----------------------------

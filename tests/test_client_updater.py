@@ -762,6 +762,18 @@ def test_pinning_by_ca_bundle(
     assert cache.files == {}
 
 
+def test_a_pinned_certificate_must_be_a_ca_to_issue(
+    server: TrustServer, repo: Repository, cache: MemoryCache, tmp_path: Path
+) -> None:
+    not_ca_key = PrivateKey.generate()
+    not_ca = certificate("pinned, not a CA", not_ca_key, ca=False)
+    use_root_chain(repo, [certificate(GUN, repo.builder.root_key, (not_ca_key, not_ca), ca=False)])
+    repo.publish(TARGETS)
+    with pytest.raises(UntrustedRootError):
+        refresh(server, cache, pinning=TrustPinning(ca={"example.com/": bundle(tmp_path, not_ca)}))
+    assert cache.files == {}
+
+
 # -- verify_image ----------------------------------------------------------------------------------
 
 

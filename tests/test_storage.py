@@ -395,3 +395,22 @@ def test_sqlite_settings(tmp_path: Path) -> None:
         assert pragmas == ["wal", 30000, 1]
     finally:
         engine.dispose()
+
+
+def test_rate_events_count_until_they_expire_and_are_then_deleted(store: MetadataStore) -> None:
+    now = datetime.now(UTC)
+    later = now + timedelta(seconds=60)
+    store.add_rate_events(["login-user:alice", "login-address:192.0.2.1"], now, later)
+    store.add_rate_events(["login-user:alice"], now, later + timedelta(seconds=1))
+    store.add_rate_events(["login-user:ALICE"], now, later)  # names are exact
+    newest = store.rate_events("login-user:alice", now, 10)
+    assert newest == [later + timedelta(seconds=1), later]
+    assert store.rate_events("login-user:alice", now, 1) == [later + timedelta(seconds=1)]
+    assert store.rate_events("login-user:alice", later, 10) == [later + timedelta(seconds=1)]
+    # the next event deletes every expired one: the table holds one window at most
+    store.add_rate_events(
+        ["key-create:192.0.2.1"], later + timedelta(seconds=2), later + timedelta(hours=1)
+    )
+    with store.engine.connect() as connection:
+        left = connection.execute(sa.text("SELECT COUNT(*) FROM rate_events")).scalar()
+    assert left == 1

@@ -42,13 +42,15 @@ def _certificate(
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
     *,
     ca: bool,
+    path_length: int | None = None,
+    key_usage: x509.KeyUsage | None = None,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (name, key)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(issuer_name)
@@ -56,9 +58,11 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(signing_key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
     )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    return builder.sign(signing_key, hashes.SHA256())
 
 
 def der_b64(cert: x509.Certificate) -> str:
@@ -103,11 +107,30 @@ class TokenPKI:
     def bundle(self) -> Path:
         return self.directory / "token-roots.pem"
 
-    def issue(self, subject: str, **validity: datetime.datetime) -> SigningKey:
-        """A new P-256 key certified by this CA (optionally with other validity bounds)."""
+    def issue(
+        self,
+        subject: str,
+        *,
+        by: SigningKey | None = None,
+        ca: bool = False,
+        path_length: int | None = None,
+        key_usage: x509.KeyUsage | None = None,
+        **validity: datetime.datetime,
+    ) -> SigningKey:
+        """A new P-256 key certified by this CA, or by the intermediate ``by`` (whose chain
+        then follows); optionally a CA, with key usage or other validity bounds."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(subject, key, (self.ca, self.ca_key), ca=False, **validity)
-        return SigningKey(key, [cert])
+        issuer = (by.chain[0], by.key) if by else (self.ca, self.ca_key)
+        cert = _certificate(
+            subject,
+            key,
+            issuer,
+            ca=ca,
+            path_length=path_length,
+            key_usage=key_usage,
+            **validity,  # type: ignore[arg-type]
+        )
+        return SigningKey(key, [cert, *(by.chain if by else [])])
 
     def mint(
         self,
