@@ -14,7 +14,7 @@ import click
 from gunicorn.app.base import BaseApplication
 
 from .auth import is_loopback
-from .config import ConfigError, Settings
+from .config import UNIX_PREFIX, ConfigError, Settings
 from .tls import ensure_self_signed
 
 if TYPE_CHECKING:
@@ -94,7 +94,11 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--listen", metavar="HOST:PORT", help="Address to listen on (IPv6 as [::1]:4443).")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Address to listen on (IPv6 as [::1]:4443); unix:/PATH serves plain HTTP on a socket.",
+)
 @data_dir_option
 @database_option
 @click.option("--tls-cert", type=_path, help="PEM certificate chain (with --tls-key).")
@@ -127,16 +131,13 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if _is_sqlite(settings):
         _migrate(settings.effective_database_url, "head", downgrade=False)
-    if tls_files is None:
-        generated = ensure_self_signed(settings.data_dir)
-        tls_files = generated.cert, generated.key
-        _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
-    cert, key = tls_files
+    tls_options = _tls_options(settings, tls_files)
+    scheme = "https" if tls_options else "http"
 
     _share_metrics_between_workers(settings.data_dir / "metrics")
 
     def when_ready(_arbiter: Arbiter) -> None:
-        _say(f"listening on https://{settings.listen}")
+        _say(f"listening on {scheme}://{settings.listen}")
 
     def child_exit(_arbiter: Arbiter, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -150,9 +151,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "workers": settings.workers,
             "worker_class": "gthread",
             "threads": THREADS,
-            "ssl_context": _reused_ssl_context,
-            "certfile": str(cert),
-            "keyfile": str(key),
+            **tls_options,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": settings.log_level,
@@ -163,6 +162,19 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "child_exit": child_exit,
         },
     ).run()
+
+
+def _tls_options(settings: Settings, tls_files: tuple[Path, Path] | None) -> dict[str, Any]:
+    """gunicorn's TLS settings: the configured or generated certificate; none (plain HTTP) on a
+    unix socket, which only a local TLS-terminating proxy should reach (scripts/serve-stack)."""
+    if settings.listen.startswith(UNIX_PREFIX):
+        return {}
+    if tls_files is None:
+        generated = ensure_self_signed(settings.data_dir)
+        tls_files = generated.cert, generated.key
+        _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
+    cert, key = tls_files
+    return {"ssl_context": _reused_ssl_context, "certfile": str(cert), "keyfile": str(key)}
 
 
 def _share_metrics_between_workers(directory: Path) -> None:
