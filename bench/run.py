@@ -4,7 +4,7 @@ Starts both servers on loopback with the same TLS certificate, publishes identic
 each, checks that both serve the same bytes, then times the same requests against both and prints
 per-scenario latency (median, p95), requests/s and the tufnotary/reference ratios.
 
-Run: ``/tmp/venvtest/bin/python bench/run.py [--quick] [--requests N] [--json out.json]``.
+Run: ``.venv/bin/python bench/run.py [--quick] [--json out.json]``.
 See ``bench/README.md`` for how to read the output.
 """
 
