@@ -1,8 +1,9 @@
 """Benchmark tufnotary against the reference notary-server (Go) in the same run.
 
-Starts both servers on loopback with the same TLS certificate, publishes identical repositories to
-each, checks that both serve the same bytes, then times the same requests against both and prints
-per-scenario latency (median, p95), requests/s and the tufnotary/reference ratios.
+Starts the reference (memory store and PostgreSQL) and tufnotary (SQLite, PostgreSQL, and the
+nginx production stack) on loopback with the same TLS certificate, publishes identical
+repositories to each, checks that all serve the same bytes, then measures read throughput with
+wrk, new-connection reads and publishes, and a scale run to 100,000 repositories.
 
 Run: ``.venv/bin/python bench/run.py [--quick] [--json out.json]``.
 See ``bench/README.md`` for how to read the output.
