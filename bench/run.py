@@ -1,10 +1,11 @@
 """Benchmark tufnotary against the reference notary-server (Go) in the same run.
 
-Starts both servers on loopback with the same TLS certificate, publishes identical repositories to
-each, checks that both serve the same bytes, then times the same requests against both and prints
-per-scenario latency (median, p95), requests/s and the tufnotary/reference ratios.
+Starts the reference (memory store and PostgreSQL) and tufnotary (SQLite, PostgreSQL, and the
+nginx production stack) on loopback with the same TLS certificate, publishes identical
+repositories to each, checks that all serve the same bytes, then measures read throughput with
+wrk, new-connection reads and publishes, and a scale run to 100,000 repositories.
 
-Run: ``/tmp/venvtest/bin/python bench/run.py [--quick] [--requests N] [--json out.json]``.
+Run: ``.venv/bin/python bench/run.py [--quick] [--json out.json]``.
 See ``bench/README.md`` for how to read the output.
 """
 
@@ -17,7 +18,10 @@ import json
 import math
 import os
 import platform
+import random
+import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,7 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import requests
+import sqlalchemy as sa
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -47,9 +53,30 @@ from tufnotary.metadata.keys import Key  # noqa: E402
 from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys  # noqa: E402
 from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
 
-TUF = "tufnotary"
-REF = "reference"
-SERVERS = (TUF, REF)
+REF = "ref-memory"  # the reference notary-server 0.7, memory store: the baseline of every ratio
+REF_PG = "ref-postgres"  # the reference on PostgreSQL
+TUF = "ours-sqlite"
+TUF_PG = "ours-postgres"
+STACK = "ours-stack"  # scripts/serve-stack: nginx in front of tufnotary (SQLite)
+SERVERS = (REF, REF_PG, TUF, TUF_PG, STACK)
+POSTGRES_ADMIN = os.environ.get(
+    "TUFNOTARY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+# The reference's SQL tables, as its gorm models (server/storage/sql_models.go) describe them;
+# notary-server 0.7 does not create them itself.
+REFERENCE_SCHEMA = (
+    "CREATE TABLE tuf_files (id serial PRIMARY KEY, created_at timestamp, updated_at timestamp,"
+    " deleted_at timestamp, gun varchar(255) NOT NULL, role varchar(255) NOT NULL,"
+    " version integer NOT NULL, data bytea NOT NULL, sha256 char(64),"
+    " UNIQUE (gun, role, version))",
+    "CREATE INDEX tuf_files_sha256_idx ON tuf_files (sha256)",
+    "CREATE TABLE changefeed (id serial PRIMARY KEY, created_at timestamp DEFAULT now(),"
+    " gun varchar(255) NOT NULL, version integer NOT NULL, sha256 char(64),"
+    " category varchar(20) NOT NULL DEFAULT 'update')",
+    "CREATE INDEX idx_changefeed_gun ON changefeed (gun)",
+)
+WRK_CONNECTIONS = 32
+WRK_ROUNDS = 2
 REQUEST_TIMEOUT = 60.0
 SMALL_GUN = "bench.example.com/small"
 LARGE_GUN = "bench.example.com/large"
@@ -75,43 +102,101 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def tufnotary_command(tmp: Path, tls: TLSFiles, port: int, log_level: str) -> list[str]:
-    """`tufnotary.server.cli serve` with SQLite in `tmp/tufnotary`, 2 workers."""
+def tufnotary_command(
+    data_dir: Path, tls: TLSFiles, port: int, log_level: str, *extra: str
+) -> list[str]:
+    """`tufnotary.server.cli serve` with data in `data_dir`, 2 workers."""
+    tls_args = ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
     return serve_command(
-        port,
-        tmp / "tufnotary",
-        "--tls-cert",
-        str(tls.cert),
-        "--tls-key",
-        str(tls.key),
-        "--workers",
-        "2",
-        "--log-level",
-        log_level,
+        port, data_dir, *tls_args, "--workers", "2", "--log-level", log_level, *extra
     )
 
 
+def stack_command(data_dir: Path, tls: TLSFiles, port: int) -> list[str]:
+    """`scripts/serve-stack` (nginx in front of tufnotary with SQLite), 2 server workers."""
+    return [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "serve-stack"),
+        *("--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--workers", "2"),
+        *("--tls-cert", str(tls.cert), "--tls-key", str(tls.key)),
+    ]
+
+
 @contextlib.contextmanager
-def both_servers(tmp: Path, tls: TLSFiles, log_level: str) -> Iterator[dict[str, Server]]:
-    """Start tufnotary and the reference (both healthy on entry); stop both on exit."""
+def postgres_database(label: str) -> Iterator[str]:
+    """A new PostgreSQL database on POSTGRES_ADMIN's server: its URL; dropped on exit."""
+    admin = sa.make_url(POSTGRES_ADMIN)
+    name = f"tufnotary_bench_{label}_{os.getpid()}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise BenchError(
+            f"PostgreSQL at {admin.host}:{admin.port}: {exc}; set TUFNOTARY_BENCH_POSTGRES_URL"
+        ) from None
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reference_database(url: str) -> dict[str, str]:
+    """Create the reference's tables in `url`; its notary-server storage settings."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        for statement in REFERENCE_SCHEMA:
+            connection.execute(statement)
+    parsed = sa.make_url(url)
+    go_url = f"postgres://{parsed.username}@{parsed.host}:{parsed.port}/{parsed.database}"
+    return {"backend": "postgres", "db_url": go_url + "?sslmode=disable"}
+
+
+def migrate_database(url: str, env: dict[str, str]) -> None:
+    command = [sys.executable, "-m", "tufnotary.server.cli", "migrate", "--database", url]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise BenchError(f"migrate {url}: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def all_servers(tmp: Path, tls: TLSFiles, log_level: str) -> Iterator[dict[str, Server]]:
+    """Start every server of SERVERS (each healthy on entry); stop them all on exit."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUFNOTARY_")}
-    tuf_env = base_env | {"TUFNOTARY_KEY_PASSPHRASE": "benchmark passphrase"}
+    tuf_env = base_env | {
+        "TUFNOTARY_KEY_PASSPHRASE": "benchmark passphrase",
+        "TUFNOTARY_LOG_LEVEL": log_level,
+    }
+    servers: dict[str, Server] = {}
     with contextlib.ExitStack() as stack:
-        try:
-            port = free_port()
-            url = f"https://127.0.0.1:{port}"
-            log = tmp / f"{TUF}.log"
-            command = tufnotary_command(tmp, tls, port, log_level)
+
+        def start(name: str, command: list[str]) -> None:
+            port = int(command[command.index("--listen") + 1].rsplit(":", 1)[1])
+            url, log = f"https://127.0.0.1:{port}", tmp / f"{name}.log"
             process = stack.enter_context(launched(command, log, tuf_env))
             wait_until_healthy(process, url, log, ca_cert=tls.ca_cert)
-            reference = launched_reference(tmp, tls, log_level=log_level, env=base_env)
-            ref = stack.enter_context(reference)
+            servers[name] = Server(name, url, log, process)
+
+        def reference(name: str, storage: dict[str, str] | None) -> None:
+            context = launched_reference(
+                tmp / name, tls, log_level=log_level, env=base_env, storage=storage
+            )
+            ref = stack.enter_context(context)
+            servers[name] = Server(name, ref.url, ref.log, ref.process)
+
+        try:
+            ref_url = stack.enter_context(postgres_database("reference"))
+            tuf_url = stack.enter_context(postgres_database("tufnotary"))
+            migrate_database(tuf_url, tuf_env)
+            reference(REF, None)
+            reference(REF_PG, reference_database(ref_url))
+            start(TUF, tufnotary_command(tmp / TUF, tls, free_port(), log_level))
+            pg_args = ("--database", tuf_url)
+            start(TUF_PG, tufnotary_command(tmp / TUF_PG, tls, free_port(), log_level, *pg_args))
+            start(STACK, stack_command(tmp / STACK, tls, free_port()))
         except AssertionError as exc:  # the support helpers report a failed start this way
             raise BenchError(str(exc)) from None
-        yield {
-            TUF: Server(TUF, url, log, process),
-            REF: Server(REF, ref.url, ref.log, ref.process),
-        }
+        yield servers
 
 
 # -- HTTP client ---------------------------------------------------------------------------------
@@ -286,14 +371,22 @@ class Stats:
 
 @dataclass
 class Result:
-    """One scenario on both servers, with the tufnotary/reference ratios."""
+    """One scenario on every server, with each server's req/s relative to the reference in
+    memory (> 1: faster than it)."""
 
     scenario: str
     threads: int
     stats: dict[str, Stats]
-    time_ratio: float | None = None  # tufnotary median / reference median: > 1 = tufnotary slower
-    speed_ratio: float | None = None  # tufnotary req/s / reference req/s: > 1 = tufnotary faster
+    speed: dict[str, float] = field(default_factory=dict)
     note: str = ""
+
+    def compare(self) -> None:
+        base = self.stats.get(REF)
+        if base is None or not base.count:
+            return
+        for name, stats in self.stats.items():
+            if stats.count and stats.requests_per_s > 0:
+                self.speed[name] = stats.requests_per_s / base.requests_per_s
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -371,10 +464,7 @@ class Runner:
                     client.close()
         stats = {name: summarise(latencies[name], elapsed[name], errors[name]) for name in ops}
         result = Result(scenario, threads, stats, note=note)
-        tuf, ref = stats.get(TUF), stats.get(REF)
-        if tuf and ref and tuf.count and ref.count:
-            result.time_ratio = tuf.median_ms / ref.median_ms
-            result.speed_ratio = tuf.requests_per_s / ref.requests_per_s
+        result.compare()
         self.results.append(result)
         print(f"  {format_row(result)}", flush=True)
         return result
@@ -412,47 +502,72 @@ class Runner:
         return took, [x for lat in per_thread for x in lat], errors[0] if errors else None
 
 
+# -- wrk -----------------------------------------------------------------------------------------
+
+
+def wrk_stats(url: str, seconds: float, connections: int) -> Stats:
+    """`wrk` with `connections` keep-alive connections for `seconds` against `url`."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+    fields = dict(re.findall(r"^\s*([A-Za-z0-9% /-]+?):?\s+([0-9.]+\w*)\s*$", out, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    rps = float(fields.get("Requests/sec", "nan"))
+    count = int(rps * seconds) if rps == rps else 0
+    error = (bad and f"{bad[1]} non-2xx answers") or (errors and errors[0]) or None
+    return Stats(count, _ms(fields.get("50%")), _ms(fields.get("99%")), rps, error)
+
+
+def _ms(text: str | None) -> float:
+    """wrk's '812.00us' / '1.23ms' / '2.01s' in milliseconds."""
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s)", text or "")
+    if match is None:
+        return math.nan
+    return float(match[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
+
+
 # -- report --------------------------------------------------------------------------------------
 
-HEADER = (
-    f"{'scenario':<34} {'n':>5} | {'tufnotary med/p95 ms':>21} {'req/s':>7} | "
-    f"{'reference med/p95 ms':>21} {'req/s':>7} | {'time x':>6} {'speed x':>7}"
-)
+COLUMN = 18
+
+
+def header() -> str:
+    return f"{'scenario':<40} |" + "".join(f"{name:>{COLUMN}}" for name in SERVERS)
 
 
 def format_row(result: Result) -> str:
-    def cells(stats: Stats | None) -> str:
-        if stats is None or not stats.count:
-            return f"{'failed' if stats and stats.error else 'skipped':>21} {'-':>7}"
-        times = f"{stats.median_ms:.2f} / {stats.p95_ms:.2f}"
-        return f"{times:>21} {stats.requests_per_s:>7.0f}"
+    """req/s per server, and its ratio to the reference in memory."""
 
-    tuf, ref = result.stats.get(TUF), result.stats.get(REF)
-    count = max((s.count for s in result.stats.values()), default=0)
-    time_ratio = f"{result.time_ratio:.2f}" if result.time_ratio is not None else "-"
-    speed_ratio = f"{result.speed_ratio:.2f}" if result.speed_ratio is not None else "-"
-    return (
-        f"{result.scenario:<34} {count:>5} | {cells(tuf)} | {cells(ref)} | "
-        f"{time_ratio:>6} {speed_ratio:>7}"
-    )
+    def cell(name: str) -> str:
+        stats = result.stats.get(name)
+        if stats is None or not stats.count:
+            return f"{'failed' if stats and stats.error else '-':>{COLUMN}}"
+        ratio = result.speed.get(name)
+        text = f"{stats.requests_per_s:.0f}" + (f" ({ratio:.2f}x)" if ratio else "")
+        return f"{text:>{COLUMN}}"
+
+    return f"{result.scenario:<40} |" + "".join(cell(name) for name in SERVERS)
 
 
 def print_report(results: list[Result], info: dict[str, Any]) -> None:
     print()
     print(
-        f"tufnotary (SQLite, gunicorn {info['tufnotary_workers']} sync workers) vs reference "
-        f"notary-server {info['reference_version']} (memory store, local signer); "
-        f"{info['cpus']} CPUs, Python {info['python']}"
+        f"req/s (ratio to {REF}); reference notary-server {info['reference_version']}; "
+        f"tufnotary with 2 gunicorn workers; {info['cpus']} CPUs, Python {info['python']}"
     )
-    print(HEADER)
-    print("-" * len(HEADER))
+    print(header())
+    print("-" * len(header()))
     for result in results:
         print(format_row(result))
-    print("-" * len(HEADER))
-    print(
-        "time x  = tufnotary median / reference median latency   (< 1: tufnotary faster)\n"
-        "speed x = tufnotary req/s / reference req/s              (> 1: tufnotary faster)"
-    )
+    print("-" * len(header()))
+    print("median / p95 (p99 for wrk) latency in ms:")
+    for result in results:
+        cells = [
+            f"{name} {s.median_ms:.2f}/{s.p95_ms:.2f}"
+            for name, s in result.stats.items()
+            if s.count
+        ]
+        print(f"  {result.scenario}: " + ", ".join(cells))
     for result in results:
         for name, stats in result.stats.items():
             if stats.error:
@@ -466,44 +581,50 @@ def print_report(results: list[Result], info: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Request counts per scenario."""
+    """Request counts and durations per scenario."""
 
-    reads: int
+    reads: int  # sequential requests of the new-connection scenario
     publish_small: int
     publish_large: int
-    throughput: int
-    threads: int
+    wrk_seconds: float  # per server and round of each wrk scenario
     large_targets: int
+    scale_repos: tuple[int, ...]  # repository counts of the scale run
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    reads = args.requests or (200 if args.quick else 1000)
+    reads = args.requests or (100 if args.quick else 400)
+    scale_top = args.scale_repos or (10_000 if args.quick else 100_000)
     return Plan(
         reads=reads,
         publish_small=max(4, reads // 4),
-        publish_large=max(8, reads // 20),
-        throughput=reads * 4,
-        threads=args.threads,
+        publish_large=max(4, reads // 40),
+        wrk_seconds=args.wrk_seconds or (2.0 if args.quick else 5.0),
         large_targets=args.large_targets,
+        scale_repos=(*(n for n in (10, 1_000, 10_000, 100_000) if n < scale_top), scale_top),
     )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few requests (about 15 s)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 3 minutes)")
     parser.add_argument(
-        "--requests", type=int, help="requests per read scenario (default 1000, quick 200)"
+        "--requests", type=int, help="requests of the sequential scenarios (default 400, quick 100)"
+    )
+    parser.add_argument(
+        "--wrk-seconds", type=float, help="seconds per server and round of wrk (5, quick 2)"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
-        "--large-targets", type=int, default=5000, help="targets in the large repo (5000)"
-    )
-    parser.add_argument("--threads", type=int, default=4, help="threads of the throughput run")
-    parser.add_argument(
-        "--time-limit", type=float, help="overall limit in seconds (default 300, quick 60)"
+        "--large-targets", type=int, default=10_000, help="tags in the large repo (10000)"
     )
     parser.add_argument(
-        "--log-level", default="info", help="log level of both servers (info: like production)"
+        "--scale-repos", type=int, help="repositories at the end of the scale run (100000)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, help="overall limit in seconds (default 840, quick 240)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="log level of the servers (info: like production)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     args = parser.parse_args(argv)
@@ -512,8 +633,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan) -> None:
-    """Prepare the repositories, check both servers agree, then run every scenario."""
+def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path) -> None:
+    """Prepare the repositories, check every server agrees, then run every scenario."""
     started = time.monotonic()
     small = publish_repo(SMALL_GUN, SMALL_TARGETS, clients)
     large = publish_repo(LARGE_GUN, plan.large_targets, clients)
@@ -522,21 +643,18 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan) -> None:
     print(
         f"repositories ready in {time.monotonic() - started:.1f}s: small targets "
         f"{len(small.targets_bytes):,} B, large targets {len(large.targets_bytes):,} B "
-        f"({plan.large_targets} targets); both servers serve identical targets bytes",
+        f"({plan.large_targets} targets); every server serves identical targets bytes",
         flush=True,
     )
-    print(HEADER, flush=True)
-
-    def get(gun: str, name: str, expected: bytes | None = None) -> Op:
-        return lambda client, _i: client.get(gun, name, expected)
-
-    def both(op: Op) -> dict[str, Op]:
-        return dict.fromkeys(SERVERS, op)
-
-    reads = plan.reads
-    warm = max(2, reads // 20)
-    ts = get(SMALL_GUN, "timestamp.json")
-    runner.run("GET timestamp.json", both(ts), reads, warmup=warm)
+    print(header(), flush=True)
+    reads = [
+        ("timestamp.json", SMALL_GUN, "timestamp.json"),
+        ("root.json", SMALL_GUN, "root.json"),
+        ("targets.<sha256>.json small", SMALL_GUN, targets_name(small.targets_bytes)),
+        ("targets.<sha256>.json large", LARGE_GUN, targets_name(large.targets_bytes)),
+    ]
+    for label, gun, name in reads:
+        wrk_scenario(runner, f"GET {label} wrk x{WRK_CONNECTIONS}", gun, name, plan.wrk_seconds)
 
     def fresh_connection(client: Client, _i: int) -> bytes:
         client.session.close()  # drop the pooled connection: a new TCP + TLS handshake
@@ -544,42 +662,142 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan) -> None:
 
     runner.run(
         "GET timestamp.json (new conn each)",
-        both(fresh_connection),
-        reads,
-        warmup=warm,
-        note="every request opens a new TCP+TLS connection on both servers",
-    )
-    for repo, label in ((small, "small"), (large, "large")):
-        by_sum = get(repo.gun, targets_name(repo.targets_bytes), repo.targets_bytes)
-        count = reads if label == "small" else max(4, reads // 4)
-        runner.run(f"GET targets.<sha256>.json {label}", both(by_sum), count, warmup=warm)
-    runner.run(
-        "GET root.json",
-        {n: get(SMALL_GUN, "root.json", small.builders[n].files["root"]) for n in SERVERS},
-        reads,
-        warmup=warm,
-    )
-    runner.run(
-        f"GET timestamp.json x{plan.threads} threads",
-        both(ts),
-        plan.throughput,
-        threads=plan.threads,
-        warmup=warm,
-        note="throughput: compare req/s (speed x)",
+        dict.fromkeys(SERVERS, fresh_connection),
+        plan.reads,
+        warmup=5,
+        note="one request per TCP+TLS connection, as the notary and docker CLIs do",
     )
     for repo, label, count in (
         (small, "small", plan.publish_small),
-        (large, "large", plan.publish_large),
+        (large, f"one tag, {plan.large_targets} tags", plan.publish_large),
     ):
         bodies = prepare_publishes(repo, 0 if runner.expired() else count)
         result = runner.run(
-            f"POST targets+snapshot {label}",
+            f"POST publish {label}",
             {n: upload_op(repo.gun, bodies[n]) for n in SERVERS},
             count,
         )
-        if all(s.count == count for s in result.stats.values()):  # both stored the last upload
+        if all(s.count == count for s in result.stats.values()):  # all stored the last upload
+            time.sleep(0.1)  # the stack's current-metadata window (10 ms) has passed
             for client in clients.values():
                 client.get(repo.gun, "targets.json", repo.targets_bytes)
+    scale_run(runner, tmp / TUF / "tufnotary.db", plan)
+
+
+def wrk_scenario(runner: Runner, scenario: str, gun: str, name: str, seconds: float) -> None:
+    """wrk against every server, WRK_ROUNDS rounds in alternating order; mean req/s and
+    latency."""
+    rounds: dict[str, list[Stats]] = {n: [] for n in SERVERS}
+    for round_ in range(WRK_ROUNDS):
+        for server in SERVERS if round_ % 2 == 0 else tuple(reversed(SERVERS)):
+            if not runner.expired():
+                url = f"{runner.servers[server].url}/v2/{gun}/_trust/tuf/{name}"
+                rounds[server].append(wrk_stats(url, seconds, WRK_CONNECTIONS))
+    stats = {n: mean_stats(runs) for n, runs in rounds.items()}
+    result = Result(scenario, WRK_CONNECTIONS, stats, note="")
+    result.compare()
+    runner.results.append(result)
+    print(f"  {format_row(result)}", flush=True)
+
+
+def mean_stats(runs: list[Stats]) -> Stats:
+    if not runs:
+        return Stats(0, math.nan, math.nan, math.nan)
+    error = next((run.error for run in runs if run.error), None)
+    return Stats(
+        sum(run.count for run in runs),
+        statistics.fmean(run.median_ms for run in runs),
+        statistics.fmean(run.p95_ms for run in runs),
+        statistics.fmean(run.requests_per_s for run in runs),
+        error,
+    )
+
+
+# -- scale run -----------------------------------------------------------------------------------
+
+SCALE_VERSIONS = 10
+
+
+def scale_run(runner: Runner, database: Path, plan: Plan) -> None:
+    """ours-sqlite with 10 .. N repositories of SCALE_VERSIONS versions each: GET timestamp.json
+    of random repositories (latency) and the resident memory of each worker."""
+    with sqlite3.connect(database, timeout=30) as db:
+        rows = db.execute(
+            "SELECT role, version, sha256, data, created_at FROM tuf_files WHERE gun = ?"
+            " ORDER BY version DESC",
+            (SMALL_GUN,),
+        ).fetchall()
+    current = {}
+    for role, _version, digest, data, created in rows:
+        current.setdefault(role, (digest, data, created))
+    placeholder = b"{}"
+    filler = hashlib.sha256(placeholder).hexdigest()
+    have = 0
+    server = runner.servers[TUF]
+    for count in plan.scale_repos:
+        if runner.expired():
+            break
+        began = time.monotonic()
+        add_repositories(database, current, have, count, (filler, placeholder))
+        seeded = time.monotonic() - began
+        have = count
+
+        def read(client: Client, _i: int, count: int = count) -> bytes:
+            return client.get(f"scale.example.com/repo-{random.randrange(count)}", "timestamp.json")
+
+        runner.run(
+            f"scale: GET timestamp.json, {count:,} repos",
+            {TUF: read},
+            plan.reads,
+            warmup=5,
+            note=f"seeded in {seeded:.0f}s; worker RSS MB: {worker_rss_mb(server.process.pid)}",
+        )
+
+
+def add_repositories(
+    database: Path,
+    current: dict[str, tuple[str, bytes, str]],
+    start: int,
+    stop: int,
+    filler: tuple[str, bytes],
+) -> None:
+    """Repositories scale.example.com/repo-<start..stop-1>: root 1 and SCALE_VERSIONS versions
+    of targets, snapshot and timestamp; the newest are the small repository's current files."""
+
+    def repo_rows(index: int) -> Iterator[tuple[str, str, int, str, bytes, str]]:
+        gun = f"scale.example.com/repo-{index}"
+        digest, data, created = current["root"]
+        yield gun, "root", 1, digest, data, created
+        for role in (TARGETS, "snapshot", TIMESTAMP):
+            digest, data, created = current[role]
+            for version in range(1, SCALE_VERSIONS):
+                yield gun, role, version, filler[0], filler[1], created
+            yield gun, role, SCALE_VERSIONS, digest, data, created
+
+    with sqlite3.connect(database, timeout=30) as db:
+        db.executemany(
+            "INSERT INTO tuf_files (gun, role, version, sha256, data, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (row for index in range(start, stop) for row in repo_rows(index)),
+        )
+
+
+def worker_rss_mb(master: int) -> str:
+    """Resident memory of each child (gunicorn worker) of `master`, in MB."""
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return "unknown"
+    sizes = []
+    for pid in children:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        if match:
+            sizes.append(f"{int(match[1]) / 1024:.0f}")
+    return " ".join(sizes) or "unknown"
 
 
 def prepare_publishes(repo: Repo, count: int) -> dict[str, list[tuple[bytes, str]]]:
@@ -601,7 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if find_reference_binary() is None:
         print("notary-server not found (Debian package `notary`)", file=sys.stderr)
         return 2
-    limit = args.time_limit or (60.0 if args.quick else 300.0)
+    for tool, package in (("wrk", "wrk"), ("nginx", "nginx")):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found (Debian package `{package}`)", file=sys.stderr)
+            return 2
+    limit = args.time_limit or (240.0 if args.quick else 840.0)
     busy_before = cpu_busy_fraction()
     cpu_start = cpu_sample()
     others_during: float | None = None
@@ -609,12 +831,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tufnotary-bench-"))
     try:
         tls = ensure_self_signed(tmp)
-        with both_servers(tmp, tls, args.log_level) as servers:
+        with all_servers(tmp, tls, args.log_level) as servers:
             print(f"servers: {', '.join(f'{s.name} {s.url}' for s in servers.values())}")
             runner = Runner(servers, tls.ca_cert, began + limit)
             clients = {name: runner.client(name) for name in SERVERS}
             try:
-                scenarios(runner, clients, plan)
+                scenarios(runner, clients, plan, tmp)
             finally:
                 for client in clients.values():
                     client.close()
@@ -634,7 +856,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "git_revision": git_revision(),
         "plan": asdict(plan),
-        "threads": args.threads,
         "log_level": args.log_level,
         "wall_seconds": round(time.monotonic() - began, 1),
         "hit_time_limit": time.monotonic() > began + limit,

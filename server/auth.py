@@ -372,7 +372,9 @@ def _allows(granted: Mapping[tuple[str, str], set[str]], item: Access) -> bool:
 
 
 def is_loopback(listen: str) -> bool:
-    """Whether a HOST:PORT listen address only accepts local connections."""
+    """Whether a HOST:PORT (or unix:/PATH) listen address only accepts local connections."""
+    if listen.startswith("unix:"):
+        return True
     host = listen.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return True

@@ -14,7 +14,7 @@ import click
 from gunicorn.app.base import BaseApplication
 
 from .auth import is_loopback
-from .config import ConfigError, Settings
+from .config import UNIX_PREFIX, ConfigError, Settings
 from .files import loose_permissions, private_dir, secret_files
 from .tls import ensure_self_signed
 
@@ -96,7 +96,11 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--listen", metavar="HOST:PORT", help="Address to listen on (IPv6 as [::1]:4443).")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Address to listen on (IPv6 as [::1]:4443); unix:/PATH serves plain HTTP on a socket.",
+)
 @data_dir_option
 @database_option
 @click.option("--tls-cert", type=_path, help="PEM certificate chain (with --tls-key).")
@@ -146,17 +150,14 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
     private_dir(settings.data_dir)
     _share_metrics_between_workers(settings.data_dir / "metrics")  # before importing the app
     _preflight(settings)
-    if tls_files is None:
-        generated = ensure_self_signed(settings.data_dir)
-        tls_files = generated.cert, generated.key
-        _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
-    cert, key = tls_files
+    tls_options = _tls_options(settings, tls_files)
+    scheme = "https" if tls_options else "http"
     directories = (settings.data_dir, settings.data_dir / "tls")
-    for warning in loose_permissions(directories, secret_files(settings, key)):
+    for warning in loose_permissions(directories, secret_files(settings)):
         _say(warning)
 
     def when_ready(_arbiter: Arbiter) -> None:
-        _say(f"listening on https://{settings.listen}")
+        _say(f"listening on {scheme}://{settings.listen}")
 
     def child_exit(_arbiter: Arbiter, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -170,9 +171,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "workers": settings.workers,
             "worker_class": "gthread",
             "threads": THREADS,
-            "ssl_context": _reused_ssl_context,
-            "certfile": str(cert),
-            "keyfile": str(key),
+            **tls_options,
             "accesslog": None,
             "errorlog": "-",
             "logger_class": "tufnotary.server.app.GunicornLogger",
@@ -203,6 +202,19 @@ def _preflight(settings: Settings) -> None:
     finally:
         store.engine.dispose()
     vault.warn_if_development()
+
+
+def _tls_options(settings: Settings, tls_files: tuple[Path, Path] | None) -> dict[str, Any]:
+    """gunicorn's TLS settings: the configured or generated certificate; none (plain HTTP) on a
+    unix socket, which only a local TLS-terminating proxy should reach (scripts/serve-stack)."""
+    if settings.listen.startswith(UNIX_PREFIX):
+        return {}
+    if tls_files is None:
+        generated = ensure_self_signed(settings.data_dir)
+        tls_files = generated.cert, generated.key
+        _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
+    cert, key = tls_files
+    return {"ssl_context": _reused_ssl_context, "certfile": str(cert), "keyfile": str(key)}
 
 
 def _share_metrics_between_workers(directory: Path) -> None:

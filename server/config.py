@@ -309,13 +309,18 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     return check
 
 
+UNIX_PREFIX = "unix:"  # listen on a unix socket, plain HTTP: for a local TLS-terminating proxy
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]{1,5})")
 
 
 def _check_listen(value: str) -> str:
+    if value.startswith(UNIX_PREFIX):
+        if not value.startswith(UNIX_PREFIX + "/"):
+            raise ValueError(f"a unix socket needs an absolute path (unix:/PATH), got {value!r}")
+        return value
     match = _LISTEN.fullmatch(value)
     if match is None:
-        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
+        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT) or unix:/PATH, got {value!r}")
     if match["ipv6"] is not None:
         try:
             ipaddress.IPv6Address(match["ipv6"])

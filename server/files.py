@@ -35,11 +35,11 @@ def sqlite_files(database_url: str) -> list[Path]:
     ]
 
 
-def secret_files(settings: Settings, tls_key: Path) -> list[Path]:
+def secret_files(settings: Settings) -> list[Path]:
     """Every file of ``settings`` that must not be readable by others."""
     tls_dir = settings.data_dir / "tls"
     named = (
-        tls_key,
+        settings.tls_key,
         settings.key_passphrase_file,
         settings.htpasswd_file,
         settings.data_dir / DEV_MASTER_KEY,

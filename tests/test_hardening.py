@@ -121,10 +121,10 @@ def test_generated_secrets_are_private(tmp_path: Path) -> None:
     assert _mode(data) == _mode(data / "tls") == 0o700
     assert _mode(files.key) == _mode(data / "tls" / "ca.key") == 0o600
     settings = Settings(data_dir=data)
-    assert loose_permissions([data, data / "tls"], secret_files(settings, files.key)) == []
+    assert loose_permissions([data, data / "tls"], secret_files(settings)) == []
     (data / "tufnotary.db").chmod(0o644)
     data.chmod(0o755)
-    warnings = loose_permissions([data], secret_files(settings, files.key))
+    warnings = loose_permissions([data], secret_files(settings))
     assert warnings == [
         f"warning: {data} has mode 0755, readable by other users; run: chmod 700 {data}",
         f"warning: {data / 'tufnotary.db'} has mode 0644, readable by other users; "

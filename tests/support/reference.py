@@ -42,8 +42,11 @@ def require_reference_binary() -> str:
     return binary
 
 
-def reference_config(port: int, tls: TLSFiles, log_level: str = "info") -> dict[str, Any]:
-    """notary-server configuration: 127.0.0.1:`port`, TLS, memory store, local signer."""
+def reference_config(
+    port: int, tls: TLSFiles, log_level: str = "info", storage: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """notary-server configuration: 127.0.0.1:`port`, TLS, local signer, `storage` (default:
+    the memory store)."""
     return {
         "server": {
             "http_addr": f"127.0.0.1:{port}",
@@ -51,7 +54,7 @@ def reference_config(port: int, tls: TLSFiles, log_level: str = "info") -> dict[
             "tls_key_file": str(tls.key),
         },
         "trust_service": {"type": "local"},
-        "storage": {"backend": "memory"},
+        "storage": dict(storage or {"backend": "memory"}),
         "logging": {"level": log_level},
     }
 
@@ -70,6 +73,7 @@ def launched_reference(
     binary: str | None = None,
     log_level: str = "info",
     env: Mapping[str, str] | None = None,
+    storage: Mapping[str, str] | None = None,
 ) -> Iterator[ServerInfo]:
     """notary-server on a free port, config and log in `directory`; healthy on entry.
 
@@ -80,7 +84,7 @@ def launched_reference(
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = directory / f"notary-server-{port}.json"
-    config.write_text(json.dumps(reference_config(port, tls, log_level), indent=2))
+    config.write_text(json.dumps(reference_config(port, tls, log_level, storage), indent=2))
     log = directory / f"notary-server-{port}.log"
     url = f"https://127.0.0.1:{port}"
     command = [
