@@ -98,10 +98,25 @@ def test_editable_install_maps_the_source_tree() -> None:
     assert Path(tufnotary.server.__file__).resolve() == ROOT / "server" / "__init__.py"
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The nodes under ``if TYPE_CHECKING:``: imports of stubs that never run."""
+    return {
+        node
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+        for statement in block.body
+        for node in ast.walk(statement)
+    }
+
+
 def _imported_top_level_modules(source: Path) -> set[str]:
-    """Top-level names of the absolute imports in one Python file."""
+    """Top-level names of the absolute imports in one Python file that run at import time."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+    tree = ast.parse(source.read_text(), str(source))
+    skipped = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
