@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -128,3 +129,22 @@ def test_stack_exits_non_zero_when_the_server_dies(tmp_path: Path, stack: Server
         os.kill(int(children[0]), signal.SIGKILL)  # the server (started first) dies
         assert process.wait(timeout=30) == 1
     assert "tufnotary-server exited with status -9" in log.read_text()
+
+
+def test_the_server_sees_the_client_address_nginx_saw(stack: ServerInfo) -> None:
+    """serve-stack trusts exactly one proxy hop: a forged X-Forwarded-For from the client is not
+    believed, the address nginx accepted the connection from is (here in the audit log)."""
+    gun = "example.com/stack/forged"
+    response = requests.delete(
+        f"{stack.url}/v2/{gun}/_trust/tuf/",
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        verify=str(stack.ca_cert),
+        timeout=10,
+    )
+    assert response.status_code == 200
+    command = [sys.executable, "-m", "tufnotary.server.cli", "audit", "--json", "--gun", gun]
+    command += ["--data-dir", str(stack.data_dir)]
+    env = server_environment({"TUFNOTARY_KEY_PASSPHRASE": "stack test passphrase"})
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    addresses = [json.loads(line)["address"] for line in output.splitlines()]
+    assert addresses == ["127.0.0.1"]
