@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
@@ -20,6 +21,7 @@ from tufnotary.server import api
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.fastpath import FastReads
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
@@ -116,6 +118,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.extensions["tufnotary.auth"] = realm.verifier
     app.register_blueprint(api.bp)
     _install_hooks(app)
+    if settings.response_cache_bytes:
+        budget = settings.response_cache_bytes
+        app.wsgi_app = FastReads(app, service, budget, record_request)  # type: ignore[method-assign]
     return app
 
 
@@ -183,10 +188,6 @@ def _install_hooks(app: Flask) -> None:
     def finish(response: Response) -> Response:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        operation = g.get("operation") or "other"
-        REQUEST_SECONDS.labels(operation, request.method, str(response.status_code)).observe(
-            seconds
-        )
         fields = {
             "request_id": g.get("request_id"),
             "remote": request.remote_addr,
@@ -200,7 +201,15 @@ def _install_hooks(app: Flask) -> None:
             "error": g.get("error"),
             **g.get("audit", {}),
         }
+        record_request(fields, seconds)
+        return response
+
+
+def record_request(fields: dict[str, Any], seconds: float) -> None:
+    """One JSON access log line (``None`` fields left out) and the request's duration metric."""
+    operation = fields.get("operation") or "other"
+    REQUEST_SECONDS.labels(operation, fields["method"], str(fields["status"])).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
         )
-        return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 from .auth import is_loopback
 from .config import ConfigError, Settings
 from .tls import ensure_self_signed
+from .worker import tls_context
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -24,18 +24,7 @@ if TYPE_CHECKING:
 PROG = "tufnotary-server"
 GRACEFUL_TIMEOUT = 20
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-THREADS = 4
-_ssl_contexts: dict[str, ssl.SSLContext] = {}
-
-
-def _reused_ssl_context(
-    config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
-) -> ssl.SSLContext:
-    """One TLS context per worker: gunicorn would build (and load CAs into) one per connection."""
-    context = _ssl_contexts.get("server")
-    if context is None:
-        context = _ssl_contexts.setdefault("server", default_ssl_context_factory())
-    return context
+WORKER_CONNECTIONS = 1000  # connections one gevent worker serves at once
 
 
 class ConfigurationFailure(click.ClickException):
@@ -148,9 +137,10 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
         {
             "bind": [settings.listen],
             "workers": settings.workers,
-            "worker_class": "gthread",
-            "threads": THREADS,
-            "ssl_context": _reused_ssl_context,
+            "worker_class": "tufnotary.server.worker.DeadlineWorker",
+            "worker_connections": WORKER_CONNECTIONS,
+            "keepalive": settings.client_timeout,
+            "ssl_context": tls_context,
             "certfile": str(cert),
             "keyfile": str(key),
             "accesslog": None,

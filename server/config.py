@@ -60,6 +60,8 @@ class Settings:
     htpasswd_file: Path | None = None
     rules: tuple[tuple[str, str, str], ...] = ()
     bcrypt_rounds: int = 12
+    client_timeout: int = 10
+    response_cache_bytes: int = 64 * 1024 * 1024
 
     @property
     def effective_database_url(self) -> str:
@@ -327,4 +329,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "auth_mode": _one_of(AUTH_MODES),
     "token_lifetime": _int_range(10, 86_400),
     "bcrypt_rounds": _int_range(4, 31),
+    "client_timeout": _int_range(1, 3600),
+    "response_cache_bytes": _int_range(0),
 }

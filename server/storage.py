@@ -327,6 +327,12 @@ _CHANGE_COLUMNS = _columns(ChangefeedRow, Change)
 _KEY_COLUMNS = _columns(ServerKeyRow, StoredKey)
 _AUDIT_COLUMNS = _columns(AuditRow, AuditRecord)
 _RULE_COLUMNS = _columns(RealmRuleRow, StoredRule)
+_SIGNAL = (
+    sa.select(TufFileRow.id, TufFileRow.sha256)
+    .where(TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == "timestamp")
+    .order_by(TufFileRow.version.desc())
+    .limit(1)
+)
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -405,6 +411,17 @@ class MetadataStore:
             TufFileRow.role == role,
             TufFileRow.version == version,
         )
+
+    def signal(self, gun: str) -> tuple[int, str] | None:
+        """(row id, sha256) of the highest stored timestamp of ``gun``, or None: it changes with
+        every write that changes what the GUN serves (a publish, a re-sign, a deletion).
+
+        Every such write stores a new timestamp row (or removes them all); the checksum guards
+        against a row id reused after a deletion.
+        """
+        with self._transaction("signal") as connection:
+            row = connection.execute(_SIGNAL, {"gun": gun}).first()
+        return None if row is None else (row[0], row[1])
 
     def update_many(
         self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
