@@ -20,13 +20,14 @@ from werkzeug.routing import BaseConverter
 from tufnotary.server import api
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
-from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
 from tufnotary.server.fastpath import FastReads
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
+from tufnotary.server.worker import BodyTimeout
 
 log = logging.getLogger("tufnotary.server")
 access_log = logging.getLogger("tufnotary.access")
@@ -178,6 +179,10 @@ def _install_hooks(app: Flask) -> None:
         if error.code == 405:
             return Response(b"", 405)
         return server_error(NoRoute())
+
+    @app.errorhandler(BodyTimeout)
+    def too_slow(error: BodyTimeout) -> Response:
+        return server_error(ClientTooSlow(log=str(error)))
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:

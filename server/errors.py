@@ -143,3 +143,11 @@ class TooManyLogins(ServerError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(log=f"failed-login limit, retry after {retry_after}s")
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class ClientTooSlow(ServerError):
+    """The request body did not arrive before its deadline; the connection is closed."""
+
+    code, status = "TIMEOUT", 408
+    message = "The request body arrived too slowly; send it again faster."
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}

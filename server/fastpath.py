@@ -100,6 +100,10 @@ class FastReads:
             return self._wsgi(environ, start_response)
         return self._fill(environ, start_response, path, route, signal)
 
+    def cached(self, path: str) -> bool:
+        """Whether an answer for ``path`` is cached (valid or not): for tests and diagnostics."""
+        return self._entries.get(path) is not None
+
     # -- matching ----------------------------------------------------------------------------
 
     @staticmethod
