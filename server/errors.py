@@ -146,8 +146,7 @@ class TooManyLogins(ServerError):
 
 
 class ClientTooSlow(ServerError):
-    """The request body did not arrive before its deadline; the connection is closed."""
+    """The request body did not arrive before its deadline (the worker closes the connection)."""
 
     code, status = "TIMEOUT", 408
     message = "The request body arrived too slowly; send it again faster."
-    headers: ClassVar[dict[str, str]] = {"Connection": "close"}

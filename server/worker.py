@@ -22,8 +22,9 @@ from gunicorn.workers.ggevent import GeventWorker
 MIN_BODY_RATE = 64 * 1024  # bytes per second a client must at least send a request body at
 
 
-class BodyTimeout(TimeoutError):
-    """The client did not send its request body before the deadline."""
+class BodyTimeout(Exception):
+    """The client did not send its request body before the deadline (not an OSError, which
+    werkzeug would report as a disconnected client)."""
 
 
 def tls_context(
@@ -47,12 +48,19 @@ class _DeadlineBody:
         self._length = length
         self._start = time.monotonic() + grace
         self._received = 0
+        self.expired = False
 
     def _bounded(self, read: Callable[..., bytes], *args: Any) -> bytes:
         expected = self._length if self._length is not None else self._received + MIN_BODY_RATE
         remaining = self._start + expected / MIN_BODY_RATE - time.monotonic()
-        with gevent.Timeout(max(remaining, 0.0), BodyTimeout("request body arrived too slowly")):
-            data = read(*args)
+        try:
+            with gevent.Timeout(
+                max(remaining, 0.0), BodyTimeout("request body arrived too slowly")
+            ):
+                data = read(*args)
+        except BodyTimeout:
+            self.expired = True
+            raise
         self._received += len(data)
         return data
 
@@ -87,6 +95,9 @@ class DeadlineWorker(GeventWorker):
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         length = getattr(req.body.reader, "length", None)
+        body = None
         if length != 0:  # a known length, or chunked
-            req.body = _DeadlineBody(req.body, length, self.cfg.keepalive)
+            body = req.body = _DeadlineBody(req.body, length, self.cfg.keepalive)
         super().handle_request(listener_name, req, sock, addr)
+        if body is not None and body.expired:
+            raise StopIteration("request body too slow")  # the rest of it is not read: close
