@@ -80,6 +80,33 @@ class _DeadlineBody:
         return line
 
 
+class _CoalescingSocket:
+    """The client socket while one response is written: gunicorn's header block is held back
+    and sent with the first body write, so a small response is one TLS record and one system
+    call instead of two. Any other use of the socket sends what is held first."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._held: bytes | None = None
+        self._first = True
+
+    def sendall(self, data: bytes) -> None:
+        if self._first:
+            self._first, self._held = False, bytes(data)
+            return
+        held, self._held = self._held, None
+        self._sock.sendall(held + data if held else data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._sock.sendall(held)
+
+    def __getattr__(self, name: str) -> Any:
+        self.flush()
+        return getattr(self._sock, name)
+
+
 class DeadlineWorker(GeventWorker):
     """gunicorn's gevent worker with deadlines for the TLS handshake and the request body."""
 
@@ -98,6 +125,10 @@ class DeadlineWorker(GeventWorker):
         body = None
         if length != 0:  # a known length, or chunked
             body = req.body = _DeadlineBody(req.body, length, self.cfg.keepalive)
-        super().handle_request(listener_name, req, sock, addr)
+        coalescing = _CoalescingSocket(sock)
+        try:
+            super().handle_request(listener_name, req, coalescing, addr)
+        finally:
+            coalescing.flush()
         if body is not None and body.expired:
             raise StopIteration("request body too slow")  # the rest of it is not read: close
