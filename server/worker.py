@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent.monkey import MonkeyPatchWarning
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -109,6 +111,13 @@ class _CoalescingSocket:
 
 class DeadlineWorker(GeventWorker):
     """gunicorn's gevent worker with deadlines for the TLS handshake and the request body."""
+
+    def patch(self) -> None:
+        # The arbiter imported ssl before forking (gunicorn always does); the only module that
+        # keeps unpatched ssl names is PyJWT's JWKS client, which the server never uses.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MonkeyPatchWarning)
+            super().patch()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if isinstance(client, ssl.SSLSocket):
