@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from support.api import Server, multipart
 from support.repo import RepoBuilder
 from support.server import running_server
+from support.token_issuer import ISSUER, SERVICE, TokenPKI, repository_access
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Metadata, Timestamp
 from tufnotary.metadata.verify import verify_threshold
@@ -159,6 +160,28 @@ def test_cached_answers_keep_conditional_requests_head_and_gzip(tmp_path: Path) 
     assert zipped.headers["Content-Encoding"] == "gzip" and len(zipped.data) < len(body)
     assert gzip.decompress(zipped.data) == body
     assert zipped.headers["ETag"] == f'W/"{sha256}"'
+
+
+def test_cached_answers_need_a_valid_token(tmp_path: Path) -> None:
+    pki = TokenPKI(tmp_path / "pki")
+    settings = {"token_realm": "https://auth.example.com/token", "token_service": SERVICE}
+    server = Server.start(
+        tmp_path / "server",
+        auth_mode="token",
+        token_issuer=ISSUER,
+        token_rootcertbundle=pki.bundle,
+        **settings,
+    )
+    token = pki.mint(repository_access(GUN, "pull", "push"))
+    headers = {"Authorization": f"Bearer {token}"}
+    path = server.tuf(GUN, "timestamp.json")
+    for _ in range(2):
+        assert server.client.get(path, headers=headers).status_code == 404
+    assert cached(server, GUN, "timestamp.json")
+    refused = server.client.get(path)
+    assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
+    other = pki.mint(repository_access("registry.example.com/other", "pull"))
+    assert server.client.get(path, headers={"Authorization": f"Bearer {other}"}).status_code == 401
 
 
 # -- two real servers on one PostgreSQL database -------------------------------------------------
