@@ -8,8 +8,10 @@ raise :class:`StorageError`; a version clash, including one lost to a concurrent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,12 +21,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 _MYSQL = ("mysql", "mariadb")
 _SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
+_RETURNED = "tufnotary_returned"  # connection record info: when it was last returned to the pool
+PING_AFTER_IDLE = 5.0  # seconds a pooled connection may sit idle before it is pinged on checkout
 
 
 class ExactString(TypeDecorator[str]):
@@ -297,11 +301,32 @@ def make_engine(url: str) -> Engine:
         parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
     if parsed.get_backend_name() in _MYSQL and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    engine = sa.create_engine(parsed)
+    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    sa.event.listen(engine, "checkin", _note_return)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pre-ping a pooled connection only if it sat idle for PING_AFTER_IDLE seconds: a ping per
+    checkout would double the round trips of every short read. A dead connection is replaced;
+    after a database restart, a connection used just before it fails one request, and the
+    pool then reconnects all of them."""
+    if time.monotonic() - record.info.get(_RETURNED, 0.0) < PING_AFTER_IDLE:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):
+            raise DisconnectionError(str(error)) from error  # the pool connects anew
+        raise
+
+
+def _note_return(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED] = time.monotonic()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
