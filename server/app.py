@@ -21,7 +21,8 @@ from werkzeug.routing import BaseConverter
 from tufnotary.server import api, startup
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
-from tufnotary.server.errors import NoRoute, ServerError, TooLarge
+from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
+from tufnotary.server.fastpath import FastReads
 from tufnotary.server.proxy import trust_proxies
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
@@ -31,6 +32,7 @@ from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_vault
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
+from tufnotary.server.worker import BodyTimeout
 
 log = logging.getLogger("tufnotary.server")
 access_log = logging.getLogger("tufnotary.access")
@@ -165,6 +167,9 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         app.extensions["tufnotary.auth"] = realm.verifier
     app.register_blueprint(api.bp)
     _install_hooks(app)
+    if settings.response_cache_bytes:
+        budget = settings.response_cache_bytes
+        app.wsgi_app = FastReads(app, service, budget, record_request)  # type: ignore[method-assign]
     return app
 
 
@@ -224,6 +229,10 @@ def _install_hooks(app: Flask) -> None:
             return Response(b"", 405)
         return server_error(NoRoute())
 
+    @app.errorhandler(BodyTimeout)
+    def too_slow(error: BodyTimeout) -> Response:
+        return server_error(ClientTooSlow(log=str(error)))
+
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         log.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
@@ -233,10 +242,6 @@ def _install_hooks(app: Flask) -> None:
     def finish(response: Response) -> Response:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        operation = g.get("operation") or "other"
-        REQUEST_SECONDS.labels(operation, request.method, str(response.status_code)).observe(
-            seconds
-        )
         fields = {
             "request_id": g.get("request_id"),
             "remote": request.remote_addr,
@@ -250,7 +255,15 @@ def _install_hooks(app: Flask) -> None:
             "error": g.get("error"),
             **g.get("audit", {}),
         }
+        record_request(fields, seconds)
+        return response
+
+
+def record_request(fields: dict[str, Any], seconds: float) -> None:
+    """One JSON access log line (``None`` fields left out) and the request's duration metric."""
+    operation = fields.get("operation") or "other"
+    REQUEST_SECONDS.labels(operation, fields["method"], str(fields["status"])).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
         )
-        return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from .auth import is_loopback
 from .config import UNIX_PREFIX, ConfigError, Settings
 from .files import loose_permissions, private_dir, secret_files
 from .tls import ensure_self_signed
+from .worker import tls_context
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -25,18 +25,7 @@ if TYPE_CHECKING:
 PROG = "tufnotary-server"
 GRACEFUL_TIMEOUT = 20
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-THREADS = 4
-_ssl_contexts: dict[str, ssl.SSLContext] = {}
-
-
-def _reused_ssl_context(
-    config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
-) -> ssl.SSLContext:
-    """One TLS context per worker: gunicorn would build (and load CAs into) one per connection."""
-    context = _ssl_contexts.get("server")
-    if context is None:
-        context = _ssl_contexts.setdefault("server", default_ssl_context_factory())
-    return context
+WORKER_CONNECTIONS = 1000  # connections one gevent worker serves at once
 
 
 class ConfigurationFailure(click.ClickException):
@@ -169,8 +158,9 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
         {
             "bind": [settings.listen],
             "workers": settings.workers,
-            "worker_class": "gthread",
-            "threads": THREADS,
+            "worker_class": "tufnotary.server.worker.DeadlineWorker",
+            "worker_connections": WORKER_CONNECTIONS,
+            "keepalive": settings.client_timeout,
             **tls_options,
             "accesslog": None,
             "errorlog": "-",
@@ -214,7 +204,7 @@ def _tls_options(settings: Settings, tls_files: tuple[Path, Path] | None) -> dic
         tls_files = generated.cert, generated.key
         _say(f"TLS CA certificate: {generated.ca_cert} (pass it to clients with --tlscacert)")
     cert, key = tls_files
-    return {"ssl_context": _reused_ssl_context, "certfile": str(cert), "keyfile": str(key)}
+    return {"ssl_context": tls_context, "certfile": str(cert), "keyfile": str(key)}
 
 
 def _share_metrics_between_workers(directory: Path) -> None:

@@ -77,6 +77,8 @@ class Settings:
     metrics_token: str | None = None
     max_token_lifetime: int = 3600
     key_creation_limit: int = 100
+    client_timeout: int = 10
+    response_cache_bytes: int = 64 * 1024 * 1024
 
     @property
     def effective_database_url(self) -> str:
@@ -400,4 +402,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "audit_access": _one_of(AUDIT_ACCESS),
     "max_token_lifetime": _int_range(10, 604_800),
     "key_creation_limit": _int_range(1),
+    "client_timeout": _int_range(1, 3600),
+    "response_cache_bytes": _int_range(0),
 }

@@ -189,3 +189,10 @@ class TooManyKeys(TooManyRequests):
     """``GET role.key``: this client created too many server keys lately."""
 
     message = "too many new server keys from this client, try again later"
+
+
+class ClientTooSlow(ServerError):
+    """The request body did not arrive before its deadline (the worker closes the connection)."""
+
+    code, status = "TIMEOUT", 408
+    message = "The request body arrived too slowly; send it again faster."

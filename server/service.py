@@ -61,7 +61,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class _LRU(Generic[K, V]):
+class LRU(Generic[K, V]):
     """A thread-safe least-recently-used map bounded by the summed weight of its values."""
 
     def __init__(self, budget: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
@@ -81,8 +81,9 @@ class _LRU(Generic[K, V]):
         if weight > self._budget:
             return
         with self._lock:
-            if key in self._items:
-                return
+            replaced = self._items.pop(key, None)
+            if replaced is not None:
+                self._used -= self._weigh(replaced)
             self._items[key] = value
             self._used += weight
             while self._used > self._budget:
@@ -126,9 +127,9 @@ class TrustService:
         self.keys = keys
         self.limits = limits
         self.refresh_margin = refresh_margin
-        self._parsed: _LRU[tuple[str, str], Signed] = _LRU(_PARSED_CACHE_SIZE)
+        self._parsed: LRU[tuple[str, str], Signed] = LRU(_PARSED_CACHE_SIZE)
         # What a timestamp reaches never changes: (gun, timestamp sha256, role) -> file.
-        self._reached: _LRU[tuple[str, str, str], StoredFile] = _LRU(
+        self._reached: LRU[tuple[str, str, str], StoredFile] = LRU(
             _REACHED_CACHE_BYTES, weigh=lambda file: len(file.data)
         )
 
@@ -206,6 +207,17 @@ class TrustService:
         return found
 
     # -- refreshing on read (spec 2.8) -------------------------------------------------------
+
+    def refresh_at(self, gun: str) -> datetime | None:
+        """When a read of the current timestamp or snapshot would first re-sign them (None:
+        never, or no such GUN)."""
+        with _storage_errors(Unavailable):
+            current = self._walk(gun)
+        if current is None or current.snapshot is None:
+            return None
+        timestamp = self._parse(current.timestamp, Timestamp)
+        snapshot = self._parse(current.snapshot, Snapshot)
+        return min(timestamp.expires_at, snapshot.expires_at) - self.refresh_margin
 
     def _expiring(self, signed: Signed, now: datetime) -> bool:
         return signed.expires_at <= now + self.refresh_margin

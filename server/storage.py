@@ -8,9 +8,11 @@ raise :class:`StorageError`; a version clash, including one lost to a concurrent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -20,12 +22,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 _MYSQL = ("mysql", "mariadb")
 _SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
+_RETURNED = "tufnotary_returned"  # connection record info: when it was last returned to the pool
+PING_AFTER_IDLE = 5.0  # seconds a pooled connection may sit idle before it is pinged on checkout
 
 
 class ExactString(TypeDecorator[str]):
@@ -312,7 +316,9 @@ def make_engine(url: str) -> Engine:
         parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
     if parsed.get_backend_name() in _MYSQL and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    engine = sa.create_engine(parsed)
+    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    sa.event.listen(engine, "checkin", _note_return)
     if engine.dialect.name == "sqlite":
         _create_private(parsed.database)
         sa.event.listen(engine, "connect", _sqlite_connect)
@@ -327,6 +333,25 @@ def _create_private(database: str | None) -> None:
         return
     with suppress(OSError):  # a missing directory is reported by SQLite on connect
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pre-ping a pooled connection only if it sat idle for PING_AFTER_IDLE seconds: a ping per
+    checkout would double the round trips of every short read. A dead connection is replaced;
+    after a database restart, a connection used just before it fails one request, and the
+    pool then reconnects all of them."""
+    if time.monotonic() - record.info.get(_RETURNED, 0.0) < PING_AFTER_IDLE:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):
+            raise DisconnectionError(str(error)) from error  # the pool connects anew
+        raise
+
+
+def _note_return(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED] = time.monotonic()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -352,6 +377,12 @@ _CHANGE_COLUMNS = _columns(ChangefeedRow, Change)
 _KEY_COLUMNS = _columns(ServerKeyRow, StoredKey)
 _AUDIT_COLUMNS = _columns(AuditRow, AuditRecord)
 _RULE_COLUMNS = _columns(RealmRuleRow, StoredRule)
+_SIGNAL = (
+    sa.select(TufFileRow.id, TufFileRow.sha256)
+    .where(TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == "timestamp")
+    .order_by(TufFileRow.version.desc())
+    .limit(1)
+)
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -375,6 +406,12 @@ class MetadataStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Reads run in autocommit on PostgreSQL: under READ COMMITTED each statement sees its
+        # own snapshot anyway, and this saves the BEGIN and ROLLBACK round trips.
+        autocommit = (
+            {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
+        )
+        self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
 
     @classmethod
     def from_url(cls, url: str) -> MetadataStore:
@@ -393,7 +430,7 @@ class MetadataStore:
                     yield connection
             else:
                 with self.engine.connect() as connection:
-                    yield connection.execution_options(**{_SQLITE_READ: True})
+                    yield connection.execution_options(**self._read_options)
         except IntegrityError as error:
             if conflicts and _is_unique_violation(error):
                 raise VersionConflict(f"{action}: a concurrent writer stored it first") from error
@@ -430,6 +467,17 @@ class MetadataStore:
             TufFileRow.role == role,
             TufFileRow.version == version,
         )
+
+    def signal(self, gun: str) -> tuple[int, str] | None:
+        """(row id, sha256) of the highest stored timestamp of ``gun``, or None: it changes with
+        every write that changes what the GUN serves (a publish, a re-sign, a deletion).
+
+        Every such write stores a new timestamp row (or removes them all); the checksum guards
+        against a row id reused after a deletion.
+        """
+        with self._transaction("signal") as connection:
+            row = connection.execute(_SIGNAL, {"gun": gun}).first()
+        return None if row is None else (row[0], row[1])
 
     def update_many(
         self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None

@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
+from tufnotary.server import storage
 from tufnotary.server.migrate import downgrade, upgrade
 from tufnotary.server.storage import (
     Base,
@@ -414,3 +415,31 @@ def test_rate_events_count_until_they_expire_and_are_then_deleted(store: Metadat
     with store.engine.connect() as connection:
         left = connection.execute(sa.text("SELECT COUNT(*) FROM rate_events")).scalar()
     assert left == 1
+
+
+def test_dropped_connections_are_replaced(
+    store: MetadataStore, migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle pooled connection is pinged and replaced; one used just before the database
+    dropped it fails a single call, then the pool reconnects."""
+    if not migrated_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL can drop a client's connections")
+    admin = sa.create_engine(migrated_url, isolation_level="AUTOCOMMIT")
+
+    def drop_connections() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    assert store.signal("x") is None
+    drop_connections()
+    monkeypatch.setattr(storage, "PING_AFTER_IDLE", 0.0)
+    assert store.signal("x") is None
+    drop_connections()
+    monkeypatch.setattr(storage, "PING_AFTER_IDLE", 3600.0)
+    with pytest.raises(StorageError):
+        store.signal("x")
+    assert store.signal("x") is None
+    admin.dispose()
