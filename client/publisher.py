@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from tufnotary.client.changes import Change, Changelist
+from tufnotary.client.changes import Changelist, StagedChange
+from tufnotary.client.errors import PROG, ClientError, ErrorContext
 from tufnotary.client.remote import NotFoundError, OversizedError, RejectedError, Remote
 from tufnotary.client.trustdir import TrustDir, root_certificate
 from tufnotary.metadata.keys import Key
@@ -37,12 +38,17 @@ TARGETS_LIFETIME = SNAPSHOT_LIFETIME = timedelta(days=3 * 365)
 RESIGN_WITHIN = timedelta(days=182)
 
 
-class PublishError(Exception):
+class PublishError(ClientError):
     """A publish cannot be prepared (missing keys, no repository...); nothing was sent."""
 
 
 class RepositoryExists(PublishError):
     """``initialize`` on a GUN the server already has."""
+
+    def explain(self, context: ErrorContext) -> str:
+        return (
+            f"{self}: `{PROG} list {context.gun}` shows it; choose another name to create a new one"
+        )
 
 
 class RootKeyChoice(PublishError):
@@ -152,7 +158,7 @@ class Publisher:
 
     # -- staging -----------------------------------------------------------------------------
 
-    def stage(self, change: Change) -> None:
+    def stage(self, change: StagedChange) -> None:
         self.changelist.add(change)
 
     def publish(self) -> list[str]:

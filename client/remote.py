@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import requests
 import urllib3
 
+from tufnotary.client.errors import ClientError, ErrorContext
 from tufnotary.metadata.keys import Key
 
 MiB = 1024 * 1024
@@ -27,8 +28,11 @@ DEFAULT_TIMEOUT = 30.0
 _CHUNK = 64 * 1024
 
 
-class RemoteError(Exception):
+class RemoteError(ClientError):
     """The server could not be reached or answered something other than what was asked."""
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}: check --server ({context.server})"
 
 
 class ServerUnavailable(RemoteError):
@@ -42,6 +46,9 @@ class ServerUnreachable(ServerUnavailable):
         super().__init__(f"cannot reach {where}: {reason}")
         self.where, self.reason = where, reason
 
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}; check --server ({context.server}) and that the server is running"
+
 
 class ServerTimeout(ServerUnavailable):
     """The server did not answer, or stopped sending, within the timeout."""
@@ -49,6 +56,9 @@ class ServerTimeout(ServerUnavailable):
     def __init__(self, where: str, seconds: float) -> None:
         super().__init__(f"{where} did not answer within {seconds:g} seconds")
         self.where, self.seconds = where, seconds
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}; check that it is up, or allow it longer with --timeout"
 
 
 class TLSError(ServerUnavailable):
@@ -58,6 +68,13 @@ class TLSError(ServerUnavailable):
         super().__init__(f"TLS connection to {where} failed: {reason}")
         self.where, self.reason = where, reason
 
+    def explain(self, context: ErrorContext) -> str:
+        if context.tlscacert:
+            return (
+                f"{self}; check that {context.tlscacert} holds the CA that issued its certificate"
+            )
+        return f"{self}; pass the CA that issued the server's certificate with --tlscacert"
+
 
 class ServerError(ServerUnavailable):
     """5xx: the server (or a proxy in front of it) failed to answer the request."""
@@ -65,6 +82,9 @@ class ServerError(ServerUnavailable):
     def __init__(self, where: str, status: int, message: str) -> None:
         super().__init__(f"{where} failed to answer ({status}): {message}".rstrip(": "))
         self.where, self.status, self.message = where, status, message
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}; try again later, or see the server's log"
 
 
 class CAFileError(RemoteError):
@@ -74,9 +94,17 @@ class CAFileError(RemoteError):
         super().__init__(f"the CA file {path} cannot be used: {reason}")
         self.path, self.reason = path, reason
 
+    def explain(self, context: ErrorContext) -> str:
+        return (
+            f"{self}: --tlscacert (or TUFNOTARY_TLSCACERT) must name a PEM file of CA certificates"
+        )
+
 
 class NotFoundError(RemoteError):
     """404: the repository, role, version or checksum does not exist on the server."""
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}: check the GUN and --server"
 
 
 class OversizedError(RemoteError):
@@ -99,6 +127,10 @@ class RejectedError(RemoteError):
             text += f": {detail}"
         super().__init__(text)
         self.status, self.code, self.detail, self.method = status, code, detail, method
+
+    def explain(self, context: ErrorContext) -> str:
+        written = self.method not in ("GET", "HEAD")
+        return f"{self}; nothing was changed on the server" if written else str(self)
 
 
 class UnauthorizedError(RejectedError):

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tufnotary.client.errors import PROG, ClientError, ErrorContext
 from tufnotary.metadata.errors import FormatError
 from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key, key_usage
 from tufnotary.metadata.signing import PrivateKey
@@ -63,7 +64,7 @@ _PBKDF2_ITERATIONS = 2048
 _SALT_BYTES = 8
 
 
-class TrustDirError(Exception):
+class TrustDirError(ClientError):
     """Base of the trust directory's errors."""
 
 
@@ -74,9 +75,15 @@ class KeyNotFound(TrustDirError):
         super().__init__(f"private key {key_id} not found")
         self.key_id = key_id
 
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self} in {context.trust_dir}: `{PROG} key list` shows the keys held there"
+
 
 class WrongPassphrase(TrustDirError):
     """An encrypted key did not decrypt with the passphrase given."""
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self}: check the passphrase environment variables or type it again"
 
 
 class PassphraseRequired(TrustDirError):
@@ -86,6 +93,9 @@ class PassphraseRequired(TrustDirError):
         variables = " or ".join(passphrase_variables(role))
         super().__init__(f"a passphrase is needed for the {role} key: set {variables}")
         self.role = role
+
+    def explain(self, context: ErrorContext) -> str:
+        return f"{self} (or run {PROG} in a terminal to be asked for it)"
 
 
 class KeyFileError(TrustDirError):
