@@ -1,15 +1,17 @@
 """The client's expected failures, each able to say what to do next.
 
 Every exception the client library raises for a failure its user can act on derives from
-:class:`ClientError`; ``explain(context)`` gives its one-line message with a hint, naming the
-repository, server or trust directory in the :class:`ErrorContext`. :func:`explain` also
-covers the few exceptions from outside the client (metadata checks, files, values).
+:class:`ClientError` and says in its ``hint`` template what to do next; ``explain(context)``
+fills it in with the repository, server or trust directory of the :class:`ErrorContext`.
+:func:`explain` also covers the few exceptions from outside the client (metadata checks, files,
+values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tufnotary.metadata.errors import MetadataError
 
@@ -30,9 +32,13 @@ class ErrorContext:
 class ClientError(Exception):
     """Base of the client's expected failures; subclasses add a hint to the message."""
 
+    hint: ClassVar[str] = "{error}"
+    """The line for the user: a ``str.format`` template of ``error`` (this exception),
+    ``context`` (an :class:`ErrorContext`) and ``prog`` (the command)."""
+
     def explain(self, context: ErrorContext) -> str:
         """The message for the user, with what to do next."""
-        return str(self)
+        return self.hint.format(error=self, context=context, prog=PROG)
 
 
 def explain(exc: Exception, context: ErrorContext) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from tufnotary.client.errors import PROG, ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.client.trusted import TrustPinning
 from tufnotary.client.updater import Updater
 from tufnotary.metadata.model import FileMeta, is_targets_role
@@ -70,12 +70,13 @@ class ImageReference:
 class ImageVerificationError(ClientError):
     """Base of the reasons an image is refused."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"not trusted: {self}"
+    hint = "not trusted: {error}"
 
 
 class ImageNotSigned(ImageVerificationError):
     """No accepted role signs the tag (docker: "no trust data for <tag>")."""
+
+    hint = "not trusted: {error}: `{prog} list {context.gun}` shows the signed tags"
 
     def __init__(
         self, tag: str, reason: str = "the tag is not signed (no trust data for it)"
@@ -83,31 +84,26 @@ class ImageNotSigned(ImageVerificationError):
         super().__init__(f"{tag}: {reason}")
         self.tag = tag
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"not trusted: {self}: `{PROG} list {context.gun}` shows the signed tags"
-
 
 class DigestMismatch(ImageVerificationError):
     """The digest asked for is not the one signed for the tag."""
+
+    hint = "not trusted: {error}: deploy the signed digest, or have this one signed"
 
     def __init__(self, expected: str, trusted: str) -> None:
         super().__init__(f"digest {expected} is not the signed digest {trusted}")
         self.expected, self.trusted = expected, trusted
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"not trusted: {self}: deploy the signed digest, or have this one signed"
-
 
 class RequiredSignerMissing(ImageVerificationError):
     """A role the policy requires is not trusted or does not sign the tag (others do)."""
+
+    hint = "not trusted: {error}: its holder signs it with `{prog} addhash -r {error.role}`"
 
     def __init__(self, role: str, tag: str, signers: Sequence[str] = ()) -> None:
         others = f" (only {', '.join(signers)} signs it)" if signers else ""
         super().__init__(f"required signer {role} does not sign {tag}{others}")
         self.role, self.tag, self.signers = role, tag, list(signers)
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"not trusted: {self}: its holder signs it with `{PROG} addhash -r {self.role}`"
 
 
 class SignersDisagree(ImageVerificationError):

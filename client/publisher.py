@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from tufnotary.client.changes import Changelist, StagedChange
-from tufnotary.client.errors import PROG, ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import NotFoundError, OversizedError, RejectedError, Remote
 from tufnotary.client.trustdir import TrustDir, root_certificate
 from tufnotary.metadata.keys import Key
@@ -45,10 +46,7 @@ class PublishError(ClientError):
 class RepositoryExists(PublishError):
     """``initialize`` on a GUN the server already has."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return (
-            f"{self}: `{PROG} list {context.gun}` shows it; choose another name to create a new one"
-        )
+    hint = "{error}: `{prog} list {context.gun}` shows it; choose another name to create a new one"
 
 
 class RootKeyChoice(PublishError):
@@ -88,6 +86,14 @@ class _Draft:
 
 
 Refresh = Callable[[], object]
+
+
+class InitOptions(TypedDict, total=False):
+    """The choices ``initialize`` takes (all keyword arguments, all optional)."""
+
+    server_snapshot: bool
+    root_key_id: str | None
+    new_root_key: bool
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ _CHUNK = 64 * 1024
 class RemoteError(ClientError):
     """The server could not be reached or answered something other than what was asked."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}: check --server ({context.server})"
+    hint = "{error}: check --server ({context.server})"
 
 
 class ServerUnavailable(RemoteError):
@@ -42,23 +41,21 @@ class ServerUnavailable(RemoteError):
 class ServerUnreachable(ServerUnavailable):
     """No connection: refused, unknown host, reset, or a URL that is not one."""
 
+    hint = "{error}; check --server ({context.server}) and that the server is running"
+
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"cannot reach {where}: {reason}")
         self.where, self.reason = where, reason
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}; check --server ({context.server}) and that the server is running"
 
 
 class ServerTimeout(ServerUnavailable):
     """The server did not answer, or stopped sending, within the timeout."""
 
+    hint = "{error}; check that it is up, or allow it longer with --timeout"
+
     def __init__(self, where: str, seconds: float) -> None:
         super().__init__(f"{where} did not answer within {seconds:g} seconds")
         self.where, self.seconds = where, seconds
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}; check that it is up, or allow it longer with --timeout"
 
 
 class TLSError(ServerUnavailable):
@@ -79,32 +76,27 @@ class TLSError(ServerUnavailable):
 class ServerError(ServerUnavailable):
     """5xx: the server (or a proxy in front of it) failed to answer the request."""
 
+    hint = "{error}; try again later, or see the server's log"
+
     def __init__(self, where: str, status: int, message: str) -> None:
         super().__init__(f"{where} failed to answer ({status}): {message}".rstrip(": "))
         self.where, self.status, self.message = where, status, message
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}; try again later, or see the server's log"
 
 
 class CAFileError(RemoteError):
     """The CA bundle given to verify the server's certificate cannot be loaded."""
 
+    hint = "{error}: --tlscacert (or TUFNOTARY_TLSCACERT) must name a PEM file of CA certificates"
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"the CA file {path} cannot be used: {reason}")
         self.path, self.reason = path, reason
-
-    def explain(self, context: ErrorContext) -> str:
-        return (
-            f"{self}: --tlscacert (or TUFNOTARY_TLSCACERT) must name a PEM file of CA certificates"
-        )
 
 
 class NotFoundError(RemoteError):
     """404: the repository, role, version or checksum does not exist on the server."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}: check the GUN and --server"
+    hint = "{error}: check the GUN and --server"
 
 
 class OversizedError(RemoteError):

@@ -21,12 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from tufnotary.client.changes import StagedChange
-from tufnotary.client.errors import PROG, ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.client.images import Policy, VerifiedImage, resolve_image
-from tufnotary.client.publisher import Initialized, Publisher
+from tufnotary.client.publisher import Initialized, InitOptions, Publisher
 from tufnotary.client.remote import Remote
 from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.trusted import TrustedSet, TrustPinning
@@ -51,8 +51,7 @@ class Target:
 class TargetNotFound(ClientError, LookupError):
     """No trusted role signs a target by that name."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}: `{PROG} list {context.gun}` shows the signed targets"
+    hint = "{error}: `{prog} list {context.gun}` shows the signed targets"
 
 
 class Repository:
@@ -173,18 +172,11 @@ class Repository:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def initialize(
-        self,
-        *,
-        server_snapshot: bool = False,
-        root_key_id: str | None = None,
-        new_root_key: bool = False,
-    ) -> Initialized:
+    def initialize(self, **options: Unpack[InitOptions]) -> Initialized:
         """Create and publish the repository, signed by the root key already in the trust
-        directory (``root_key_id`` if there are several) unless ``new_root_key``."""
-        return self.publisher.initialize(
-            server_snapshot=server_snapshot, root_key_id=root_key_id, new_root_key=new_root_key
-        )
+        directory (``root_key_id`` if there are several) unless ``new_root_key``; with
+        ``server_snapshot``, the server holds the snapshot key."""
+        return self.publisher.initialize(**options)
 
     def publish(self) -> list[str]:
         return self.publisher.publish()

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tufnotary.client.errors import PROG, ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.metadata.errors import FormatError
 from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key, key_usage
 from tufnotary.metadata.signing import PrivateKey
@@ -71,31 +71,28 @@ class TrustDirError(ClientError):
 class KeyNotFound(TrustDirError):
     """No private key file with this id."""
 
+    hint = "{error} in {context.trust_dir}: `{prog} key list` shows the keys held there"
+
     def __init__(self, key_id: str) -> None:
         super().__init__(f"private key {key_id} not found")
         self.key_id = key_id
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self} in {context.trust_dir}: `{PROG} key list` shows the keys held there"
 
 
 class WrongPassphrase(TrustDirError):
     """An encrypted key did not decrypt with the passphrase given."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self}: check the passphrase environment variables or type it again"
+    hint = "{error}: check the passphrase environment variables or type it again"
 
 
 class PassphraseRequired(TrustDirError):
     """No passphrase: no prompt, and none of the role's environment variables is set."""
 
+    hint = "{error} (or run {prog} in a terminal to be asked for it)"
+
     def __init__(self, role: str) -> None:
         variables = " or ".join(passphrase_variables(role))
         super().__init__(f"a passphrase is needed for the {role} key: set {variables}")
         self.role = role
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"{self} (or run {PROG} in a terminal to be asked for it)"
 
 
 class KeyFileError(TrustDirError):

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
-from tufnotary.client.errors import ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.metadata.errors import (
     ExpiredError,
     FormatError,
@@ -80,8 +80,7 @@ class RootRotationError(RootError):
 class UntrustedRootError(ClientError, RootError):
     """Trust pinning refuses the root: no pinned certificate signed it, or TOFU is disabled."""
 
-    def explain(self, context: ErrorContext) -> str:
-        return f"root of {context.gun} not trusted: {self}; check --pin-cert-id and --pin-ca"
+    hint = "root of {context.gun} not trusted: {error}; check --pin-cert-id and --pin-ca"
 
 
 class RootOutdatedError(MetadataError):

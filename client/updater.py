@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Protocol
 
-from tufnotary.client.errors import PROG, ClientError, ErrorContext
+from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import (
     ROOT_CAP,
     TIMESTAMP_CAP,
@@ -66,26 +66,24 @@ class MetadataCache(Protocol):
 class RepositoryNotFound(NotFoundError):
     """The trust server has no root for the GUN: it was never published, or was deleted."""
 
+    hint = (
+        "{context.gun} has no trust data on {context.server}: check the name and --server, "
+        "or create it with `{prog} init {context.gun}`"
+    )
+
     def __init__(self, gun: str) -> None:
         super().__init__(f"repository {gun} does not exist on the trust server")
         self.gun = gun
-
-    def explain(self, context: ErrorContext) -> str:
-        return (
-            f"{context.gun} has no trust data on {context.server}: check the name and --server, "
-            f"or create it with `{PROG} init {context.gun}`"
-        )
 
 
 class NotCached(ClientError, LookupError):
     """Offline: the cache holds no verified copy of a role the trust data needs."""
 
+    hint = "offline: {error}: run once without --offline to fetch and verify it"
+
     def __init__(self, gun: str, role: str) -> None:
         super().__init__(f"the cache holds no verified {role} of {gun}")
         self.gun, self.role = gun, role
-
-    def explain(self, context: ErrorContext) -> str:
-        return f"offline: {self}: run once without --offline to fetch and verify it"
 
 
 def _matches(meta: FileMeta, data: bytes, role: str) -> bool:

@@ -14,6 +14,7 @@ from tufnotary.client.cli.options import (
     ANY_ROLE,
     GUN,
     global_options,
+    output_option,
 )
 from tufnotary.client.cli.output import (
     emit,
@@ -51,12 +52,7 @@ def _public_pem(public: Key) -> bytes:
 )
 @click.option("-r", "--role", type=ANY_ROLE, default="root", show_default=True)
 @click.option("-g", "--gun", type=GUN, help="Repository of a targets or snapshot key.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the public key (PEM) here, e.g. for `delegation add`.",
-)
+@output_option("Also write the public key (PEM) here, e.g. for `delegation add`.")
 @global_options
 def key_generate(
     algorithm_arg: str | None,
@@ -164,12 +160,7 @@ def key_import(pemfiles: tuple[Path, ...], role: str | None, gun: str | None) ->
 
 @key.command(name="export")
 @click.argument("key_ids", nargs=-1)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to FILE (mode 0600) instead of stdout.",
-)
+@output_option("Write to FILE (mode 0600) instead of stdout.")
 @global_options
 def key_export(key_ids: tuple[str, ...], output: Path | None) -> None:
     """Export private keys (encrypted, with role and gun headers); all keys without KEY_IDS."""

@@ -194,3 +194,16 @@ def roles_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...,
         callback=split_roles,
         help=help_text,
     )
+
+
+def output_option(
+    help_text: str, *, required: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output FILE``, a path to write to."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=required,
+        help=help_text,
+    )

@@ -14,6 +14,7 @@ from tufnotary.client.cli.options import (
     GUN,
     TARGETS_ROLE,
     global_options,
+    output_option,
 )
 from tufnotary.client.cli.output import (
     emit,
@@ -171,13 +172,7 @@ def reset(gun: str, _all: bool) -> None:
 @click.command()
 @click.argument("gun", type=GUN)
 @click.argument("role", type=TARGETS_ROLE)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Where to write the signed version.",
-)
+@output_option("Where to write the signed version.", required=True)
 @global_options
 def sign(gun: str, role: str, output: Path) -> None:
     """Sign the next version of ROLE (with its staged changes) with the keys held here,
