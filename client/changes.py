@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tufnotary.client.errors import ClientError
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import (
     TARGETS,
@@ -27,12 +28,12 @@ ACTIONS = (ADD_TARGET, REMOVE_TARGET, ADD_DELEGATION, REMOVE_DELEGATION)
 FILE_NAME = "tufnotary-changes.json"
 
 
-class ChangeError(ValueError):
+class ChangeError(ClientError, ValueError):
     """A change cannot be staged or applied (unknown role, missing delegation...)."""
 
 
 @dataclass(frozen=True)
-class Change:
+class StagedChange:
     """One staged change: ``role`` is the targets role it modifies."""
 
     action: str
@@ -47,17 +48,17 @@ class Change:
             raise ChangeError(f"{self.role!r} is not a targets role")
 
     @classmethod
-    def add_target(cls, name: str, meta: FileMeta, role: str = TARGETS) -> Change:
+    def add_target(cls, name: str, meta: FileMeta, role: str = TARGETS) -> StagedChange:
         return cls(ADD_TARGET, role, name, meta.to_dict())
 
     @classmethod
-    def remove_target(cls, name: str, role: str = TARGETS) -> Change:
+    def remove_target(cls, name: str, role: str = TARGETS) -> StagedChange:
         return cls(REMOVE_TARGET, role, name)
 
     @classmethod
     def add_delegation(
         cls, name: str, keys: list[Key], paths: list[str], threshold: int = 1
-    ) -> Change:
+    ) -> StagedChange:
         """Add or extend delegation ``name``: more keys and paths, and its threshold."""
         if not is_delegation_name(name):
             raise ChangeError(f"{name!r} is not a valid delegation name (targets/<lower-case>)")
@@ -67,7 +68,7 @@ class Change:
         return cls(ADD_DELEGATION, parent_role(name), name, data)
 
     @classmethod
-    def remove_delegation(cls, name: str) -> Change:
+    def remove_delegation(cls, name: str) -> StagedChange:
         return cls(REMOVE_DELEGATION, parent_role(name), name)
 
     def apply(self, targets: Targets) -> None:
@@ -108,14 +109,14 @@ class Changelist:
     def __init__(self, folder: Path) -> None:
         self._path = folder / FILE_NAME
 
-    def load(self) -> list[Change]:
+    def load(self) -> list[StagedChange]:
         try:
             raw = json.loads(self._path.read_text())
         except FileNotFoundError:
             return []
-        return [Change(**item) for item in raw]
+        return [StagedChange(**item) for item in raw]
 
-    def add(self, change: Change) -> None:
+    def add(self, change: StagedChange) -> None:
         self._write([*self.load(), change])
 
     def drop(self, roles: Collection[str]) -> None:
@@ -125,7 +126,7 @@ class Changelist:
     def clear(self) -> None:
         self._path.unlink(missing_ok=True)
 
-    def _write(self, changes: list[Change]) -> None:
+    def _write(self, changes: list[StagedChange]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         draft = self._path.with_suffix(f".{os.getpid()}.tmp")
         draft.write_text(json.dumps([asdict(change) for change in changes], indent=1))

@@ -1,7 +1,6 @@
-"""Image verification: a tag's trusted digest, resolved the way docker does (spec 4.6).
-
-``verify_image(remote, cache, gun, tag)`` refreshes the trust data of ``gun`` and returns the
-digest signed for ``tag``; a :class:`Policy` can require named signer roles and pin root keys.
+"""Image references and their verification: a tag's trusted digest, resolved the way docker
+does (spec 4.6), or the tag signed with a digest. ``Repository.verify_image`` is the entry point;
+a :class:`Policy` can require named signer roles and pin root keys.
 """
 
 from __future__ import annotations
@@ -11,20 +10,73 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from tufnotary.client.remote import Remote
+from tufnotary.client.errors import ClientError
 from tufnotary.client.trusted import TrustPinning
-from tufnotary.client.updater import MetadataCache, Updater
+from tufnotary.client.updater import Updater
 from tufnotary.metadata.model import FileMeta, is_targets_role
 
-_DIGEST = re.compile(r"sha256:[0-9a-fA-F]{64}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""An image digest as the client writes it (:func:`parse_digest` accepts upper case too)."""
+MAX_GUN = 255
 
 
-class ImageVerificationError(Exception):
+def parse_digest(text: str) -> str:
+    """``sha256:<64 hex digits>`` in lower case; ValueError if ``text`` is not one."""
+    digest = text.lower()
+    if not DIGEST.fullmatch(digest):
+        raise ValueError(f"the digest must be sha256:<64 hex digits>, not {text!r}")
+    return digest
+
+
+def check_gun(text: str) -> str:
+    """``text`` if it is a repository name (GUN); ValueError otherwise."""
+    if (
+        not text
+        or len(text.encode()) > MAX_GUN
+        or any(part in ("", ".", "..") for part in text.split("/"))
+        or any(c in text for c in "\\\0")
+        or any(ord(c) < 0x20 or c == "\x7f" for c in text)
+    ):
+        raise ValueError(f"{text!r} is not a repository name such as registry.example.com/team/app")
+    return text
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """``[registry/]repo[:tag][@sha256:...]`` split into the GUN, the tag and the digest."""
+
+    gun: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageReference:
+        """Docker's reading: no registry means docker.io (``library/`` for one-part names)."""
+        name, _, digest = text.partition("@")
+        tag = None
+        slash = name.rfind("/")
+        if ":" in name[slash + 1 :]:
+            name, tag = name.rsplit(":", 1)
+            if not tag:
+                raise ValueError("empty tag")
+        first = name.split("/", 1)[0]
+        if "/" not in name:
+            name = f"docker.io/library/{name}"
+        elif "." not in first and ":" not in first and first != "localhost":
+            name = f"docker.io/{name}"
+        return cls(check_gun(name), tag, parse_digest(digest) if digest else None)
+
+
+class ImageVerificationError(ClientError):
     """Base of the reasons an image is refused."""
+
+    hint = "not trusted: {error}"
 
 
 class ImageNotSigned(ImageVerificationError):
     """No accepted role signs the tag (docker: "no trust data for <tag>")."""
+
+    hint = "not trusted: {error}: `{prog} list {context.gun}` shows the signed tags"
 
     def __init__(
         self, tag: str, reason: str = "the tag is not signed (no trust data for it)"
@@ -36,6 +88,8 @@ class ImageNotSigned(ImageVerificationError):
 class DigestMismatch(ImageVerificationError):
     """The digest asked for is not the one signed for the tag."""
 
+    hint = "not trusted: {error}: deploy the signed digest, or have this one signed"
+
     def __init__(self, expected: str, trusted: str) -> None:
         super().__init__(f"digest {expected} is not the signed digest {trusted}")
         self.expected, self.trusted = expected, trusted
@@ -43,6 +97,8 @@ class DigestMismatch(ImageVerificationError):
 
 class RequiredSignerMissing(ImageVerificationError):
     """A role the policy requires is not trusted or does not sign the tag (others do)."""
+
+    hint = "not trusted: {error}: its holder signs it with `{prog} addhash -r {error.role}`"
 
     def __init__(self, role: str, tag: str, signers: Sequence[str] = ()) -> None:
         others = f" (only {', '.join(signers)} signs it)" if signers else ""
@@ -89,38 +145,34 @@ class VerifiedImage:
     cached_at: datetime | None = None
 
 
-def verify_image(
-    remote: Remote,
-    cache: MetadataCache,
-    gun: str,
-    tag: str,
-    digest: str | None = None,
-    policy: Policy | None = None,
-    *,
-    offline: bool = False,
-) -> VerifiedImage:
-    """Refresh the trust data of ``gun`` and return the signed digest of ``tag``.
-
-    With ``digest`` (``sha256:<hex>``), DigestMismatch unless it is the signed one. If the
-    server cannot be reached or fails, its RemoteError kind: never an answer from the cache,
-    unless ``offline`` (then only from the cache, see ``Updater``).
-    """
-    policy = policy or Policy()
-    updater = Updater(remote, cache, gun, pinning=policy.pinning, offline=offline)
-    updater.refresh()
-    return resolve_image(updater, tag, digest, policy.required_roles)
-
-
 def resolve_image(
-    updater: Updater, tag: str, digest: str | None = None, required_roles: Sequence[str] = ()
+    updater: Updater,
+    tag: str | None,
+    digest: str | None = None,
+    required_roles: Sequence[str] = (),
 ) -> VerifiedImage:
-    """The signed digest of ``tag`` in ``updater``'s trusted metadata.
+    """The signed digest of ``tag`` in ``updater``'s trusted metadata; without a tag, the first
+    tag (by name) signed with ``digest`` that passes.
 
     Without ``required_roles``: docker's rule, ``targets/releases`` then ``targets``. With
     them: each must sign the tag itself, all with the same digest; the first is reported.
     """
-    if digest is not None and not _DIGEST.fullmatch(digest):
-        raise ValueError(f"digest must be sha256:<64 hex digits>, not {digest!r}")
+    digest = parse_digest(digest) if digest is not None else None
+    if tag is not None:
+        return _resolve_tag(updater, tag, digest, required_roles)
+    if digest is None:
+        raise ValueError("give a tag or a digest")
+    for name in updater.signed_with(digest.removeprefix("sha256:")):
+        try:
+            return _resolve_tag(updater, name, digest, required_roles)
+        except ImageVerificationError:
+            continue
+    raise ImageNotSigned(digest, "no trusted tag is signed with this digest")
+
+
+def _resolve_tag(
+    updater: Updater, tag: str, digest: str | None, required_roles: Sequence[str]
+) -> VerifiedImage:
     if required_roles:
         signed: dict[str, FileMeta] = {}
         for role in required_roles:
@@ -142,7 +194,7 @@ def resolve_image(
             raise ImageNotSigned(tag)
         role, meta = hit
     trusted = _digest_of(tag, meta)
-    if digest is not None and digest.lower() != trusted:
+    if digest is not None and digest != trusted:
         raise DigestMismatch(digest, trusted)
     return VerifiedImage(updater.gun, tag, trusted, role, meta.length, updater.cached_at)
 

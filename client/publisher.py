@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
-from tufnotary.client.changes import Change, Changelist
+from tufnotary.client.changes import Changelist, StagedChange
+from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import NotFoundError, OversizedError, RejectedError, Remote
 from tufnotary.client.trustdir import TrustDir, root_certificate
 from tufnotary.metadata.keys import Key
@@ -37,12 +39,14 @@ TARGETS_LIFETIME = SNAPSHOT_LIFETIME = timedelta(days=3 * 365)
 RESIGN_WITHIN = timedelta(days=182)
 
 
-class PublishError(Exception):
+class PublishError(ClientError):
     """A publish cannot be prepared (missing keys, no repository...); nothing was sent."""
 
 
 class RepositoryExists(PublishError):
     """``initialize`` on a GUN the server already has."""
+
+    hint = "{error}: `{prog} list {context.gun}` shows it; choose another name to create a new one"
 
 
 class RootKeyChoice(PublishError):
@@ -82,6 +86,14 @@ class _Draft:
 
 
 Refresh = Callable[[], object]
+
+
+class InitOptions(TypedDict, total=False):
+    """The choices ``initialize`` takes (all keyword arguments, all optional)."""
+
+    server_snapshot: bool
+    root_key_id: str | None
+    new_root_key: bool
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,7 @@ class Publisher:
 
     # -- staging -----------------------------------------------------------------------------
 
-    def stage(self, change: Change) -> None:
+    def stage(self, change: StagedChange) -> None:
         self.changelist.add(change)
 
     def publish(self) -> list[str]:

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import requests
 import urllib3
 
+from tufnotary.client.errors import ClientError, ErrorContext
 from tufnotary.metadata.keys import Key
 
 MiB = 1024 * 1024
@@ -27,8 +28,10 @@ DEFAULT_TIMEOUT = 30.0
 _CHUNK = 64 * 1024
 
 
-class RemoteError(Exception):
+class RemoteError(ClientError):
     """The server could not be reached or answered something other than what was asked."""
+
+    hint = "{error}: check --server ({context.server})"
 
 
 class ServerUnavailable(RemoteError):
@@ -38,6 +41,8 @@ class ServerUnavailable(RemoteError):
 class ServerUnreachable(ServerUnavailable):
     """No connection: refused, unknown host, reset, or a URL that is not one."""
 
+    hint = "{error}; check --server ({context.server}) and that the server is running"
+
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"cannot reach {where}: {reason}")
         self.where, self.reason = where, reason
@@ -45,6 +50,8 @@ class ServerUnreachable(ServerUnavailable):
 
 class ServerTimeout(ServerUnavailable):
     """The server did not answer, or stopped sending, within the timeout."""
+
+    hint = "{error}; check that it is up, or allow it longer with --timeout"
 
     def __init__(self, where: str, seconds: float) -> None:
         super().__init__(f"{where} did not answer within {seconds:g} seconds")
@@ -58,9 +65,18 @@ class TLSError(ServerUnavailable):
         super().__init__(f"TLS connection to {where} failed: {reason}")
         self.where, self.reason = where, reason
 
+    def explain(self, context: ErrorContext) -> str:
+        if context.tlscacert:
+            return (
+                f"{self}; check that {context.tlscacert} holds the CA that issued its certificate"
+            )
+        return f"{self}; pass the CA that issued the server's certificate with --tlscacert"
+
 
 class ServerError(ServerUnavailable):
     """5xx: the server (or a proxy in front of it) failed to answer the request."""
+
+    hint = "{error}; try again later, or see the server's log"
 
     def __init__(self, where: str, status: int, message: str) -> None:
         super().__init__(f"{where} failed to answer ({status}): {message}".rstrip(": "))
@@ -70,6 +86,8 @@ class ServerError(ServerUnavailable):
 class CAFileError(RemoteError):
     """The CA bundle given to verify the server's certificate cannot be loaded."""
 
+    hint = "{error}: --tlscacert (or TUFNOTARY_TLSCACERT) must name a PEM file of CA certificates"
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"the CA file {path} cannot be used: {reason}")
         self.path, self.reason = path, reason
@@ -77,6 +95,8 @@ class CAFileError(RemoteError):
 
 class NotFoundError(RemoteError):
     """404: the repository, role, version or checksum does not exist on the server."""
+
+    hint = "{error}: check the GUN and --server"
 
 
 class OversizedError(RemoteError):
@@ -99,6 +119,10 @@ class RejectedError(RemoteError):
             text += f": {detail}"
         super().__init__(text)
         self.status, self.code, self.detail, self.method = status, code, detail, method
+
+    def explain(self, context: ErrorContext) -> str:
+        written = self.method not in ("GET", "HEAD")
+        return f"{self}; nothing was changed on the server" if written else str(self)
 
 
 class UnauthorizedError(RejectedError):

@@ -6,6 +6,7 @@ The library's entry point::
                       TrustDir(Path("~/.notary").expanduser()), verify="ca.crt")
     policy = Policy(required_roles=["targets/releases"])
     repo.verify_image("1.4", digest="sha256:...", policy=policy)
+    repo.verify_image(None, digest="sha256:...")  # the tag signed with this digest
 
 Every read updates from the server first and fails closed: if the server cannot be reached or
 fails, the typed ``RemoteError`` kind is raised (ServerUnreachable, ServerTimeout, TLSError,
@@ -20,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from tufnotary.client.changes import Change
+from tufnotary.client.changes import StagedChange
+from tufnotary.client.errors import ClientError
 from tufnotary.client.images import Policy, VerifiedImage, resolve_image
-from tufnotary.client.publisher import Initialized, Publisher
+from tufnotary.client.publisher import Initialized, InitOptions, Publisher
 from tufnotary.client.remote import Remote
 from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.trusted import TrustedSet, TrustPinning
@@ -46,8 +48,10 @@ class Target:
         return self.meta.sha256_hex
 
 
-class TargetNotFound(LookupError):
+class TargetNotFound(ClientError, LookupError):
     """No trusted role signs a target by that name."""
+
+    hint = "{error}: `{prog} list {context.gun}` shows the signed targets"
 
 
 class Repository:
@@ -106,9 +110,13 @@ class Repository:
         return Target(name, hit[0], hit[1])
 
     def verify_image(
-        self, tag: str, digest: str | None = None, policy: Policy | None = None
+        self, tag: str | None, digest: str | None = None, policy: Policy | None = None
     ) -> VerifiedImage:
-        """The signed digest of ``tag`` (docker's rule, or the policy's required roles)."""
+        """The signed digest of ``tag`` (docker's rule, or the policy's required roles).
+
+        With ``digest`` (``sha256:<hex>``), DigestMismatch unless it is the signed one; with a
+        digest and no tag, the first tag (by name) signed with it that passes the policy.
+        """
         policy = policy or Policy()
         updater = self.updater
         if policy.pinning is not None and policy.pinning is not self.pinning:
@@ -122,9 +130,9 @@ class Repository:
 
     def add_target(
         self, name: str, meta: FileMeta, roles: Iterable[str] = (TARGETS,)
-    ) -> list[Change]:
+    ) -> list[StagedChange]:
         """Stage ``name`` into each of ``roles``."""
-        changes = [Change.add_target(name, meta, role) for role in roles]
+        changes = [StagedChange.add_target(name, meta, role) for role in roles]
         for change in changes:
             self.publisher.stage(change)
         return changes
@@ -145,17 +153,17 @@ class Repository:
 
     def remove_target(self, name: str, roles: Iterable[str] = (TARGETS,)) -> None:
         for role in roles:
-            self.publisher.stage(Change.remove_target(name, role))
+            self.publisher.stage(StagedChange.remove_target(name, role))
 
     def add_delegation(
         self, role: str, keys: list[Key], paths: list[str], threshold: int = 1
     ) -> None:
-        self.publisher.stage(Change.add_delegation(role, keys, paths, threshold))
+        self.publisher.stage(StagedChange.add_delegation(role, keys, paths, threshold))
 
     def remove_delegation(self, role: str) -> None:
-        self.publisher.stage(Change.remove_delegation(role))
+        self.publisher.stage(StagedChange.remove_delegation(role))
 
-    def staged(self) -> list[Change]:
+    def staged(self) -> list[StagedChange]:
         return self.publisher.changelist.load()
 
     def reset(self) -> None:
@@ -164,18 +172,11 @@ class Repository:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def initialize(
-        self,
-        *,
-        server_snapshot: bool = False,
-        root_key_id: str | None = None,
-        new_root_key: bool = False,
-    ) -> Initialized:
+    def initialize(self, **options: Unpack[InitOptions]) -> Initialized:
         """Create and publish the repository, signed by the root key already in the trust
-        directory (``root_key_id`` if there are several) unless ``new_root_key``."""
-        return self.publisher.initialize(
-            server_snapshot=server_snapshot, root_key_id=root_key_id, new_root_key=new_root_key
-        )
+        directory (``root_key_id`` if there are several) unless ``new_root_key``; with
+        ``server_snapshot``, the server holds the snapshot key."""
+        return self.publisher.initialize(**options)
 
     def publish(self) -> list[str]:
         return self.publisher.publish()

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tufnotary.client.errors import ClientError
 from tufnotary.metadata.errors import FormatError
 from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key, key_usage
 from tufnotary.metadata.signing import PrivateKey
@@ -63,12 +64,14 @@ _PBKDF2_ITERATIONS = 2048
 _SALT_BYTES = 8
 
 
-class TrustDirError(Exception):
+class TrustDirError(ClientError):
     """Base of the trust directory's errors."""
 
 
 class KeyNotFound(TrustDirError):
     """No private key file with this id."""
+
+    hint = "{error} in {context.trust_dir}: `{prog} key list` shows the keys held there"
 
     def __init__(self, key_id: str) -> None:
         super().__init__(f"private key {key_id} not found")
@@ -78,9 +81,13 @@ class KeyNotFound(TrustDirError):
 class WrongPassphrase(TrustDirError):
     """An encrypted key did not decrypt with the passphrase given."""
 
+    hint = "{error}: check the passphrase environment variables or type it again"
+
 
 class PassphraseRequired(TrustDirError):
     """No passphrase: no prompt, and none of the role's environment variables is set."""
+
+    hint = "{error} (or run {prog} in a terminal to be asked for it)"
 
     def __init__(self, role: str) -> None:
         variables = " or ".join(passphrase_variables(role))

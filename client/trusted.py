@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
+from tufnotary.client.errors import ClientError
 from tufnotary.metadata.errors import (
     ExpiredError,
     FormatError,
@@ -76,8 +77,10 @@ class RootRotationError(RootError):
     """A newer root is not signed by the trusted root, or its rotation chain is unusable."""
 
 
-class UntrustedRootError(RootError):
+class UntrustedRootError(ClientError, RootError):
     """Trust pinning refuses the root: no pinned certificate signed it, or TOFU is disabled."""
+
+    hint = "root of {context.gun} not trusted: {error}; check --pin-cert-id and --pin-ca"
 
 
 class RootOutdatedError(MetadataError):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Protocol
 
+from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import (
     ROOT_CAP,
     TIMESTAMP_CAP,
@@ -65,13 +66,20 @@ class MetadataCache(Protocol):
 class RepositoryNotFound(NotFoundError):
     """The trust server has no root for the GUN: it was never published, or was deleted."""
 
+    hint = (
+        "{context.gun} has no trust data on {context.server}: check the name and --server, "
+        "or create it with `{prog} init {context.gun}`"
+    )
+
     def __init__(self, gun: str) -> None:
         super().__init__(f"repository {gun} does not exist on the trust server")
         self.gun = gun
 
 
-class NotCached(LookupError):
+class NotCached(ClientError, LookupError):
     """Offline: the cache holds no verified copy of a role the trust data needs."""
+
+    hint = "offline: {error}: run once without --offline to fetch and verify it"
 
     def __init__(self, gun: str, role: str) -> None:
         super().__init__(f"the cache holds no verified {role} of {gun}")
@@ -188,6 +196,18 @@ class Updater:
         """Every trusted targets role that signs ``name`` within its paths, parents first."""
         trusted = self._current()
         return [role for role in trusted.walk() if name in trusted.targets_of(role)]
+
+    def signed_with(self, sha256_hex: str) -> list[str]:
+        """The names any trusted targets role signs with this sha256 (hex), sorted."""
+        trusted = self._current()
+        return sorted(
+            {
+                name
+                for role in trusted.walk()
+                for name, meta in trusted.targets_of(role).items()
+                if meta.sha256_hex == sha256_hex
+            }
+        )
 
     def _current(self) -> TrustedSet:
         return self._trusted or self.refresh()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,20 +21,8 @@ from click.testing import CliRunner
 from flask import g
 
 from support.api import Server, error_of, multipart
-from support.clients import (
-    DOCKER_HINT,
-    NOTARY_HINT,
-    PASSPHRASE,
-    DockerCLI,
-    NotaryCLI,
-    ecdsa_public_key,
-    expect_failure,
-    key_id,
-    pem_body,
-    require_cli,
-)
+from support.auth_flows import docker_flow, notary_flow, run_our_cli
 from support.server import ServerInfo, running_server
-from tufnotary.client.cli import cli
 from tufnotary.server import realm as realm_module
 from tufnotary.server.app import create_app
 from tufnotary.server.cli import main as server_cli
@@ -704,78 +691,14 @@ def builtin_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltinS
         yield BuiltinSetup(server, base)
 
 
-def _basic(user: str) -> str:
-    return base64.b64encode(f"{user}:{E2E_PASSWORD}".encode()).decode()
-
-
 @pytest.mark.e2e
 def test_notary_cli_with_builtin_users(builtin_setup: BuiltinSetup, tmp_path: Path) -> None:
-    binary = require_cli("notary", NOTARY_HINT)
-    gun = "registry.example.com/team-a/notary"
-    alice = NotaryCLI.for_server(builtin_setup.server, tmp_path / "alice", binary)
-    alice.env["NOTARY_AUTH"] = _basic("alice")
-    alice.run("init", "-p", gun)
-    target = tmp_path / "artifact"
-    target.write_bytes(b"payload")
-    alice.run("add", "-p", gun, "v1", str(target))
-    assert set(alice.list_targets(gun)) == {"v1"}
-    alice.run("key", "rotate", gun, "snapshot", "-r")
-
-    bob = NotaryCLI.for_server(builtin_setup.server, tmp_path / "bob", binary)
-    bob.env["NOTARY_AUTH"] = _basic("bob")
-    assert set(bob.list_targets(gun)) == {"v1"}
-    bob_with_keys = NotaryCLI.for_server(builtin_setup.server, tmp_path / "alice", binary)
-    bob_with_keys.env["NOTARY_AUTH"] = _basic("bob")
-    refused = bob_with_keys.run("add", "-p", gun, "v2", str(target), check=False)
-    expect_failure(refused, "not authorized to perform this operation: server returned 401")
-    assert set(alice.list_targets(gun)) == {"v1"}
-
-    alice.run("delete", gun, "--remote")
-    fresh = NotaryCLI.for_server(builtin_setup.server, tmp_path / "fresh", binary)
-    fresh.env["NOTARY_AUTH"] = _basic("bob")
-    expect_failure(fresh.run("list", gun, check=False), "does not have trust data")
+    notary_flow(builtin_setup.server, tmp_path, "registry.example.com/team-a/notary", E2E_PASSWORD)
 
 
 @pytest.mark.e2e
 def test_docker_cli_with_builtin_users(builtin_setup: BuiltinSetup, tmp_path: Path) -> None:
-    binary = require_cli("docker", DOCKER_HINT)
-    repo = "registry.example.com/team-a/docker"
-
-    def docker_as(user: str, home: str = "") -> DockerCLI:
-        docker = DockerCLI.for_server(
-            builtin_setup.server, tmp_path / f"docker-{home or user}", binary
-        )
-        config = {"auths": {"registry.example.com": {"auth": _basic(user)}}}
-        (docker.config_dir / "config.json").write_text(json.dumps(config))
-        return docker
-
-    alice = docker_as("alice")
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir()
-    alice.run("trust", "key", "generate", "signer1", "--dir", str(key_dir))
-    signer_id = key_id(ecdsa_public_key(pem_body((key_dir / "signer1.pub").read_bytes())))
-    alice.run("trust", "signer", "add", "--key", str(key_dir / "signer1.pub"), "signer1", repo)
-
-    inspected = docker_as("bob").inspect(repo)
-    assert [s["Name"] for s in inspected["Signers"]] == ["signer1"]
-    assert signer_id in [k["ID"] for s in inspected["Signers"] for k in s["Keys"]]
-    bob_with_keys = docker_as("bob", home="bob-with-keys")
-    shutil.copytree(alice.trust_dir, bob_with_keys.trust_dir)
-    bob_with_keys.run("trust", "key", "generate", "signer2", "--dir", str(key_dir))
-    refused = bob_with_keys.run(
-        "trust",
-        "signer",
-        "add",
-        "--key",
-        str(key_dir / "signer2.pub"),
-        "signer2",
-        repo,
-        check=False,
-    )
-    expect_failure(refused, "not authorized to perform this operation: server returned 401")
-    assert [s["Name"] for s in docker_as("bob", home="bob-2").inspect(repo)["Signers"]] == [
-        "signer1"
-    ]
+    docker_flow(builtin_setup.server, tmp_path, "registry.example.com/team-a/docker", E2E_PASSWORD)
 
 
 def test_our_cli_with_builtin_users_and_key_rotation(
@@ -789,18 +712,9 @@ def test_our_cli_with_builtin_users_and_key_rotation(
     def run(
         user: str, *args: str, expect: int = 0, keys: str = "", password: str = E2E_PASSWORD
     ) -> str:
-        env = {
-            "NOTARY_ROOT_PASSPHRASE": PASSPHRASE,
-            "NOTARY_TARGETS_PASSPHRASE": PASSPHRASE,
-            "NOTARY_SNAPSHOT_PASSPHRASE": PASSPHRASE,
-        }
-        base = ["-s", server.url, "--tlscacert", str(server.ca_cert)]
-        base += ["-d", str(tmp_path / f"trust-{keys or user}")]
-        base += ["--username", user, "--password", password]
-        result = CliRunner().invoke(cli, [*base, *args], env=env)
-        output = result.stdout + result.stderr
-        assert result.exit_code == expect, f"{args}: exit {result.exit_code}\n{output}"
-        return output
+        credentials = ("--username", user, "--password", password)
+        trust_dir = tmp_path / f"trust-{keys or user}"
+        return run_our_cli(server, trust_dir, *credentials, *args, expect=expect)
 
     run("alice", "init", gun)
     run("alice", "add", gun, "v1", str(target), "-p")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.clients import NOTARY_HINT, PASSPHRASE, NotaryCLI, require_cli
 from support.server import ServerInfo, free_port, running_server
 from support.tamper import Stalled, TrustServer, failing
-from tufnotary.client.cli import ImageReference, cli
+from tufnotary.client.cli import cli
+from tufnotary.client.images import ImageReference
 from tufnotary.metadata.model import TIMESTAMP
 from tufnotary.server.tls import ensure_self_signed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.api import Server, serving
-from tufnotary.client.changes import Change, ChangeError, Changelist
+from tufnotary.client.changes import ChangeError, Changelist, StagedChange
 from tufnotary.client.publisher import MissingKeysError, RepositoryExists
 from tufnotary.client.remote import RejectedError
 from tufnotary.client.repository import Repository, TargetNotFound
@@ -177,9 +177,9 @@ def test_changelist_round_trip(tmp_path: Path) -> None:
     changes = Changelist(tmp_path)
     key = PrivateKey.generate().public
     staged = [
-        Change.add_target("v1", FileMeta.of(b"x")),
-        Change.add_delegation("targets/a", [key], ["a/"], threshold=1),
-        Change.remove_target("v0", "targets/a"),
+        StagedChange.add_target("v1", FileMeta.of(b"x")),
+        StagedChange.add_delegation("targets/a", [key], ["a/"], threshold=1),
+        StagedChange.remove_target("v0", "targets/a"),
     ]
     for change in staged:
         changes.add(change)
@@ -192,8 +192,8 @@ def test_changelist_round_trip(tmp_path: Path) -> None:
 def test_delegation_changes() -> None:
     one, two = PrivateKey.generate().public, PrivateKey.generate().public
     targets = Targets(1, "2030-01-01T00:00:00Z")
-    Change.add_delegation("targets/a", [one], ["a/"]).apply(targets)
-    Change.add_delegation("targets/a", [two], ["b/"], threshold=2).apply(targets)
+    StagedChange.add_delegation("targets/a", [one], ["a/"]).apply(targets)
+    StagedChange.add_delegation("targets/a", [two], ["b/"], threshold=2).apply(targets)
     entry = targets.delegations.role("targets/a")
     assert entry is not None
     assert (entry.keyids, entry.paths, entry.threshold) == (
@@ -202,12 +202,12 @@ def test_delegation_changes() -> None:
         2,
     )
     with pytest.raises(ChangeError, match="needs 3 signatures"):
-        Change.add_delegation("targets/a", [], [], threshold=3).apply(targets)
+        StagedChange.add_delegation("targets/a", [], [], threshold=3).apply(targets)
     with pytest.raises(ChangeError):
-        Change.add_delegation("targets/a", [one], [], threshold=0)
+        StagedChange.add_delegation("targets/a", [one], [], threshold=0)
     with pytest.raises(ChangeError):
-        Change.add_delegation("targets/Bad", [one], [])
-    Change.remove_delegation("targets/a").apply(targets)
+        StagedChange.add_delegation("targets/Bad", [one], [])
+    StagedChange.remove_delegation("targets/a").apply(targets)
     assert targets.delegations.roles == [] and targets.delegations.keys == {}
 
 

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.clients import NOTARY_HINT, NotaryCLI, require_cli
 from support.server import running_server
-from tufnotary.client.images import ImageNotSigned, VerifiedImage, verify_image
+from tufnotary.client.images import ImageNotSigned, VerifiedImage
 from tufnotary.client.remote import Remote
+from tufnotary.client.repository import Repository
 from tufnotary.client.trustdir import TrustDir
 from tufnotary.client.updater import RELEASES, Updater
 from tufnotary.metadata.model import ROOT, TARGETS, Metadata, Root
@@ -63,15 +64,14 @@ def test_notary_published_repository_verifies(tmp_path: Path) -> None:
         session.hooks["response"].append(lambda response, *_, **__: fetched.append(response.url))
         remote = Remote(server.url, verify=str(server.ca_cert), session=session)
         cache = TrustDir(tmp_path / "ours")
+        repo = Repository(GUN, remote, cache)
 
         sha = "sha256:" + hashlib.sha256(releases).hexdigest()
-        assert verify_image(remote, cache, GUN, "v1") == VerifiedImage(
-            GUN, "v1", sha, RELEASES, len(releases)
-        )
-        image = verify_image(remote, cache, GUN, "only")
+        assert repo.verify_image("v1") == VerifiedImage(GUN, "v1", sha, RELEASES, len(releases))
+        image = repo.verify_image("only")
         assert (image.digest, image.role) == ("sha256:" + hashlib.sha256(only).hexdigest(), TARGETS)
         with pytest.raises(ImageNotSigned):
-            verify_image(remote, cache, GUN, "missing")
+            repo.verify_image("missing")
         # notary's own lookup searches targets before its delegations; so does ours
         tgt = hashlib.sha256(targets).digest()
         assert owner.lookup(GUN, "v1") == (tgt.hex(), len(targets))
@@ -90,4 +90,4 @@ def test_notary_published_repository_verifies(tmp_path: Path) -> None:
         cached_root = cache.read_metadata(GUN, ROOT)
         assert cached_root is not None
         assert Metadata.from_bytes(cached_root, Root).signed.version == 4
-        assert verify_image(remote, cache, GUN, "v1").digest == sha
+        assert repo.verify_image("v1").digest == sha

@@ -37,8 +37,8 @@ from tufnotary.client.images import (
     Policy,
     RequiredSignerMissing,
     SignersDisagree,
+    VerifiedImage,
     resolve_image,
-    verify_image,
 )
 from tufnotary.client.remote import (
     TIMESTAMP_CAP,
@@ -118,6 +118,23 @@ def updater_for(server: TrustServer, cache: MemoryCache, **options: Any) -> Upda
 
 def refresh(server: TrustServer, cache: MemoryCache, **options: Any) -> TrustedSet:
     return updater_for(server, cache, **options).refresh()
+
+
+def verify_image(
+    remote: Remote,
+    cache: MemoryCache,
+    gun: str,
+    tag: str,
+    digest: str | None = None,
+    policy: Policy | None = None,
+    *,
+    offline: bool = False,
+) -> VerifiedImage:
+    """``Repository.verify_image`` over a memory cache instead of a trust directory."""
+    policy = policy or Policy()
+    updater = Updater(remote, cache, gun, pinning=policy.pinning, offline=offline)
+    updater.refresh()
+    return resolve_image(updater, tag, digest, policy.required_roles)
 
 
 def resign(data: bytes, key: PrivateKey, edit: Callable[[Targets], None] | None = None) -> bytes:
