@@ -18,6 +18,8 @@ from tufnotary.metadata.model import FileMeta, is_targets_role
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 """An image digest as the client writes it (:func:`parse_digest` accepts upper case too)."""
 MAX_GUN = 255
+DOCKER_HUB = "docker.io"
+DEFAULT_TAG = "latest"
 
 
 def parse_digest(text: str) -> str:
@@ -51,20 +53,34 @@ class ImageReference:
 
     @classmethod
     def parse(cls, text: str) -> ImageReference:
-        """Docker's reading: no registry means docker.io (``library/`` for one-part names)."""
-        name, _, digest = text.partition("@")
-        tag = None
-        slash = name.rfind("/")
-        if ":" in name[slash + 1 :]:
-            name, tag = name.rsplit(":", 1)
-            if not tag:
-                raise ValueError("empty tag")
-        first = name.split("/", 1)[0]
-        if "/" not in name:
-            name = f"docker.io/library/{name}"
-        elif "." not in first and ":" not in first and first != "localhost":
-            name = f"docker.io/{name}"
-        return cls(check_gun(name), tag, parse_digest(digest) if digest else None)
+        """Docker's reading: no registry means docker.io (``library/`` for one-part names;
+        ``index.docker.io`` is docker.io too)."""
+        name, tag = split_tag(text.partition("@")[0])
+        digest = text.partition("@")[2]
+        first, _, rest = name.partition("/")
+        if not rest or ("." not in first and ":" not in first and first != "localhost"):
+            first, rest = DOCKER_HUB, name
+        elif first == "index.docker.io":
+            first = DOCKER_HUB
+        if first == DOCKER_HUB and "/" not in rest:
+            rest = f"library/{rest}"
+        return cls(check_gun(f"{first}/{rest}"), tag, parse_digest(digest) if digest else None)
+
+    @property
+    def pull_tag(self) -> str | None:
+        """The tag docker pulls: the given one, else ``latest`` unless a digest is given."""
+        return self.tag if self.tag is not None or self.digest else DEFAULT_TAG
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """``[registry[:port]/]repo[:tag]`` (no digest) as (name, tag or None)."""
+    slash = name.rfind("/")
+    if ":" not in name[slash + 1 :]:
+        return name, None
+    name, tag = name.rsplit(":", 1)
+    if not tag:
+        raise ValueError("empty tag")
+    return name, tag
 
 
 class ImageVerificationError(ClientError):

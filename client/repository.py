@@ -110,12 +110,19 @@ class Repository:
         return Target(name, hit[0], hit[1])
 
     def verify_image(
-        self, tag: str | None, digest: str | None = None, policy: Policy | None = None
+        self,
+        tag: str | None,
+        digest: str | None = None,
+        policy: Policy | None = None,
+        *,
+        update: bool = True,
     ) -> VerifiedImage:
         """The signed digest of ``tag`` (docker's rule, or the policy's required roles).
 
         With ``digest`` (``sha256:<hex>``), DigestMismatch unless it is the signed one; with a
         digest and no tag, the first tag (by name) signed with it that passes the policy.
+        ``update=False``: answer from this object's last update (``refresh``) if there was one;
+        the caller bounds its age (and the earliest expiry of what it trusted).
         """
         policy = policy or Policy()
         updater = self.updater
@@ -123,7 +130,8 @@ class Repository:
             updater = Updater(
                 self.remote, self.trustdir, self.gun, pinning=policy.pinning, offline=self.offline
             )
-        updater.refresh()
+        if update or updater.trusted is None:
+            updater.refresh()
         return resolve_image(updater, tag, digest, policy.required_roles)
 
     # -- staging -----------------------------------------------------------------------------

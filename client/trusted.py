@@ -305,6 +305,14 @@ class TrustedSet:
                 queue.extend(self.delegated_roles(role))
         return None
 
+    @property
+    def expires_at(self) -> datetime:
+        """The earliest expiry of the trusted root, timestamp, snapshot and targets roles:
+        this trust data must be updated before then."""
+        documents: list[Signed | None] = [self.root, self.timestamp, self.snapshot]
+        documents += [self.targets(role) for role in self.walk()]
+        return min(signed.expires_at for signed in documents if signed is not None)
+
     # -- updating -----------------------------------------------------------------------------
 
     def remember_cached(self, role: str, data: bytes) -> int | None:

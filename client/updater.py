@@ -209,6 +209,11 @@ class Updater:
             }
         )
 
+    @property
+    def trusted(self) -> TrustedSet | None:
+        """The trust data of the last update, or None before the first."""
+        return self._trusted
+
     def _current(self) -> TrustedSet:
         return self._trusted or self.refresh()
 

@@ -23,7 +23,7 @@ from tufnotary.client.cli.output import (
     utc,
 )
 from tufnotary.client.cli.progress import progress
-from tufnotary.client.images import ImageReference, Policy
+from tufnotary.client.images import DEFAULT_TAG, ImageReference, Policy
 from tufnotary.client.trusted import TrustPinning
 
 
@@ -81,7 +81,7 @@ def verify_image(
     if digest and ref.digest and digest != ref.digest:
         raise click.UsageError(f"--digest {digest} differs from the digest in REF {ref.digest}")
     digest = digest or ref.digest
-    tag = ref.tag or (None if digest else "latest")
+    tag = ref.tag or (None if digest else DEFAULT_TAG)
     pinning = None
     if cert_ids or pin_ca:
         certs = {ref.gun: list(cert_ids)} if cert_ids else {}
