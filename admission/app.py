@@ -31,7 +31,6 @@ from tufnotary.admission.policy import AdmissionPolicy
 from tufnotary.admission.review import Review, ReviewError, ReviewRequest, review
 
 POLICY_ENV = "TUFNOTARY_ADMISSION_POLICY"
-CACHE_DIR_ENV = "TUFNOTARY_ADMISSION_CACHE_DIR"
 MAX_BODY = 16 * 1024 * 1024
 decision_log = logging.getLogger("tufnotary.admission.decisions")
 
@@ -105,22 +104,21 @@ def _metrics() -> bytes:
 
 
 def create_app(
-    policy: AdmissionPolicy | Path | None = None, cache: TrustCache | None = None
+    policy: AdmissionPolicy | Path | None = None, *, cache_dir: Path | None = None
 ) -> Flask:
-    """The webhook for ``policy`` (default: the file named by $TUFNOTARY_ADMISSION_POLICY);
-    PolicyError if it is not valid."""
+    """The webhook for ``policy`` (default: the file named by $TUFNOTARY_ADMISSION_POLICY),
+    with trust data kept under ``cache_dir`` (default: a temporary directory); PolicyError if
+    the policy is not valid."""
     if not isinstance(policy, AdmissionPolicy):
         path = policy or os.environ.get(POLICY_ENV)
         if not path:
             raise ValueError(f"no policy: pass one, or name its file in ${POLICY_ENV}")
         policy = AdmissionPolicy.load(Path(path))
-    if cache is None:
-        directory = os.environ.get(CACHE_DIR_ENV)
-        cache = TrustCache(
-            policy.refresh_seconds,
-            directory=Path(directory) if directory else None,
-            on_event=lambda event: CACHE.labels(event).inc(),
-        )
+    cache = TrustCache(
+        policy.refresh_seconds,
+        directory=cache_dir,
+        on_event=lambda event: CACHE.labels(event).inc(),
+    )
     checker = Checker(policy, cache)
     configure_decision_log()
     app = Flask(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from tufnotary.admission.policy import Rule, TrustServer
-from tufnotary.client.images import VerifiedImage
+from tufnotary.client.images import Policy, VerifiedImage
 from tufnotary.client.remote import Remote
 from tufnotary.client.repository import Repository
 from tufnotary.client.trustdir import TrustDir
@@ -84,7 +84,8 @@ class TrustCache:
             self._update(entry)
         else:
             self._on_event(HIT)
-        return entry.repository.verify_image(tag, digest, rule.image_policy, update=False)
+        policy = Policy(required_roles=rule.require_roles)
+        return entry.repository.verify_image(tag, digest, policy, update=False)
 
     def _entry(self, rule: Rule, server: TrustServer, gun: str) -> _Entry:
         pins = (rule.pin_root_ca or "", *rule.pin_root_certs)

@@ -1,4 +1,8 @@
-"""`tufnotary-admission serve | check`."""
+"""`tufnotary-admission serve | check`.
+
+The serving process imports nothing that uses ``ssl`` (requests, urllib3) before gunicorn's
+gevent workers patch it: the application is imported in the workers.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from gunicorn.app.base import BaseApplication
 
-from tufnotary.admission.app import CACHE_DIR_ENV, POLICY_ENV
-from tufnotary.admission.cache import TrustCache
-from tufnotary.admission.decide import Checker
 from tufnotary.admission.policy import AdmissionPolicy, PolicyError
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ def serve(
         if not path.is_file():
             raise UsageFailure(f"{name}: no such file: {path}")
     base = Path(tempfile.mkdtemp(prefix=f"{PROG}-", dir=cache_dir))
-    os.environ[POLICY_ENV] = str(policy_file.absolute())
-    os.environ[CACHE_DIR_ENV] = str(base)
     (base / "metrics").mkdir()
     os.environ.setdefault(METRICS_ENV, str(base / "metrics"))
     # gunicorn imported ssl before the gevent worker patches it; harmless here.
@@ -94,6 +93,7 @@ def serve(
 
     _Gunicorn(
         policy_file,
+        base,
         {
             "bind": [listen],
             "workers": workers,
@@ -111,8 +111,9 @@ def serve(
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, policy_file: Path, options: dict[str, Any]) -> None:
+    def __init__(self, policy_file: Path, cache_dir: Path, options: dict[str, Any]) -> None:
         self.policy_file = policy_file
+        self.cache_dir = cache_dir
         self.options = options
         super().__init__()
 
@@ -123,7 +124,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def load(self) -> Flask:
         from tufnotary.admission.app import create_app
 
-        return create_app(self.policy_file)
+        return create_app(self.policy_file, cache_dir=self.cache_dir)
 
 
 @main.command()
@@ -133,6 +134,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def check(policy_file: Path, as_json: bool, images: tuple[str, ...]) -> None:
     """Print the decision for each IMAGE as the webhook would make it (without a cluster);
     exit 0 when all are allowed, 1 if one is denied."""
+    from tufnotary.admission.cache import TrustCache
+    from tufnotary.admission.decide import Checker
+
     policy = _load_policy(policy_file)
     checker = Checker(policy, TrustCache(policy.refresh_seconds))
     decisions = [checker.decide(image) for image in images]

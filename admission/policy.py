@@ -15,6 +15,9 @@ A YAML file::
     exempt_namespaces: ["kube-system"]
     refresh_seconds: 60       # how long trust data is used before it is updated
 
+This module imports nothing that imports ``ssl`` users such as requests: the serving process
+loads it before gunicorn's gevent workers patch ``ssl``.
+
 Patterns match the repository name as docker normalises it (``nginx`` is
 ``docker.io/library/nginx``), without tag or digest: ``*`` is any characters but ``/``, ``**``
 any characters.
@@ -31,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from tufnotary.client.images import Policy
 from tufnotary.client.trusted import TrustPinning
+from tufnotary.metadata.model import is_targets_role
 
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_REFRESH = 60.0
@@ -97,10 +100,6 @@ class Rule:
         if self.pin_root_ca is not None:
             return TrustPinning(ca={"": Path(self.pin_root_ca)})
         return None
-
-    @property
-    def image_policy(self) -> Policy:
-        return Policy(required_roles=self.require_roles)
 
     def describe(self) -> str:
         return f"rule {self.index + 1} ({', '.join(self.images)})"
@@ -208,9 +207,9 @@ def _rule(index: int, value: Any, servers: Mapping[str, TrustServer]) -> Rule:
     pin_ca = fields.get("pin_root_ca")
     if pin_ca is not None and not isinstance(pin_ca, str):
         raise PolicyError(f"{where}.pin_root_ca: must be the path of a PEM CA file")
-    rule = Rule(index, images, Mode(mode_text), server, roles, pin_ca, certs)
-    try:
-        rule.image_policy  # noqa: B018 - checks the role names
-    except ValueError as exc:
-        raise PolicyError(f"{where}.require_roles: {exc}") from None
-    return rule
+    for role in roles:
+        if not is_targets_role(role):
+            raise PolicyError(
+                f"{where}.require_roles: {role!r} is not a role such as targets/releases"
+            )
+    return Rule(index, images, Mode(mode_text), server, roles, pin_ca, certs)

@@ -19,6 +19,13 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 """An image digest as the client writes it (:func:`parse_digest` accepts upper case too)."""
 MAX_GUN = 255
 DOCKER_HUB = "docker.io"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_DOMAIN = re.compile(
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+"""Docker's reference grammar (distribution/reference): repository path, registry, tag."""
 DEFAULT_TAG = "latest"
 
 
@@ -64,6 +71,10 @@ class ImageReference:
             first = DOCKER_HUB
         if first == DOCKER_HUB and "/" not in rest:
             rest = f"library/{rest}"
+        if not _DOMAIN.fullmatch(first) or not _PATH.fullmatch(rest):
+            raise ValueError(f"{text!r} is not an image reference such as registry/repo:tag")
+        if tag is not None and not _TAG.fullmatch(tag):
+            raise ValueError(f"{tag!r} is not a tag (letters, digits, _ . -; up to 128)")
         return cls(check_gun(f"{first}/{rest}"), tag, parse_digest(digest) if digest else None)
 
     @property
