@@ -1,4 +1,5 @@
 # tufnotary-server image. Alone it serves with SQLite in /data; docker-compose.yml adds PostgreSQL.
+# It also ships the Kubernetes admission webhook: `tufnotary-admission serve` (deploy/kubernetes/).
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY metadata ./metadata
 COPY server ./server
 COPY client ./client
+COPY admission ./admission
 COPY migrations ./migrations
 RUN pip install . \
     && rm -rf /src \

@@ -27,7 +27,7 @@ import tufnotary.server
 from support.server import free_port, launched, server_environment, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("metadata", "server", "client", "migrations")
+SOURCE_DIRS = ("metadata", "server", "client", "admission", "migrations")
 GUN = "registry.example.com/packaging/app"
 
 
@@ -55,6 +55,7 @@ def test_wheel_contains_packages_and_migrations(wheel: Path) -> None:
         "tufnotary/metadata/canonical.py",
         "tufnotary/server/app.py",
         "tufnotary/client/__init__.py",
+        "tufnotary/admission/app.py",
         "tufnotary/migrations/env.py",
         "tufnotary/migrations/script.py.mako",
     }
@@ -189,7 +190,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installe
     return InstalledCopy(python.parent)
 
 
-@pytest.mark.parametrize("command", ["tufnotary", "tufnotary-server"])
+@pytest.mark.parametrize("command", ["tufnotary", "tufnotary-server", "tufnotary-admission"])
 def test_installed_commands_show_help(
     installed: InstalledCopy, command: str, tmp_path: Path
 ) -> None:
