@@ -45,7 +45,10 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "tufnotary.conf.template"
 # The official nginx image renders /etc/nginx/templates/*.template into /etc/nginx/conf.d/ (its
 # default server is conf.d/default.conf), and its own environment has these variables too.
 TEMPLATE_MOUNT = "/etc/nginx/templates/default.conf.template"
-NGINX_IMAGE_ENV = ("PATH", "HOME", "HOSTNAME", "NGINX_VERSION", "NJS_VERSION", "PKG_RELEASE")
+NGINX_IMAGE_ENV = (
+    *("PATH", "HOME", "HOSTNAME", "NGINX_VERSION", "NJS_VERSION", "NJS_RELEASE"),
+    *("PKG_RELEASE", "DYNPKG_RELEASE"),
+)
 NGINX_WORKER_UID = 101  # user nginx of the official image
 SERVER_UID = 10001  # user tufnotary of the Dockerfile
 STARTUP_TIMEOUT = 60.0
