@@ -1,4 +1,4 @@
-"""`tufnotary-server serve | migrate | audit | user | rule | token-key`."""
+"""`tufnotary-server serve | tls-init | migrate | audit | user | rule | token-key`."""
 
 from __future__ import annotations
 
@@ -214,6 +214,22 @@ def _share_metrics_between_workers(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ[METRICS_ENV] = str(directory)
+
+
+@main.command("tls-init")
+@config_option
+@data_dir_option
+def tls_init(config_file: Path | None, data_dir: Path | None) -> None:
+    """Create the development CA and localhost certificate in DATA_DIR/tls if missing.
+
+    Prints their paths: ca_cert (give it to clients), cert and key (for a TLS-terminating
+    proxy in front of `serve --listen unix:/PATH`). Existing valid files are kept.
+    """
+    settings = _load_settings(config_file, data_dir=data_dir)
+    private_dir(settings.data_dir)
+    files = ensure_self_signed(settings.data_dir)
+    for name, path in (("ca_cert", files.ca_cert), ("cert", files.cert), ("key", files.key)):
+        click.echo(f"{name}={path}")
 
 
 @main.command()

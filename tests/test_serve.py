@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy as sa
+from cryptography import x509
 
 from support.server import (
     free_port,
@@ -72,6 +73,32 @@ def test_certificate_is_reused_on_restart(tmp_path: Path) -> None:
         assert second.ca_cert == first.ca_cert
         assert second.ca_cert.read_bytes() == ca_bytes
         assert served_certificate(second.port, second.ca_cert) == first_cert
+
+
+def test_tls_init_creates_once_what_serve_uses(tmp_path: Path) -> None:
+    """`tls-init` writes the CA and certificate `serve` would generate, and keeps them after."""
+    data_dir = tmp_path / "data"
+    created = run_cli("tls-init", "--data-dir", str(data_dir))
+    assert created.returncode == 0, created.stderr
+    tls = (data_dir / "tls").absolute()
+    assert created.stdout.splitlines() == [
+        f"ca_cert={tls / 'ca.crt'}",
+        f"cert={tls / 'server.crt'}",
+        f"key={tls / 'server.key'}",
+    ]
+    assert (data_dir.stat().st_mode & 0o777, (tls / "server.key").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )
+    leaf = (tls / "server.crt").read_bytes()  # the server certificate, then the CA's
+
+    env = {"TUFNOTARY_DATA_DIR": str(data_dir)}  # the data directory from the environment
+    again = run_cli("tls-init", env=env)
+    assert again.returncode == 0 and again.stdout == created.stdout, again.stderr
+    assert (tls / "server.crt").read_bytes() == leaf
+    with running_server(tmp_path, ca_cert=tls / "ca.crt") as server:
+        served = served_certificate(server.port, server.ca_cert).encode()
+        assert x509.load_pem_x509_certificate(served) == x509.load_pem_x509_certificate(leaf)
 
 
 def test_serve_with_given_certificate_prints_no_ca(tmp_path: Path) -> None:
