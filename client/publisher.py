@@ -15,7 +15,8 @@ from typing import TypedDict
 from tufnotary.client.changes import Changelist, StagedChange
 from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import NotFoundError, OversizedError, RejectedError, Remote
-from tufnotary.client.trustdir import TrustDir, root_certificate
+from tufnotary.client.rootcert import root_certificate
+from tufnotary.client.trustdir import TrustDir
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import (
     ROOT,
@@ -32,7 +33,7 @@ from tufnotary.metadata.model import (
     format_expires,
     parent_role,
 )
-from tufnotary.metadata.signing import PrivateKey
+from tufnotary.metadata.signing import PrivateKey, Signer
 
 ROOT_LIFETIME = timedelta(days=10 * 365)
 TARGETS_LIFETIME = SNAPSHOT_LIFETIME = timedelta(days=3 * 365)
@@ -82,7 +83,7 @@ class _Draft:
     files: dict[str, bytes]
     snapshot: Snapshot | None
     dirty: set[str] = field(default_factory=set)
-    extra_root_signers: list[tuple[PrivateKey, str]] = field(default_factory=list)
+    extra_root_signers: list[tuple[Signer, str]] = field(default_factory=list)
 
 
 Refresh = Callable[[], object]
@@ -226,19 +227,21 @@ class Publisher:
 
     # -- keys --------------------------------------------------------------------------------
 
-    def rotate(self, role: str, *, server_managed: bool = False) -> Key:
-        """Replace ``role``'s key(s) by a new one and publish the new root; returns the key."""
+    def rotate(self, role: str, *, server_managed: bool = False, key_id: str | None = None) -> Key:
+        """Replace ``role``'s key(s) by a new one, or by the key ``key_id`` held here (in a
+        file or a token), and publish the new root; returns the key."""
         draft = self._draft()
         root = self._editable_root(draft)
         replaced = root.roles[role].keyids
+        chosen = self.trustdir.load_key(key_id) if key_id else None
         if role == ROOT:
             old = self.trustdir.find_keys(replaced, root.keys)
             draft.extra_root_signers = [(key, keyid) for keyid, key in old.items()]
-            new_key = self._root_key()[1]
+            new_key = self._root_key(chosen)[1]
         elif server_managed or role == TIMESTAMP:
             new_key = self.remote.server_key(self.gun, role, rotate=True)
         else:
-            new_key = self.trustdir.generate_key(role, self.gun).public
+            new_key = chosen.public if chosen else self.trustdir.generate_key(role, self.gun).public
         root.keys[new_key.key_id] = new_key
         root.roles[role] = RoleKeys([new_key.key_id], 1)
         if role != ROOT:  # like the Go client, drop replaced keys but keep old root certificates
@@ -252,7 +255,7 @@ class Publisher:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _existing_root_key(self, key_id: str | None) -> PrivateKey | None:
+    def _existing_root_key(self, key_id: str | None) -> Signer | None:
         """The root key ``key_id``, else the only root key in the trust directory, else None."""
         if key_id is None:
             held = sorted(info.key_id for info in self.trustdir.list_keys() if info.role == ROOT)
@@ -264,7 +267,7 @@ class Publisher:
             key_id = held[0] if held else None
         return self.trustdir.load_key(key_id) if key_id else None
 
-    def _root_key(self, private: PrivateKey | None = None) -> tuple[PrivateKey, Key]:
+    def _root_key(self, private: Signer | None = None) -> tuple[Signer, Key]:
         """``private`` and its root certificate for the GUN; without it, a new root key (stored
         once its certificate could be made)."""
         if private is not None:
@@ -329,8 +332,9 @@ class Publisher:
             draft.dirty.add(role)
         return draft.targets[role].signed
 
-    def _keys_for(self, draft: _Draft, role: str) -> tuple[dict[str, PrivateKey], int]:
-        """The private keys this trust directory holds for ``role``, and its threshold."""
+    def _keys_for(self, draft: _Draft, role: str) -> tuple[dict[str, Signer], int]:
+        """The keys this trust directory holds (or references) for ``role``, and its
+        threshold."""
         if role in (ROOT, TARGETS, SNAPSHOT):
             root = draft.root.signed
             listed = root.roles[role]

@@ -207,8 +207,11 @@ class Repository:
     def witness(self, roles: Iterable[str]) -> list[str]:
         return self.publisher.witness(roles)
 
-    def rotate_key(self, role: str, *, server_managed: bool = False) -> Key:
-        return self.publisher.rotate(role, server_managed=server_managed)
+    def rotate_key(
+        self, role: str, *, server_managed: bool = False, key_id: str | None = None
+    ) -> Key:
+        """Rotate ``role`` to a new key, the server's, or ``key_id`` held here."""
+        return self.publisher.rotate(role, server_managed=server_managed, key_id=key_id)
 
     def delete(self, *, remote: bool = False) -> None:
         """Forget the local trust data of the GUN; with ``remote``, delete it on the server."""

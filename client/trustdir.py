@@ -19,33 +19,37 @@ import base64
 import binascii
 import contextlib
 import os
-import secrets
 import shutil
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tufnotary.client.der import der as _der
+from tufnotary.client.der import der_items as _der_items
 from tufnotary.client.errors import ClientError
+from tufnotary.client.fileio import atomic_write as _atomic_write
+from tufnotary.client.tokenkeys import (
+    TOKEN_KEYS_DIR,
+    KeyRecord,
+    NotExportable,
+    Pins,
+    TokenKeys,
+)
 from tufnotary.metadata.errors import FormatError
-from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key, key_usage
-from tufnotary.metadata.signing import PrivateKey
+from tufnotary.metadata.keys import ECDSA, MIN_RSA_BITS, Key
+from tufnotary.metadata.signing import PrivateKey, Signer
 
 ROOT_ENV = ("NOTARY_ROOT_PASSPHRASE", "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE")
 REPOSITORY_ENV = "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE"
 DELEGATION_ENV = "NOTARY_DELEGATION_PASSPHRASE"
 PROMPT_RETRIES = 3
-ROOT_CERT_VALIDITY = timedelta(days=10 * 365)
 # Roles whose key files carry a ``gun`` header; notary drops it for root and delegation keys.
 _GUN_ROLES = frozenset({"targets", "snapshot", "timestamp"})
 _LEGACY_DIRS = frozenset({"root_keys", "tuf_keys"})
@@ -146,21 +150,26 @@ class Passphrases:
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """A private key file as listed from its name, place and PEM headers (not decrypted)."""
+    """A private key file as listed from its name, place and PEM headers (not decrypted), or
+    the record of a key in a token or key manager."""
 
     key_id: str
     role: str
     gun: str | None
     path: Path
+    uri: str | None = None  # a key in a token or key manager: ``path`` is its record
 
 
 class TrustDir:
     """Private keys and the metadata cache in a notary/docker trust directory."""
 
-    def __init__(self, path: Path, passphrases: Passphrases | None = None) -> None:
+    def __init__(
+        self, path: Path, passphrases: Passphrases | None = None, pins: Pins | None = None
+    ) -> None:
         self.path = Path(path)
         self._passphrases = passphrases or Passphrases()
-        self._loaded: dict[str, PrivateKey] = {}  # decrypted keys, so each is asked for once
+        self.token_keys = TokenKeys(self.path / TOKEN_KEYS_DIR, pins or Pins())
+        self._loaded: dict[str, Signer] = {}  # decrypted keys, so each is asked for once
 
     @property
     def private_dir(self) -> Path:
@@ -193,39 +202,46 @@ class TrustDir:
         self.add_key(key, role, gun)
         return key
 
-    def load_key(self, key_id: str) -> PrivateKey:
-        """The decrypted key named ``key_id``; KeyNotFound, WrongPassphrase, KeyFileError."""
-        if key_id in self._loaded:
-            return self._loaded[key_id]
-        info = self._index().get(key_id)
-        if info is None:
+    def load_key(self, key_id: str) -> Signer:
+        """The decrypted key named ``key_id``, or its token's signer; KeyNotFound,
+        WrongPassphrase, KeyFileError."""
+        found = self.find_keys([key_id])
+        if not found:
             raise KeyNotFound(key_id)
-        return self._load(info)
+        return found[key_id]
 
     def find_keys(
         self, key_ids: Iterable[str], keys: Mapping[str, Key] | None = None
-    ) -> dict[str, PrivateKey]:
-        """The private keys present for ``key_ids``, by the id asked for.
+    ) -> dict[str, Signer]:
+        """The private keys (in files or tokens) present for ``key_ids``, by the id asked for.
 
         An id found in ``keys`` (a ``keys`` map of root or targets metadata) is also looked up
         by its canonical id, so root keys listed under their certificate's id are found.
         """
         index = self._index()
-        found: dict[str, PrivateKey] = {}
+        found: dict[str, Signer] = {}
         for key_id in key_ids:
             key = keys.get(key_id) if keys else None
             for candidate in (key_id, _canonical_id(key)) if key else (key_id,):
+                if candidate not in self._loaded and candidate in index:
+                    self._load(index[candidate])
+                elif candidate not in self._loaded and (token := self.token_keys.signer(candidate)):
+                    self._loaded[candidate] = token
                 if candidate in self._loaded:
                     found[key_id] = self._loaded[candidate]
-                    break
-                if candidate in index:
-                    found[key_id] = self._load(index[candidate])
                     break
         return found
 
     def list_keys(self) -> list[KeyInfo]:
-        """Every key file, by id (a current-layout file wins over a legacy one)."""
-        return list(self._index().values())
+        """Every key file, by id (a current-layout file wins over a legacy one), then every
+        key in a token or key manager."""
+        index = self._index()
+        records = [record for record in self.token_keys.records() if record.key_id not in index]
+        return [*index.values(), *(self._token_info(record) for record in records)]
+
+    def _token_info(self, record: KeyRecord) -> KeyInfo:
+        path = self.token_keys.path(record.key_id)
+        return KeyInfo(record.key_id, record.role, record.gun, path, record.uri)
 
     def import_key(
         self,
@@ -252,6 +268,8 @@ class TrustDir:
     def export_key(self, key_id: str) -> bytes:
         """The key file's PEM with ``role``, ``gun`` and ``path`` headers, as notary exports."""
         info = self._index().get(key_id)
+        if info is None and (record := self.token_keys.get(key_id)) is not None:
+            raise NotExportable(f"key {key_id} lives in {record.uri}: it cannot be exported")
         if info is None:
             raise KeyNotFound(key_id)
         block = _pem_decode(info.path.read_bytes())
@@ -263,9 +281,10 @@ class TrustDir:
         return _pem_encode(block.type, headers, block.der)
 
     def remove_key(self, key_id: str) -> None:
-        """Delete every file holding ``key_id``; KeyNotFound if there is none."""
+        """Delete every file holding ``key_id`` and forget it if it is in a token (the token
+        keeps it); KeyNotFound if there is none."""
         paths = [info.path for info in self._infos() if info.key_id == key_id]
-        if not paths:
+        if not self.token_keys.remove(key_id) and not paths:
             raise KeyNotFound(key_id)
         for path in paths:
             path.unlink()
@@ -348,32 +367,6 @@ class TrustDir:
         return self._metadata_dir(gun) / f"{_relative(role, 'role')}.json"
 
 
-def root_certificate(key: PrivateKey, gun: str) -> Key:
-    """The self-signed root certificate key the Go client makes for ``gun`` (spec 3.5)."""
-    crypto = key.crypto_key
-    if isinstance(crypto, ed25519.Ed25519PrivateKey):
-        raise ValueError("root certificates need an ecdsa or rsa key")
-    with warnings.catch_warnings():  # GUNs longer than X.520's 64 characters: Go writes them
-        warnings.simplefilter("ignore", UserWarning)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gun, _validate=False)])
-    now = datetime.now(UTC).replace(microsecond=0)
-    usage = key_usage("digital_signature", "key_encipherment")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(crypto.public_key())
-        .serial_number(secrets.randbelow(2**128 - 1) + 1)
-        .not_valid_before(now)
-        .not_valid_after(now + ROOT_CERT_VALIDITY)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(crypto, hashes.SHA256())
-    )
-    return Key.from_certificates([cert])
-
-
 def _canonical_id(key: Key) -> str:
     """``key.canonical_id``; its own id if its certificate is unreadable."""
     try:
@@ -388,21 +381,6 @@ def _relative(name: str, what: str) -> str:
     if any(part in ("", ".", "..") for part in parts) or any(c in name for c in "\\\0"):
         raise ValueError(f"invalid {what} {name!r}")
     return name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` (mode 0600, directories 0700) through a renamed temporary file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 # -- PEM --------------------------------------------------------------------------------------
@@ -566,33 +544,3 @@ def _decrypt_notary_pkcs8(der: bytes, password: bytes) -> bytes | None:
     padded = decryptor.update(ciphertext) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     return unpadder.update(padded) + unpadder.finalize()
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    """One DER element."""
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + content
-
-
-def _der_items(data: bytes) -> list[tuple[int, bytes]]:
-    """The (tag, content) of each DER element in ``data``; ValueError if malformed."""
-    items, pos = [], 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise ValueError("truncated DER")
-        tag, size = data[pos], data[pos + 1]
-        pos += 2
-        if size & 0x80:
-            count = size & 0x7F
-            if not 0 < count <= 4 or pos + count > len(data):
-                raise ValueError("bad DER length")
-            size = int.from_bytes(data[pos : pos + count], "big")
-            pos += count
-        if pos + size > len(data):
-            raise ValueError("truncated DER")
-        items.append((tag, data[pos : pos + size]))
-        pos += size
-    return items

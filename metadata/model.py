@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from tufnotary.metadata.canonical import encode_canonical, encode_wire, loads
 from tufnotary.metadata.errors import FormatError, HashMismatchError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
-from tufnotary.metadata.signing import PrivateKey, Signature
+from tufnotary.metadata.signing import Signature, Signer
 
 ROOT = "root"
 TARGETS = "targets"
@@ -517,7 +517,7 @@ class Metadata(Generic[T]):
             return self.received
         return encode_canonical(self.signed.to_dict())
 
-    def sign(self, key: PrivateKey, keyid: str | None = None) -> Signature:
+    def sign(self, key: Signer, keyid: str | None = None) -> Signature:
         """Add (or replace) ``key``'s signature over the current ``signed``; signatures over
         other bytes (made before ``signed`` was modified) are dropped."""
         message = encode_canonical(self.signed.to_dict())

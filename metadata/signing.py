@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -81,10 +81,7 @@ def verify_signature(key: Key, signature: Signature, message: bytes | Message) -
             size = _curve_bytes(public.curve)
             if signature.method != ECDSA_METHOD or len(value) != 2 * size:
                 return False
-            der = encode_dss_signature(
-                int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
-            )
-            public.verify(der, message.sha256, ec.ECDSA(prehashed))
+            public.verify(der_ecdsa(signature), message.sha256, ec.ECDSA(prehashed))
         elif isinstance(public, rsa.RSAPublicKey):
             if public.key_size < MIN_RSA_BITS or len(value) < MIN_RSA_BITS // 8:
                 return False
@@ -153,11 +150,48 @@ class PrivateKey:
         keyid = keyid or self.public.key_id
         key = self._key
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
-            size = _curve_bytes(key.curve)
-            raw = r.to_bytes(size, "big") + s.to_bytes(size, "big")
-            return Signature(keyid, ECDSA_METHOD, raw)
+            der = key.sign(message, ec.ECDSA(hashes.SHA256()))
+            return Signature(keyid, ECDSA_METHOD, _raw_ecdsa(der, key.curve))
         if isinstance(key, rsa.RSAPrivateKey):
             scheme = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
             return Signature(keyid, RSAPSS_METHOD, key.sign(message, scheme, hashes.SHA256()))
         return Signature(keyid, EDDSA_METHOD, key.sign(message))
+
+
+class Signer(Protocol):
+    """Anything that signs as Notary verifies: a :class:`PrivateKey`, or a key in a token or
+    key manager behind an adapter that returns signatures in wire form."""
+
+    @property
+    def public(self) -> Key: ...
+
+    def sign(self, message: bytes, keyid: str | None = None) -> Signature: ...
+
+
+def wire_signature(key: Key, keyid: str, value: bytes) -> Signature:
+    """A signature in the form of X.509 and securesystemslib (ECDSA as DER; RSA-PSS with
+    SHA-256 and Ed25519 as they are) in Notary's wire form (ECDSA raw r||s); FormatError if
+    an ECDSA value is not DER."""
+    public = key.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return Signature(keyid, ECDSA_METHOD, _raw_ecdsa(value, public.curve))
+    if isinstance(public, rsa.RSAPublicKey):
+        return Signature(keyid, RSAPSS_METHOD, value)
+    return Signature(keyid, EDDSA_METHOD, value)
+
+
+def der_ecdsa(signature: Signature) -> bytes:
+    """An ECDSA wire signature (raw r||s) as DER, the form X.509 certificates hold."""
+    size = len(signature.value) // 2
+    r, s = signature.value[:size], signature.value[size:]
+    return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+
+
+def _raw_ecdsa(der: bytes, curve: ec.EllipticCurve) -> bytes:
+    """A DER ECDSA signature as raw r||s, each padded to the curve's size."""
+    try:
+        r, s = decode_dss_signature(der)
+    except ValueError as exc:
+        raise FormatError("ECDSA signature is not DER") from exc
+    size = _curve_bytes(curve)
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")

@@ -16,6 +16,7 @@ from typing import NoReturn
 import pytest
 import sqlalchemy as sa
 
+from support.softhsm import SoftHSM, make_token, softhsm_available
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.storage import MetadataStore, make_engine
 
@@ -101,3 +102,13 @@ def store(migrated_url: str) -> Iterator[MetadataStore]:
     metadata_store = MetadataStore.from_url(migrated_url)
     yield metadata_store
     metadata_store.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHSM:
+    """The session's SoftHSM2 token (a process loads its PKCS#11 module once); tests make
+    their own keys in it with ``new_key()``. Skipped without softhsm2 and python-pkcs11, or
+    failed when CI=true."""
+    if not softhsm_available():
+        _unavailable("needs softhsm2 (scripts/install-system-deps) and python-pkcs11 ([test])")
+    return make_token(tmp_path_factory.mktemp("softhsm"))

@@ -49,13 +49,13 @@ from tufnotary.client.images import (
 )
 from tufnotary.client.remote import NotFoundError, RejectedError
 from tufnotary.client.repository import Repository, TargetNotFound
+from tufnotary.client.rootcert import root_certificate
 from tufnotary.client.trustdir import (
     DELEGATION_ENV,
     REPOSITORY_ENV,
     ROOT_ENV,
     Passphrases,
     TrustDir,
-    root_certificate,
 )
 from tufnotary.client.updater import RELEASES, RepositoryNotFound
 from tufnotary.metadata.keys import Key, common_name

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.clients import DOCKER_HINT, NOTARY_HINT, describe, require_cli, run_command
+from tufnotary.client.rootcert import root_certificate
 from tufnotary.client.trustdir import (
     KeyFileError,
     KeyInfo,
@@ -34,7 +35,6 @@ from tufnotary.client.trustdir import (
     Passphrases,
     TrustDir,
     WrongPassphrase,
-    root_certificate,
 )
 from tufnotary.metadata.keys import ECDSA_X509, RSA_X509, Key, root_certificate_key
 from tufnotary.metadata.signing import PrivateKey, verify_signature

@@ -12,6 +12,7 @@ from tufnotary.client.cli.progress import Progress
 from tufnotary.client.errors import PROG, ErrorContext, explain
 from tufnotary.client.remote import DEFAULT_TIMEOUT, Remote
 from tufnotary.client.repository import Repository
+from tufnotary.client.tokenkeys import Pins
 from tufnotary.client.trustdir import Passphrases, TrustDir
 from tufnotary.client.trusted import TrustPinning
 
@@ -45,7 +46,8 @@ class CliContext:
         if self._trustdir is None:
             prompt = prompt_passphrase if interactive() else None
             passphrases = Passphrases(prompt=prompt)
-            self._trustdir = TrustDir(self.trust_dir.expanduser(), passphrases)
+            pins = Pins(prompt=prompt_secret if interactive() else None)
+            self._trustdir = TrustDir(self.trust_dir.expanduser(), passphrases, pins)
         return self._trustdir
 
     def repository(
@@ -101,4 +103,12 @@ def prompt_passphrase(role: str, gun: str | None, creating: bool) -> str:
         default="",
         show_default=False,
         err=True,
+    )
+
+
+def prompt_secret(secret: str) -> str:
+    """A token's PIN (or another secret a key backend asks for), from the terminal."""
+    Progress.hold()
+    return click.prompt(
+        f"Token {secret}", hide_input=True, default="", show_default=False, err=True
     )

@@ -1,9 +1,10 @@
-"""Keys in the trust directory: key generate, list, rotate, import, export, remove."""
+"""Keys in the trust directory: key generate, list, status, rotate, import, export, remove."""
 
 from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -14,24 +15,29 @@ from tufnotary.client.cli.options import (
     ANY_ROLE,
     GUN,
     global_options,
+    offline_option,
     output_option,
 )
 from tufnotary.client.cli.output import (
     emit,
     fail,
     note,
+    offline_note,
     table,
+    updating,
+    utc,
 )
 from tufnotary.client.cli.progress import progress
+from tufnotary.client.keystatus import DEFAULT_MAX_AGE, key_status
 from tufnotary.client.trustdir import KeyFileError
-from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key
+from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key, PublicKey
 from tufnotary.metadata.model import BASE_ROLES, SNAPSHOT, TARGETS, TIMESTAMP
 
 
 @click.group()
 @global_options
 def key() -> None:
-    """Generate, list, rotate, import and export keys."""
+    """Generate, list, check, rotate, import and export keys."""
 
 
 def _public_pem(public: Key) -> bytes:
@@ -86,17 +92,69 @@ def key_generate(
 @key.command(name="list")
 @global_options
 def key_list() -> None:
-    """List the private keys in the trust directory: ROLE GUN KEY ID LOCATION."""
+    """List the keys of the trust directory: ROLE GUN KEY ID LOCATION (a key file's
+    directory, or the URI of a key in a token or key manager)."""
     settings = current()
     infos = sorted(settings.trustdir().list_keys(), key=lambda k: (k.role, k.gun or "", k.key_id))
-    data = [{"key_id": k.key_id, "role": k.role, "gun": k.gun, "path": str(k.path)} for k in infos]
+    data = [
+        {"key_id": k.key_id, "role": k.role, "gun": k.gun, "path": str(k.path), "uri": k.uri}
+        for k in infos
+    ]
 
     def human() -> None:
         if not infos:
             click.echo(f"No signing keys found in {settings.trust_dir}.")
             return
-        rows = [(k.role, k.gun or "", k.key_id, k.path.parent) for k in infos]
+        rows = [(k.role, k.gun or "", k.key_id, k.uri or k.path.parent) for k in infos]
         click.echo(table(("ROLE", "GUN", "KEY ID", "LOCATION"), rows))
+
+    emit(data, human)
+
+
+@key.command(name="status")
+@click.argument("gun", type=GUN)
+@click.option(
+    "--max-age",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_AGE.days,
+    show_default=True,
+    metavar="DAYS",
+    help="Warn about targets, snapshot and delegation keys held here older than this.",
+)
+@offline_option
+@global_options
+def key_status_command(gun: str, max_age: int, offline: bool) -> None:
+    """For each role of GUN: its key ids, where each key lives (file, token, server or
+    elsewhere), its age, when the role's metadata expires, and what to rotate or renew.
+
+    Ages count from a key file's time, a token key's registration, or a root certificate's
+    notBefore; the server's keys are not aged here (its metrics say how old they are).
+    """
+    settings = current()
+    repo = settings.repository(gun, offline=offline)
+    with progress(updating(repo)):
+        trusted = repo.refresh()
+    offline_note(repo)
+    now = datetime.now(UTC)
+    states = key_status(trusted, repo.trustdir, gun, max_age=timedelta(days=max_age), now=now)
+    data = {"gun": gun, "roles": [state.to_dict(now) for state in states]}
+
+    def human() -> None:
+        rows = [
+            (
+                state.role,
+                key.key_id,
+                key.where or key.location,
+                f"{age.days}d" if (age := key.age(now)) is not None else "-",
+                utc(state.expires) if state.expires else "-",
+            )
+            for state in states
+            for key in state.keys
+        ]
+        click.echo(table(("ROLE", "KEY ID", "LOCATION", "AGE", "EXPIRES"), rows))
+        for state in states:
+            for warning in state.warnings:
+                click.echo(f"warning: {state.role}: {warning}")
 
     emit(data, human)
 
@@ -110,18 +168,29 @@ def key_list() -> None:
     is_flag=True,
     help="The server holds the new key (snapshot; implied for timestamp).",
 )
+@click.option(
+    "-k",
+    "--key",
+    "key_id",
+    metavar="KEY_ID",
+    help="Rotate to this key of the trust directory (a file or `key import --uri`) "
+    "instead of a new key file.",
+)
 @global_options
-def key_rotate(gun: str, role: str, server_managed: bool) -> None:
+def key_rotate(gun: str, role: str, server_managed: bool, key_id: str | None) -> None:
     """Replace ROLE's key of GUN by a new one and publish the new root at once.
 
+    The old key signs too where it must (root); keys in tokens sign like key files.
     Needs the trust server: exits 1 if it cannot be reached or refuses.
     """
     if server_managed and role not in (SNAPSHOT, TIMESTAMP):
         raise click.UsageError("only the snapshot and timestamp keys can be server-managed")
+    if key_id and (server_managed or role == TIMESTAMP):
+        raise click.UsageError("--key names a key held here: not for server-managed keys")
     settings = current()
     repo = settings.repository(gun)
     with progress(f"rotating the {role} key of {gun} on {settings.server}"):
-        new = repo.rotate_key(role, server_managed=server_managed)
+        new = repo.rotate_key(role, server_managed=server_managed, key_id=key_id)
     data = {"gun": gun, "role": role, "key_id": new.key_id, "server_managed": server_managed}
     emit(data, f"Rotated the {role} key of {gun}: new key {new.key_id}")
 
@@ -133,17 +202,52 @@ def _pem_blocks(data: bytes) -> list[bytes]:
 
 
 @key.command(name="import")
-@click.argument(
-    "pemfiles",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-)
+@click.argument("arguments", nargs=-1, metavar="PEMFILE... | --uri URI [GUN]")
 @click.option("-r", "--role", type=ANY_ROLE, help="Role, if the PEM has no role header.")
 @click.option("-g", "--gun", type=GUN, help="Repository, if the PEM has no gun header.")
+@click.option(
+    "--uri",
+    help="Register the key behind this URI (hsm:, awskms:, gcpkms:, azurekms:, hv:) instead "
+    "of importing PEM files; nothing secret is stored.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --uri: the key's public key (PEM); read from the token for hsm: URIs.",
+)
+@output_option("With --uri: also write the public key (PEM) here, e.g. for `delegation add`.")
 @global_options
-def key_import(pemfiles: tuple[Path, ...], role: str | None, gun: str | None) -> None:
-    """Import private keys (PEM: PKCS#8, SEC1, PKCS#1; notary exports) into the trust dir."""
+def key_import(
+    arguments: tuple[str, ...],
+    role: str | None,
+    gun: str | None,
+    uri: str | None,
+    public_key: Path | None,
+    output: Path | None,
+) -> None:
+    """Import private keys (PEM: PKCS#8, SEC1, PKCS#1; notary exports) into the trust dir,
+    or with --uri register a key that stays in a PKCS#11 token or a cloud key manager.
+
+    \b
+    tufnotary key import --uri 'hsm:2?label=signing' --role root
+    tufnotary key import --uri 'hsm:3?label=signing' --role targets/releases -o releases.pem
+    tufnotary key import --uri awskms:KEY-ARN --public-key pub.pem --role targets GUN
+
+    The token's PIN comes from TUFNOTARY_PKCS11_PIN or a prompt; PYKCS11LIB names the
+    PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so). The key must sign (the PIN is
+    asked for once) before it is registered.
+    """
+    if uri is not None:
+        _import_uri(uri, arguments, role, gun, public_key, output)
+        return
+    if public_key or output:
+        raise click.UsageError("--public-key and --output go with --uri")
+    if not arguments:
+        raise click.UsageError("give the PEM files to import, or --uri")
+    pemfiles = [
+        click.Path(exists=True, dir_okay=False, path_type=Path).convert(a, None, None)
+        for a in arguments
+    ]
     trustdir = current().trustdir()
     imported = []
     for path in pemfiles:
@@ -156,6 +260,53 @@ def key_import(pemfiles: tuple[Path, ...], role: str | None, gun: str | None) ->
                 fail(f"{path}: {exc}")
             imported.append({"key_id": key_id, "file": str(path)})
     emit(imported, "\n".join(f"Imported key {k['key_id']} from {k['file']}" for k in imported))
+
+
+def _import_uri(
+    uri: str,
+    arguments: tuple[str, ...],
+    role: str | None,
+    gun: str | None,
+    public_key: Path | None,
+    output: Path | None,
+) -> None:
+    """``key import --uri``: check the key signs, then store its record."""
+    if len(arguments) > 1 or (arguments and gun and arguments[0] != gun):
+        raise click.UsageError("--uri takes at most one GUN")
+    gun = GUN.convert(arguments[0], None, None) if arguments else gun
+    if role is None:
+        raise click.UsageError("give the key's role with --role")
+    if role in (TARGETS, SNAPSHOT) and not gun:
+        raise click.UsageError(f"a {role} key belongs to a repository: give GUN")
+    if role == TIMESTAMP:
+        raise click.BadParameter("the server holds the timestamp key", param_hint="--role")
+    public = None
+    if public_key is not None:
+        try:
+            public = Key.from_public_key(_load_public_pem(public_key.read_bytes()))
+        except ValueError as exc:
+            raise click.BadParameter(f"{public_key}: {exc}", param_hint="--public-key") from exc
+    with progress(f"checking that {uri} signs"):
+        record = current().trustdir().token_keys.register(uri, role, gun, public)
+    pem = _public_pem(record.public)
+    if output is not None:
+        output.write_bytes(pem)
+    data = {
+        "key_id": record.key_id,
+        "role": role,
+        "gun": gun,
+        "uri": uri,
+        "backend": record.backend,
+        "public_key": pem.decode(),
+    }
+    emit(data, f"Registered {role} key {record.key_id} in {record.backend} ({uri})")
+
+
+def _load_public_pem(pem: bytes) -> PublicKey:
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, PublicKey):
+        raise ValueError(f"unsupported public key {type(key).__name__}")
+    return key
 
 
 @key.command(name="export")

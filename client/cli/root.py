@@ -41,7 +41,8 @@ class _Cli(click.Group):
         "Passphrases come from NOTARY_ROOT_PASSPHRASE, NOTARY_TARGETS_PASSPHRASE, "
         "NOTARY_SNAPSHOT_PASSPHRASE, NOTARY_DELEGATION_PASSPHRASE or docker's "
         "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE / DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE; "
-        "otherwise they are asked for when stdin is a terminal."
+        "otherwise they are asked for when stdin is a terminal. Keys in a PKCS#11 token "
+        "(`key import --uri`) take its PIN from TUFNOTARY_PKCS11_PIN, or the same prompt."
     ),
 )
 @click.option(
