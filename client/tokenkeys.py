@@ -189,7 +189,7 @@ class TokenKey:
         except TokenKeyError:
             raise
         except Exception as exc:  # each backend raises its own kinds
-            message = f"{self.record.uri} did not sign: {exc or type(exc).__name__}"
+            message = f"{self.record.uri} did not sign: {_describe(exc)}"
             raise TokenFailure(message) from exc
         if not verify_signature(self.public, signature, message):
             raise TokenKeyMismatch(f"{self.record.uri} signs as another key than {keyid}")
@@ -265,7 +265,7 @@ class TokenKeys:
         except TokenKeyError:
             raise
         except Exception as exc:  # python-pkcs11 raises its own kinds
-            raise TokenFailure(f"cannot read the public key of {uri}: {exc}") from exc
+            raise TokenFailure(f"cannot read the public key of {uri}: {_describe(exc)}") from exc
         if not isinstance(crypto, ec.EllipticCurvePublicKey):
             raise UnsupportedKeyURI(f"{uri} is not an ECDSA key")
         return Key.from_public_key(crypto)
@@ -288,3 +288,9 @@ def _backend_key(public: Key) -> Any:
     else:
         raise UnsupportedKeyURI(f"unsupported {public.keytype} key")
     return SSlibKey.from_crypto(crypto, scheme=scheme)
+
+
+def _describe(exc: Exception) -> str:
+    """A backend's exception as text: its message, else its name (python-pkcs11's
+    ``PinIncorrect`` has no message)."""
+    return str(exc) or type(exc).__name__

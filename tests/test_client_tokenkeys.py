@@ -93,7 +93,7 @@ def test_token_key_failures_are_refused(softhsm: SoftHSM, tmp_path: Path) -> Non
     with pytest.raises(PinRequired):
         without_pin.token_keys.register(uri, "root", None, None)
     wrong_pin = TrustDir(tmp_path / "b", pins=Pins({PIN_ENV: "000000"}))
-    with pytest.raises(TokenFailure):
+    with pytest.raises(TokenFailure, match="PinIncorrect"):
         wrong_pin.token_keys.register(uri, "root", None, None)
     trustdir = TrustDir(tmp_path / "c", pins=Pins({PIN_ENV: PIN}))
     with pytest.raises(TokenFailure):

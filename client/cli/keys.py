@@ -314,9 +314,10 @@ def _load_public_pem(pem: bytes) -> PublicKey:
 @output_option("Write to FILE (mode 0600) instead of stdout.")
 @global_options
 def key_export(key_ids: tuple[str, ...], output: Path | None) -> None:
-    """Export private keys (encrypted, with role and gun headers); all keys without KEY_IDS."""
+    """Export private keys (encrypted, with role and gun headers); without KEY_IDS, all key
+    files (keys in tokens never leave them)."""
     trustdir = current().trustdir()
-    ids = key_ids or tuple(info.key_id for info in trustdir.list_keys())
+    ids = key_ids or tuple(info.key_id for info in trustdir.list_keys() if info.uri is None)
     pem = b"".join(trustdir.export_key(key_id) for key_id in ids)
     if output is None:
         with click.open_file("-", "wb") as stdout:
