@@ -81,6 +81,11 @@ def test_notary_publishes_and_reads_through_the_proxy(stack: ServerInfo, tmp_pat
     assert hashlib.sha256(second.content).digest() == base64.b64decode(digest)
     assert second.headers["X-Cache-Status"] == "HIT"
     assert get(stack, "timestamp.json").headers["X-Cache-Status"] in {"MISS", "HIT", "EXPIRED"}
+    # by version: not content-addressed (a re-created repository reuses the numbers), so it is
+    # cached like current metadata, never for long
+    assert get(stack, "1.root.json").status_code == 200
+    time.sleep(0.05)  # past the 10 ms window the first answer was cached in
+    assert get(stack, "1.root.json").headers["X-Cache-Status"] != "HIT"
 
     # a publish by another client becomes visible to readers within the documented bound
     assert "four" not in published_targets(stack)
