@@ -11,7 +11,9 @@ yields to the others, so busy keep-alive clients take turns.
 from __future__ import annotations
 
 import functools
+import importlib
 import ssl
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -119,6 +121,7 @@ class DeadlineWorker(GeventWorker):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MonkeyPatchWarning)
             super().patch()
+        cooperative_psycopg()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if isinstance(client, ssl.SSLSocket):
@@ -146,3 +149,15 @@ class DeadlineWorker(GeventWorker):
             gevent.sleep(0)
         if body is not None and body.expired:
             raise StopIteration("request body too slow")  # the rest of it is not read: close
+
+
+def cooperative_psycopg() -> None:
+    """Make psycopg wait for PostgreSQL through gevent once the worker is monkey-patched.
+
+    psycopg picks its wait function when first imported, and the arbiter's start-up checks
+    imported it before the fork: it would keep its C wait, which blocks the whole worker for
+    every round trip to the database. Re-running that choice now picks a patched ``poll``.
+    """
+    waiting = sys.modules.get("psycopg.waiting")
+    if waiting is not None:
+        importlib.reload(waiting)
