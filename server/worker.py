@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib
 import ssl
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -121,7 +120,7 @@ class DeadlineWorker(GeventWorker):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MonkeyPatchWarning)
             super().patch()
-        cooperative_psycopg()
+        blocking_psycopg_waits()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if isinstance(client, ssl.SSLSocket):
@@ -151,13 +150,17 @@ class DeadlineWorker(GeventWorker):
             raise StopIteration("request body too slow")  # the rest of it is not read: close
 
 
-def cooperative_psycopg() -> None:
-    """Make psycopg wait for PostgreSQL through gevent once the worker is monkey-patched.
+def blocking_psycopg_waits() -> None:
+    """Make psycopg wait for PostgreSQL with its C wait in the worker, whatever the import order.
 
-    psycopg picks its wait function when first imported, and the arbiter's start-up checks
-    imported it before the fork: it would keep its C wait, which blocks the whole worker for
-    every round trip to the database. Re-running that choice now picks a patched ``poll``.
+    psycopg picks its wait function when first imported: the C wait if nothing patched
+    ``select`` yet (the arbiter's start-up checks import it before the fork), else a
+    gevent-friendly ``poll``. The C wait blocks the worker for each round trip (about 0.1 ms to
+    a nearby database; a transaction then never yields halfway), the ``poll`` wait lets other
+    greenlets run meanwhile but measured 4-5 times fewer reads per second and a higher p99
+    (bench/README.md, "Publishes"). So the C wait it is, when psycopg's C module is installed.
     """
-    waiting = sys.modules.get("psycopg.waiting")
-    if waiting is not None:
-        importlib.reload(waiting)
+    waiting = importlib.import_module("psycopg.waiting")
+    wait_c = getattr(waiting, "wait_c", None)
+    if wait_c is not None:
+        waiting.wait = wait_c
