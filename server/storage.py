@@ -874,8 +874,8 @@ class MetadataStore:
 def _append_change(
     connection: Connection, gun: str, version: int, sha256: str, category: str, now: datetime
 ) -> Change:
-    values = {"created_at": now, "gun": gun, "version": version, "sha256": sha256}
-    result = connection.execute(_INSERT_CHANGE, {**values, "category": category})
+    row = dict(created_at=now, gun=gun, version=version, sha256=sha256, category=category)
+    result = connection.execute(_INSERT_CHANGE, row)
     key = result.inserted_primary_key
     assert key is not None  # a single-row INSERT always reports its key
     return Change(key[0], now, gun, version, sha256, category)
