@@ -6,6 +6,7 @@ of a parsed document reproduces the bytes a Go producer wrote.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -176,10 +177,15 @@ class FileMeta:
     def from_dict(cls, data: Any, what: str) -> FileMeta:
         if not isinstance(data, dict):
             raise FormatError(f"{what} must be an object")
-        hashes = {
-            name: b64decode(value, f"{what}.hashes.{name}")
-            for name, value in _collection(data, "hashes", dict, what).items()
-        }
+        hashes = {}
+        for name, value in _collection(data, "hashes", dict, what).items():
+            try:  # the message is composed only for a bad value
+                if isinstance(value, str):
+                    hashes[name] = base64.b64decode(value, validate=True)
+                    continue
+            except ValueError:
+                pass
+            hashes[name] = b64decode(value, f"{what}.hashes.{name}")
         length = data.get("length", 0)
         if isinstance(length, bool) or not isinstance(length, int):
             raise FormatError(f"{what}.length must be an integer")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -57,6 +57,8 @@ S = TypeVar("S", bound=Signed)
 _PARSED_CACHE_SIZE = 4096
 _REACHED_CACHE_BYTES = 64 * 1024 * 1024
 
+_NONE: Mapping[str, StoredFile] = {}
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -105,10 +107,12 @@ class Requester:
 
 @dataclass(frozen=True)
 class _Current:
-    """The current timestamp of a GUN and the snapshot it names."""
+    """The current timestamp of a GUN and the snapshot it names; ``candidates``: the newest
+    file of some roles, read along with the timestamp, used where the walk reaches them."""
 
     timestamp: StoredFile
     snapshot: StoredFile | None
+    candidates: Mapping[str, StoredFile] = field(default_factory=dict)
 
 
 class TrustService:
@@ -145,15 +149,31 @@ class TrustService:
         assert isinstance(cached, signed_class)
         return cached
 
-    def _walk(self, gun: str) -> _Current | None:
-        """Latest timestamp and the snapshot it lists: what "current" means (spec 1.5.3)."""
-        timestamp = self.store.latest(gun, TIMESTAMP)
+    def _walk(self, gun: str, prefetch: Sequence[str] = ()) -> _Current | None:
+        """Latest timestamp and the snapshot it lists: what "current" means (spec 1.5.3).
+
+        ``prefetch``: roles whose newest files are read in the same query as the timestamp;
+        the walk uses them when they are the ones it reaches (they nearly always are).
+        """
+        if prefetch:
+            candidates = self.store.latest_of(gun, (TIMESTAMP, *prefetch))
+            timestamp = candidates.get(TIMESTAMP)
+        else:
+            candidates, timestamp = {}, self.store.latest(gun, TIMESTAMP)
         if timestamp is None:
             return None
-        return _Current(timestamp, self._reach(gun, timestamp, SNAPSHOT))
+        snapshot = self._reach(gun, timestamp, SNAPSHOT, candidates)
+        return _Current(timestamp, snapshot, candidates)
 
-    def _reach(self, gun: str, timestamp: StoredFile, role: str) -> StoredFile | None:
-        """The file of ``role`` that ``timestamp`` reaches through its snapshot."""
+    def _reach(
+        self,
+        gun: str,
+        timestamp: StoredFile,
+        role: str,
+        candidates: Mapping[str, StoredFile] = _NONE,
+    ) -> StoredFile | None:
+        """The file of ``role`` that ``timestamp`` reaches through its snapshot (one of
+        ``candidates`` if its checksum is the one listed, else read by checksum)."""
         key = (gun, timestamp.sha256, role)
         found = self._reached.get(key)
         if found is not None:
@@ -161,10 +181,14 @@ class TrustService:
         if role == SNAPSHOT:
             entry = self._parse(timestamp, Timestamp).meta.get(SNAPSHOT)
         else:
-            snapshot = self._reach(gun, timestamp, SNAPSHOT)
+            snapshot = self._reach(gun, timestamp, SNAPSHOT, candidates)
             entry = self._parse(snapshot, Snapshot).meta.get(role) if snapshot else None
         sha256 = entry.sha256_hex if entry else None
-        found = self.store.by_checksum(gun, role, sha256) if sha256 else None
+        candidate = candidates.get(role)
+        if candidate is not None and sha256 is not None and candidate.sha256 == sha256:
+            found = candidate
+        else:
+            found = self.store.by_checksum(gun, role, sha256) if sha256 else None
         if found is not None:
             self._reached.put(key, found)
         return found
@@ -178,7 +202,7 @@ class TrustService:
             return None
         if role == TIMESTAMP:
             return current.timestamp
-        return self._reach(gun, current.timestamp, role)
+        return self._reach(gun, current.timestamp, role, current.candidates)
 
     def current(self, gun: str, role: str) -> StoredFile:
         """GET ``role.json``: timestamps and server-signed snapshots are refreshed first."""
@@ -342,21 +366,29 @@ class TrustService:
 
 
 class _StoreState:
-    """RepositoryState over the store: the update validator's view of one GUN, read once."""
+    """RepositoryState over the store: the update validator's view of one GUN, read once
+    (timestamp, snapshot and root in one query), parsed through the service's cache."""
 
     def __init__(self, service: TrustService, gun: str) -> None:
         self._service = service
         self._gun = gun
-        self._walked = service._walk(gun)
-        self._files: dict[str, bytes | None] = {}
+        self._walked = service._walk(gun, prefetch=(SNAPSHOT, ROOT))
+        self._files: dict[str, StoredFile | None] = {}
 
-    def current(self, role: str) -> bytes | None:
+    def _file(self, role: str) -> StoredFile | None:
         if self._walked is None:
             return None
         if role not in self._files:
-            found = self._service.current_file(self._gun, role, self._walked)
-            self._files[role] = found.data if found else None
+            self._files[role] = self._service.current_file(self._gun, role, self._walked)
         return self._files[role]
+
+    def current(self, role: str) -> bytes | None:
+        found = self._file(role)
+        return found.data if found else None
+
+    def signed(self, role: str, signed_class: type[S]) -> S | None:
+        found = self._file(role)
+        return self._service._parse(found, signed_class) if found else None
 
 
 @contextmanager

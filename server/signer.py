@@ -144,7 +144,10 @@ class ServerKeys:
         self._store = store
         self._vault = vault
         self._algorithm = algorithm
-        self._cache: dict[str, PrivateKey] = {}
+        # Decrypted keys (scrypt makes each decryption cost tens of ms), by (key id, GUN,
+        # role): a key stored for one GUN and role never signs for another. Rotation makes a
+        # new key id; a passphrase change (rekey) leaves the keys themselves unchanged.
+        self._cache: dict[tuple[str, str, str], PrivateKey] = {}
         self._used: set[str] = set()
 
     def _create(self, gun: str, role: str, gate: Callable[[], None]) -> tuple[Key, bool]:
@@ -161,7 +164,7 @@ class ServerKeys:
         self._store.add_key(
             StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
         )
-        self._cache[key_id] = private
+        self._cache[key_id, gun, role] = private
         return private.public, True
 
     def _stored(self, gun: str, role: str, key_id: str) -> StoredKey | None:
@@ -189,13 +192,13 @@ class ServerKeys:
         """The keys root lists for ``role`` that this server can sign with."""
         held = []
         for key_id in root.roles[role].keyids if role in root.roles else []:
-            private = self._cache.get(key_id)
+            private = self._cache.get((key_id, gun, role))
             if private is None:
                 stored = self._stored(gun, role, key_id)
                 if stored is None:
                     continue
                 plain = self._vault.decrypt(stored.private, _context(key_id, gun, role))
-                private = self._cache.setdefault(key_id, PrivateKey.from_pkcs8(plain))
+                private = self._cache.setdefault((key_id, gun, role), PrivateKey.from_pkcs8(plain))
             held.append(HeldKey(key_id, private))
         return held
 

@@ -383,6 +383,48 @@ _SIGNAL = (
     .order_by(TufFileRow.version.desc())
     .limit(1)
 )
+_GUN, _ROLE = sa.bindparam("gun"), sa.bindparam("role")
+# Built once: composing a statement per call costs more than running it on a warm connection.
+_FILES = sa.select(*_FILE_COLUMNS).where(TufFileRow.gun == _GUN, TufFileRow.role == _ROLE)
+_LATEST = _FILES.order_by(TufFileRow.version.desc()).limit(1)
+_BY_CHECKSUM = _FILES.where(TufFileRow.sha256 == sa.bindparam("sha256")).limit(1)
+_BY_VERSION = _FILES.where(TufFileRow.version == sa.bindparam("version")).limit(1)
+_INSERT_CHANGE = sa.insert(ChangefeedRow)
+_INSERT_AUDIT = sa.insert(AuditRow)
+
+
+@functools.lru_cache(maxsize=64)
+def _latest_of(roles: tuple[str, ...]) -> sa.CompoundSelect:
+    """The newest row of each of ``roles`` (bound: ``gun``), one index lookup each."""
+    return sa.union_all(
+        *(
+            sa.select(*_FILE_COLUMNS)
+            .where(TufFileRow.gun == _GUN, TufFileRow.role == role)
+            .order_by(TufFileRow.version.desc())
+            .limit(1)
+            .subquery()
+            .select()
+            for role in roles
+        )
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _newer(roles: tuple[str, ...]) -> sa.Select[Any]:
+    """A row of ``roles[i]`` at version ``v{i}`` or higher (bound: ``gun``, ``v0``...)."""
+    return (
+        sa.select(TufFileRow.role, TufFileRow.version)
+        .where(
+            TufFileRow.gun == _GUN,
+            sa.or_(
+                *(
+                    sa.and_(TufFileRow.role == role, TufFileRow.version >= sa.bindparam(f"v{i}"))
+                    for i, role in enumerate(roles)
+                )
+            ),
+        )
+        .limit(1)
+    )
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -438,35 +480,28 @@ class MetadataStore:
         except SQLAlchemyError as error:
             raise StorageError(_describe(action, error)) from error
 
-    def _file(self, action: str, *conditions: Any, newest: bool = False) -> StoredFile | None:
-        query = sa.select(*_FILE_COLUMNS).where(*conditions).limit(1)
-        if newest:
-            query = query.order_by(TufFileRow.version.desc())
+    def _file(self, action: str, query: sa.Select[Any], **params: Any) -> StoredFile | None:
         with self._transaction(action) as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(query, params).first()
         return None if row is None else StoredFile(**row._mapping)
 
     def latest(self, gun: str, role: str) -> StoredFile | None:
         """The highest stored version of a role."""
-        return self._file("latest", TufFileRow.gun == gun, TufFileRow.role == role, newest=True)
+        return self._file("latest", _LATEST, gun=gun, role=role)
+
+    def latest_of(self, gun: str, roles: Sequence[str]) -> dict[str, StoredFile]:
+        """The highest stored version of each of ``roles`` that has one, in one query."""
+        with self._transaction("latest") as connection:
+            rows = connection.execute(_latest_of(tuple(roles)), {"gun": gun}).all()
+        return {row.role: StoredFile(**row._mapping) for row in rows}
 
     def by_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
         """The stored version of a role whose bytes have this SHA-256 (lower-case hex)."""
-        return self._file(
-            "by_checksum",
-            TufFileRow.gun == gun,
-            TufFileRow.role == role,
-            TufFileRow.sha256 == sha256,
-        )
+        return self._file("by_checksum", _BY_CHECKSUM, gun=gun, role=role, sha256=sha256)
 
     def by_version(self, gun: str, role: str, version: int) -> StoredFile | None:
         """One stored version of a role."""
-        return self._file(
-            "by_version",
-            TufFileRow.gun == gun,
-            TufFileRow.role == role,
-            TufFileRow.version == version,
-        )
+        return self._file("by_version", _BY_VERSION, gun=gun, role=role, version=version)
 
     def signal(self, gun: str) -> tuple[int, str] | None:
         """(row id, sha256) of the highest stored timestamp of ``gun``, or None: it changes with
@@ -502,22 +537,17 @@ class MetadataStore:
             }
             for file in sorted(files, key=lambda file: (file.role, file.version))
         ]
+        # One round trip each: the version check of every role, then all the rows.
+        roles = tuple(sorted(lowest))
+        versions = {f"v{i}": lowest[role] for i, role in enumerate(roles)}
         with self._transaction(f"update of {gun}", write=True, conflicts=True) as connection:
-            for role, version in lowest.items():
-                stored = connection.execute(
-                    sa.select(TufFileRow.version)
-                    .where(
-                        TufFileRow.gun == gun,
-                        TufFileRow.role == role,
-                        TufFileRow.version >= version,
-                    )
-                    .limit(1)
-                ).scalar()
+            if lowest:
+                stored = connection.execute(_newer(roles), {"gun": gun, **versions}).first()
                 if stored is not None:
                     raise VersionConflict(
-                        f"update of {gun}: {role} version {stored} is stored, new is {version}"
+                        f"update of {gun}: {stored.role} version {stored.version} is stored, "
+                        f"new is {lowest[stored.role]}"
                     )
-            if rows:
                 connection.execute(sa.insert(TufFileRow), rows)
             if audit is not None:
                 _append_audit(connection, audit, now)
@@ -844,11 +874,8 @@ class MetadataStore:
 def _append_change(
     connection: Connection, gun: str, version: int, sha256: str, category: str, now: datetime
 ) -> Change:
-    result = connection.execute(
-        sa.insert(ChangefeedRow).values(
-            created_at=now, gun=gun, version=version, sha256=sha256, category=category
-        )
-    )
+    row = dict(created_at=now, gun=gun, version=version, sha256=sha256, category=category)
+    result = connection.execute(_INSERT_CHANGE, row)
     key = result.inserted_primary_key
     assert key is not None  # a single-row INSERT always reports its key
     return Change(key[0], now, gun, version, sha256, category)
@@ -857,4 +884,4 @@ def _append_change(
 def _append_audit(connection: Connection, audit: AuditEntry, now: datetime) -> None:
     values = dataclasses.asdict(audit)
     values["detail"] = json.dumps(audit.detail, sort_keys=True, ensure_ascii=False)
-    connection.execute(sa.insert(AuditRow).values(created_at=now, **values))
+    connection.execute(_INSERT_AUDIT, {**values, "created_at": now})

@@ -61,11 +61,18 @@ NO_SNAPSHOT_KEY = (
 )
 
 
+S = TypeVar("S", bound=Signed)
+
+
 class RepositoryState(Protocol):
     """Read access to what is stored for one GUN."""
 
     def current(self, role: str) -> bytes | None:
         """Bytes of the role's current version, None if there is none."""
+
+    def signed(self, role: str, signed_class: type[S]) -> S | None:
+        """The parsed ``signed`` part of the role's current version, None if there is none
+        (MetadataError if it does not load)."""
 
 
 class RoleSigner(Protocol):
@@ -134,18 +141,11 @@ class Part:
         return cls(role, data, envelope)
 
 
-S = TypeVar("S", bound=Signed)
-
-
-def _load(data: bytes, signed_class: type[S]) -> Metadata[S]:
-    return Metadata.from_envelope(Envelope.from_bytes(data), signed_class)
-
-
 @dataclass
 class _Loaded:
     """A targets-type role the update relies on, with the effective paths it may sign for."""
 
-    metadata: Metadata[Targets]
+    signed: Targets
     data: bytes
     paths: list[str] | None  # None for a stored role whose delegation chain is not checked
 
@@ -185,12 +185,10 @@ class UpdateValidator:
 
     def _root(self, part: Part | None) -> tuple[Root, bytes]:
         stored_data = self.state.current(ROOT)
-        stored = None
-        if stored_data is not None:
-            try:
-                stored = _load(stored_data, Root).signed
-            except MetadataError as exc:
-                raise InvalidUpdate(log=f"stored root does not load: {exc}") from exc
+        try:
+            stored = self.state.signed(ROOT, Root)
+        except MetadataError as exc:
+            raise InvalidUpdate(log=f"stored root does not load: {exc}") from exc
         if part is None:
             if stored is None or stored_data is None:
                 raise invalid("no pre-existing root and no root provided in update.")
@@ -217,12 +215,13 @@ class UpdateValidator:
         if role in self._targets:
             return self._targets[role]
         data = self.state.current(role)
-        if data is None:
-            return None
         try:
-            loaded = _Loaded(_load(data, Targets), data, None)
+            signed = self.state.signed(role, Targets)
         except MetadataError as exc:
             raise InvalidUpdate(log=f"stored {role} does not load: {exc}") from exc
+        if data is None or signed is None:
+            return None
+        loaded = _Loaded(signed, data, None)
         self._targets[role] = loaded
         return loaded
 
@@ -233,7 +232,7 @@ class UpdateValidator:
         for depth in range(1, len(ancestors)):
             parent = self._stored_targets("/".join(ancestors[:depth]))
             name = "/".join(ancestors[: depth + 1])
-            entry = parent.metadata.signed.delegations.role(name) if parent else None
+            entry = parent.signed.delegations.role(name) if parent else None
             if entry is None:
                 raise bad_targets(f"{name} is not delegated by {parent_role(name)}")
             paths = restrict_paths(entry.paths, paths)
@@ -261,9 +260,9 @@ class UpdateValidator:
                 paths = self._effective_paths(role)
                 parent = self._stored_targets(parent_role(role))
                 assert parent is not None  # _effective_paths checked the chain
-                entry = parent.metadata.signed.delegations.role(role)
+                entry = parent.signed.delegations.role(role)
                 assert entry is not None
-                keys = parent.metadata.signed.delegations.role_keys(entry)
+                keys = parent.signed.delegations.role_keys(entry)
                 self._check_delegation_keys(keys)
                 threshold, keyids = entry.threshold, entry.keyids
             check_signature_count(metadata, keyids, role, self.limits.max_signatures)
@@ -274,7 +273,7 @@ class UpdateValidator:
             self._check_paths(role, targets, paths)
         except MetadataError as exc:
             raise bad_targets(str(exc)) from exc
-        self._targets[role] = _Loaded(metadata, part.data, paths)
+        self._targets[role] = _Loaded(targets, part.data, paths)
 
     def _check_structure(self, role: str, targets: Targets) -> None:
         roles = targets.delegations.roles
@@ -298,8 +297,7 @@ class UpdateValidator:
         outside = [name for name in targets.targets if not path_allowed(name, paths)]
         if not outside:
             return
-        previous_data = self.state.current(role)
-        previous = _load(previous_data, Targets).signed if previous_data else None
+        previous = self.state.signed(role, Targets)
         for name in outside:
             before = previous.targets.get(name) if isinstance(previous, Targets) else None
             if before is None or before.to_dict() != targets.targets[name].to_dict():
@@ -333,11 +331,8 @@ class UpdateValidator:
         return NewFile(SNAPSHOT, metadata.signed.version, part.data)
 
     def _previous(self, role: str, signed_class: type[Signed]) -> Signed | None:
-        data = self.state.current(role)
-        if data is None:
-            return None
         try:
-            return _load(data, signed_class).signed
+            return self.state.signed(role, signed_class)
         except MetadataError as exc:
             raise invalid(f"stored {role} does not load: {exc}") from exc
 

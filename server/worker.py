@@ -4,12 +4,14 @@ Each connection is a greenlet, so hundreds of idle or slow connections cost litt
 no thread. Every connection must finish its TLS handshake within ``keepalive`` seconds, every
 request head (the first one included: gunicorn bounds each head read by ``keepalive``) too, and
 a request body within ``keepalive`` seconds plus one second per :data:`MIN_BODY_RATE` bytes;
-a client that misses a deadline is disconnected.
+a client that misses a deadline is disconnected. After each request the connection's greenlet
+yields to the others, so busy keep-alive clients take turns.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import ssl
 import time
 import warnings
@@ -118,6 +120,7 @@ class DeadlineWorker(GeventWorker):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MonkeyPatchWarning)
             super().patch()
+        blocking_psycopg_waits()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if isinstance(client, ssl.SSLSocket):
@@ -139,5 +142,25 @@ class DeadlineWorker(GeventWorker):
             super().handle_request(listener_name, req, coalescing, addr)
         finally:
             coalescing.flush()
+            # Let the other connections have a turn: a keep-alive client whose next request is
+            # already buffered would otherwise be served again and again while they wait (the
+            # cause of a p99 of 300-1000 ms under wrk, against a median of 1-10 ms).
+            gevent.sleep(0)
         if body is not None and body.expired:
             raise StopIteration("request body too slow")  # the rest of it is not read: close
+
+
+def blocking_psycopg_waits() -> None:
+    """Make psycopg wait for PostgreSQL with its C wait in the worker, whatever the import order.
+
+    psycopg picks its wait function when first imported: the C wait if nothing patched
+    ``select`` yet (the arbiter's start-up checks import it before the fork), else a
+    gevent-friendly ``poll``. The C wait blocks the worker for each round trip (about 0.1 ms to
+    a nearby database; a transaction then never yields halfway), the ``poll`` wait lets other
+    greenlets run meanwhile but measured 4-5 times fewer reads per second and a higher p99
+    (bench/README.md, "Publishes"). So the C wait it is, when psycopg's C module is installed.
+    """
+    waiting = importlib.import_module("psycopg.waiting")
+    wait_c = getattr(waiting, "wait_c", None)
+    if wait_c is not None:
+        waiting.wait = wait_c

@@ -8,6 +8,7 @@ keep being answered.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import threading
@@ -97,3 +98,38 @@ def test_slow_request_body_is_refused_with_408(tmp_path: Path) -> None:
             while chunk := tls.recv(4096):  # until the server closes the connection
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":"TIMEOUT"' in answer
+
+
+def test_keep_alive_connections_take_turns(tmp_path: Path) -> None:
+    """A connection with many requests already buffered (pipelined) does not hold the worker:
+    a request on another connection is answered long before that backlog is through (the
+    order is read from the worker's access log)."""
+    pipelined = 1000
+    busy_request = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    other_request = b"GET /_notary_server/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with running_server(tmp_path, "--workers", "1", "--log-level", "info", env=ENV) as server:
+        context = ssl.create_default_context(cafile=str(server.ca_cert))
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw_busy,
+            context.wrap_socket(raw_busy, server_hostname="127.0.0.1") as busy,
+            socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw_other,
+            context.wrap_socket(raw_other, server_hostname="127.0.0.1") as other,
+        ):
+            for connection, request in ((busy, busy_request), (other, other_request)):
+                connection.sendall(request)  # both connections are up and served once
+                assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+            busy.sendall(busy_request * pipelined)
+            answered = busy.recv(65536)  # the worker is working through busy's backlog
+            other.sendall(other_request)
+            assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
+            while answered.count(b"HTTP/1.1 200 ") < pipelined:
+                answered += busy.recv(65536)
+        paths = [
+            json.loads(line)["path"]
+            for line in server.log.read_text().splitlines()
+            if line.startswith("{") and '"path": "/' in line
+        ]
+    last = len(paths) - 1 - paths[::-1].index("/_notary_server/health")
+    assert paths.count("/v2/") == pipelined + 1
+    before = paths[:last].count("/v2/") - 1  # of busy's backlog, answered before other's GET
+    assert before < pipelined // 2
