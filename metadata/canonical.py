@@ -180,6 +180,44 @@ def html_safe(text: str) -> str:
     )
 
 
+_FAST_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    parse_float=UnencodableNumber,
+    parse_int=_parse_int,
+    strict=True,
+)
+_WIRE_HEAD = '{"signed":'
+_WIRE_SIGNATURES = ',"signatures":'
+
+
+def loads_wire(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """A document exactly in wire form, parsed: ``({"signed":..., "signatures":...}, signing
+    bytes)``; None for anything else (the caller then uses :func:`loads` and
+    :func:`encode_canonical`, which find and name any error).
+
+    The common case in one pass: ``signed`` is decoded without the per-object duplicate-member
+    check, then encoded canonically. Finding that encoding (after the HTML-safe pass) as the
+    received text proves the text had no duplicate member (one would have been dropped) and
+    means what the strict path means (numbers without a canonical form fail to encode).
+    """
+    try:
+        text = data.decode("utf-8")
+        if not text.startswith(_WIRE_HEAD):
+            return None
+        signed, end = _FAST_DECODER.raw_decode(text, len(_WIRE_HEAD))
+        if not isinstance(signed, dict) or not text.startswith(_WIRE_SIGNATURES, end):
+            return None
+        canonical = canonical_text(signed)
+        if html_safe(canonical) != text[len(_WIRE_HEAD) : end]:
+            return None
+        signatures, stop = _DECODER.raw_decode(text, end + len(_WIRE_SIGNATURES))
+        if text[stop:].rstrip(" \t\r\n") != "}":
+            return None
+        return {"signed": signed, "signatures": signatures}, canonical.encode("utf-8")
+    except (ValueError, FormatError, RecursionError):  # the strict path reports it
+        return None
+
+
 def encode_wire(signed: Mapping[str, Any], signatures: Iterable[Mapping[str, str]]) -> bytes:
     """The stored and served bytes of a document, exactly as the Go code writes them."""
     sigs = ",".join(

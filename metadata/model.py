@@ -6,14 +6,14 @@ of a parsed document reproduces the bytes a Go producer wrote.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from tufnotary.metadata.canonical import encode_canonical, encode_wire, loads
+from tufnotary.metadata.canonical import encode_canonical, encode_wire, loads, loads_wire
 from tufnotary.metadata.errors import FormatError, HashMismatchError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
 from tufnotary.metadata.signing import Signature, Signer
@@ -179,9 +179,9 @@ class FileMeta:
             raise FormatError(f"{what} must be an object")
         hashes = {}
         for name, value in _collection(data, "hashes", dict, what).items():
-            try:  # the message is composed only for a bad value
+            try:  # base64.b64decode(value, validate=True) in one call; a message only if bad
                 if isinstance(value, str):
-                    hashes[name] = base64.b64decode(value, validate=True)
+                    hashes[name] = binascii.a2b_base64(value, strict_mode=True)
                     continue
             except ValueError:
                 pass
@@ -477,11 +477,15 @@ class Envelope:
     def from_bytes(cls, data: bytes) -> Envelope:
         """FormatError unless ``data`` is ``{"signed": {...}, "signatures": [...]}`` whose
         ``signed`` has a canonical form (NumberFormatError names a number that has none)."""
-        document = loads(data)
-        if not isinstance(document, dict) or not isinstance(document.get("signed"), dict):
-            raise FormatError("document must be an object with a signed object")
+        wire = loads_wire(data)
+        if wire is not None:
+            document, signing_bytes = wire
+        else:
+            document = loads(data)
+            if not isinstance(document, dict) or not isinstance(document.get("signed"), dict):
+                raise FormatError("document must be an object with a signed object")
+            signing_bytes = encode_canonical(document["signed"])
         signed = document["signed"]
-        signing_bytes = encode_canonical(signed)
         if not isinstance(signed.get("_type", ""), str):
             raise FormatError("_type must be a string")
         version = signed.get("version", 0)

@@ -175,6 +175,46 @@ def test_parsing_allows_surrounding_whitespace() -> None:
     assert loads(b' {"a":[1]}\n') == {"a": [1]}
 
 
+_SIG = b'"signatures":[{"keyid":"k","method":"ecdsa","sig":"c2ln"}]'
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        b'{"_type":"Targets","version":2}',  # wire form: the one-pass path
+        b'{"_type":"Targets","n":"a\\u003cb","version":2}',
+        b'{"version":2,"_type":"Targets"}',  # not canonical: the strict path, same result
+        b'{"_type":"Targets", "version":2}',
+        b'{"_type":"Targets","n":"\\u00e9\\b","version":2}',
+        b'{"_type":"Targets","version":2,"version":2}',  # duplicates: refused
+        b'{"_type":"Targets","a":{"b":1,"b":1},"version":2}',
+        b'{"_type":"Targets","version":2.0}',  # numbers without a canonical form: refused
+        b'{"_type":"Targets","n":9007199254740993,"version":2}',
+        b'{"_type":"Targets","n":NaN,"version":2}',
+        b'{"_type":"Targets","n":"\\ud800","version":2}',  # lone surrogate: refused
+        b'{"_type":"Targets","n":' + b"[" * 100_000 + b"]" * 100_000 + b',"version":2}',
+        b"[]",
+    ],
+)
+@pytest.mark.parametrize("tail", [b"," + _SIG + b"}", b"," + _SIG + b',"signatures":[]}'])
+def test_envelope_parsing_matches_the_strict_parser(member: bytes, tail: bytes) -> None:
+    """Wire-form documents are parsed in one pass; any document gets the strict path's answer."""
+    data = b'{"signed":' + member + tail
+    try:
+        signed = loads(data)["signed"]
+        if not isinstance(signed, dict):
+            raise FormatError("document must be an object with a signed object")
+        expected: object = (signed, encode_canonical(signed))
+    except FormatError as exc:
+        expected = (type(exc), str(exc))
+    try:
+        envelope = Envelope.from_bytes(data)
+        outcome: object = (envelope.signed_dict, envelope.signing_bytes)
+    except FormatError as exc:
+        outcome = (type(exc), str(exc))
+    assert outcome == expected
+
+
 # -- keys and signatures ----------------------------------------------------------------------
 
 
