@@ -44,9 +44,10 @@ Signal = tuple[int, str] | None
 
 @dataclass(frozen=True)
 class _Entry:
-    """A rendered response, valid while the GUN's signal is ``signal`` (and, for a current
-    timestamp or snapshot, until ``refresh_at``, in seconds since the epoch)."""
+    """A rendered response to ``route``, valid while the GUN's signal is ``signal`` (and, for a
+    current timestamp or snapshot, until ``refresh_at``, in seconds since the epoch)."""
 
+    route: _Route
     signal: Signal
     status: str
     headers: list[tuple[str, str]]  # without Content-Length and X-Request-ID
@@ -86,14 +87,17 @@ class FastReads:
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD")
         path = get_path_info(environ)
-        route = self._route(path) if method in ("GET", "HEAD") else None
+        entry: _Entry | None = None
+        route: _Route | None = None
+        if method in ("GET", "HEAD"):  # a cached path's route is known: no need to match it again
+            entry = self._entries.get(path)
+            route = entry.route if entry is not None else self._route(path)
         if route is None or not self._authorized(environ, route.gun):
             return self._wsgi(environ, start_response)
         try:
             signal = self._service.store.signal(route.gun)
         except StorageError:
             return self._wsgi(environ, start_response)
-        entry = self._entries.get(path)
         if entry is not None and entry.valid(signal, time.time()):
             return self._hit(environ, start_response, entry, route, path, started)
         if method != "GET" or "HTTP_IF_NONE_MATCH" in environ:
@@ -163,7 +167,7 @@ class FastReads:
             refresh_at = None
             if route.current and route.role in ("timestamp", "snapshot") and status[:3] == "200":
                 refresh_at = self._refresh_at(route.gun)
-            entry = _Entry(signal, status, kept, body, etag, refresh_at)
+            entry = _Entry(route, signal, status, kept, body, etag, refresh_at)
             self._entries.put(path, entry)
         return [body]
 
