@@ -44,7 +44,9 @@ from tufnotary.server.errors import (
 from tufnotary.server.realm import Realm, RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.slots import UploadSlots
-from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
+from tufnotary.server.storage.audit import AuditRecord
+from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.metadata import StoredFile
 from tufnotary.server.updates import Limits, Part
 
 bp = Blueprint("notary", __name__)

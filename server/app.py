@@ -30,7 +30,7 @@ from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_vault
-from tufnotary.server.storage import MetadataStore
+from tufnotary.server.storage import Stores
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -112,10 +112,10 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     """
     settings = settings or Settings.load()
     configure_logging(settings.log_level)
-    store = MetadataStore.from_url(settings.effective_database_url)
+    stores = Stores.from_url(settings.effective_database_url)
     vault = open_vault(settings)
     if preflight:
-        startup.preflight(settings, store, vault)
+        startup.preflight(settings, stores, vault)
         vault.warn_if_development()
     limits = Limits(
         settings.max_delegations,
@@ -128,11 +128,14 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.max_targets_bytes,
     )
     service = TrustService(
-        store,
-        ServerKeys(store, vault, settings.key_algorithm),
+        stores.metadata,
+        stores.audit,
+        ServerKeys(stores.keys, vault, settings.key_algorithm),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
-        key_creations=RateLimit(store, "key-create", settings.key_creation_limit, KEY_WINDOW),
+        key_creations=RateLimit(
+            stores.rate_events, "key-create", settings.key_creation_limit, KEY_WINDOW
+        ),
     )
 
     app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
@@ -144,6 +147,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["tufnotary.service"] = service
+    app.extensions["tufnotary.stores"] = stores
     app.extensions["tufnotary.metrics"] = _metrics_renderer()
     app.extensions["tufnotary.api_settings"] = api.Settings(
         settings.max_body_bytes,
@@ -162,7 +166,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     )
     app.extensions["tufnotary.auth"] = _token_auth(settings)
     if settings.auth_mode == "builtin":
-        realm = _realm(settings, store, vault)
+        realm = _realm(settings, stores, vault)
         app.extensions["tufnotary.realm"] = realm
         app.extensions["tufnotary.auth"] = realm.verifier
     app.register_blueprint(api.bp)
@@ -195,12 +199,12 @@ def _token_auth(settings: Settings) -> TokenAuth | None:
         raise ConfigError(f"token_rootcertbundle: {exc}") from None
 
 
-def _realm(settings: Settings, store: MetadataStore, vault: KeyVault) -> Realm:
+def _realm(settings: Settings, stores: Stores, vault: KeyVault) -> Realm:
     """The built-in token realm of auth_mode `builtin` (service and issuer default to
     "tufnotary")."""
     return Realm(
-        store,
-        TokenKeys(store, vault),
+        stores,
+        TokenKeys(stores.token_keys, vault),
         service=settings.token_service or DEFAULT_SERVICE,
         issuer=settings.token_issuer or DEFAULT_ISSUER,
         lifetime=settings.token_lifetime,

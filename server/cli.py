@@ -180,10 +180,10 @@ def _preflight(settings: Settings) -> None:
     stderr and exit status 1; the development-key warning is logged here only."""
     from .app import configure_logging
     from .startup import StartupError, open_vault, preflight
-    from .storage import MetadataStore
+    from .storage import Stores
 
     configure_logging(settings.log_level)
-    store = MetadataStore.from_url(settings.effective_database_url)
+    store = Stores.from_url(settings.effective_database_url)
     try:
         vault = open_vault(settings)
         preflight(settings, store, vault)
@@ -294,16 +294,17 @@ def audit(
     import json
 
     from .api import audit_json, parse_time
-    from .storage import MetadataStore, StorageError
+    from .storage import Stores
+    from .storage.engine import StorageError
 
     settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
     try:
         window = [parse_time(value) if value else None for value in (since, until)]
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO 8601 time: {exc}") from None
-    store = MetadataStore.from_url(settings.effective_database_url)
+    store = Stores.from_url(settings.effective_database_url)
     try:
-        records = store.audit_log(
+        records = store.audit.records(
             gun=gun, actor=actor, since=window[0], until=window[1], limit=limit
         )
     except StorageError as exc:
@@ -327,16 +328,16 @@ def audit(
 def _realm_store(
     config_file: Path | None, data_dir: Path | None, database_url: str | None
 ) -> tuple[Settings, Any]:
-    from .storage import MetadataStore
+    from .storage import Stores
 
     settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
-    return settings, MetadataStore.from_url(settings.effective_database_url)
+    return settings, Stores.from_url(settings.effective_database_url)
 
 
 def _realm_call(action: Callable[[], Any]) -> Any:
     """Run a realm change; realm and database errors become one-line failures."""
     from .realm import RealmError
-    from .storage import StorageError
+    from .storage.engine import StorageError
 
     try:
         return action()
@@ -495,7 +496,7 @@ def user_list(
     from tufnotary.metadata.model import format_expires
 
     _, store = _realm_store(config_file, data_dir, database_url)
-    for entry in _realm_call(store.realm_users):
+    for entry in _realm_call(store.realm.realm_users):
         if as_json:
             record = {
                 "name": entry.name,
@@ -559,7 +560,7 @@ def rule_list(
 
     settings, store = _realm_store(config_file, data_dir, database_url)
     rows: list[tuple[int | None, str, str, str]] = [
-        (r.id, r.subject, r.pattern, r.actions) for r in _realm_call(store.rules)
+        (r.id, r.subject, r.pattern, r.actions) for r in _realm_call(store.realm.rules)
     ]
     rows += [(None, *configured) for configured in settings.rules]
     for rule_id, subject, pattern, actions in rows:
@@ -611,10 +612,8 @@ def token_key_list(
     config_file: Path | None, data_dir: Path | None, database_url: str | None
 ) -> None:
     """The kids of the token-signing keys, oldest first (the last one signs)."""
-    from .realm import TOKEN_KEY_GUN, TOKEN_KEY_ROLE
-
     _, store = _realm_store(config_file, data_dir, database_url)
-    for key in _realm_call(lambda: store.keys_for(TOKEN_KEY_GUN, TOKEN_KEY_ROLE)):
+    for key in _realm_call(store.token_keys.all):
         click.echo(key.key_id)
 
 
@@ -658,7 +657,7 @@ def rekey(
     settings, store = _realm_store(config_file, data_dir, database_url)
     new = _new_vault(new_passphrase_file)
     try:
-        count = _realm_call(lambda: rekey(store, _vault(settings), new))
+        count = _realm_call(lambda: rekey(store.keys, _vault(settings), new))
     except KeyDecryptionError as exc:
         raise click.ClickException(
             f"{exc}: the configured key passphrase is not the one the keys are encrypted with; "

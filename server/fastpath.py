@@ -29,7 +29,7 @@ from tufnotary.server import api
 from tufnotary.server.auth import required_access
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import LRU, TrustService
-from tufnotary.server.storage import StorageError
+from tufnotary.server.storage.engine import StorageError
 
 GZIP_MIN_BYTES = 1400  # smaller bodies fit one TCP segment: compressing them gains nothing
 _ENTRY_OVERHEAD = 512  # bytes counted per cache entry besides its body

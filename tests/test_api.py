@@ -541,7 +541,7 @@ def test_server_keys_are_kept_and_rotated(tmp_path: Path) -> None:
 
 def test_private_keys_are_encrypted_at_rest(server: Server) -> None:
     key = server.server_key(GUN, "timestamp")
-    stored = server.app.extensions["tufnotary.service"].store.get_key(key.key_id)
+    stored = server.app.extensions["tufnotary.stores"].keys.get_key(key.key_id)
     assert stored.gun == GUN and stored.public == key.public
     assert key.public not in stored.private and len(stored.private) > 60
 
