@@ -18,7 +18,6 @@ import bcrypt
 import jwt
 import pytest
 from click.testing import CliRunner
-from flask import g
 
 from support.api import Server, error_of, multipart
 from support.auth_flows import docker_flow, notary_flow, run_our_cli
@@ -27,6 +26,7 @@ from tufnotary.server import realm as realm_module
 from tufnotary.server.app import create_app
 from tufnotary.server.cli import main as server_cli
 from tufnotary.server.config import ConfigError, Settings
+from tufnotary.server.context import request_state, server_context
 from tufnotary.server.realm import (
     Realm,
     RealmError,
@@ -190,7 +190,8 @@ def _builtin(tmp_path: Path, **settings: Any) -> Builtin:
         htpasswd_file=_htpasswd(tmp_path / "htpasswd"),
         **settings,
     )
-    realm: Realm = server.app.extensions["tufnotary.realm"]
+    realm = server_context(server.app).realm
+    assert realm is not None
     store = realm.store
     for name, groups in (("admin", ()), ("alice", ("team-a",)), ("bob", ()), ("carol", ())):
         add_user(store, name, PASSWORD, groups, rounds=ROUNDS)
@@ -286,7 +287,7 @@ def test_publish_as_pusher_and_refusal_for_puller(builtin: Builtin) -> None:
                 content_type=content_type,
                 headers={"Authorization": f"Bearer {token}"},
             )
-            return response, g.get("actor")
+            return response, request_state().actor
 
     refused, _ = publish("bob")
     assert refused.status_code == 401

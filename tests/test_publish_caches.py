@@ -14,6 +14,7 @@ from support.api import Server, error_of
 from support.repo import RepoBuilder
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Metadata, Timestamp
 from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server.context import server_context
 from tufnotary.server.service import TrustService
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.metadata import NewFile
@@ -22,7 +23,7 @@ GUN = "example.com/team/app"
 
 
 def _service(server: Server) -> TrustService:
-    service = server.app.extensions["tufnotary.service"]
+    service = server_context(server.app).service
     assert isinstance(service, TrustService)
     return service
 
