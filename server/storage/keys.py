@@ -68,8 +68,7 @@ class ServerKeyStore:
 
     def add_key(self, key: StoredKey) -> None:
         """Store a new server key."""
-        with self._db.transaction(f"add key {key.key_id}", write=True) as connection:
-            connection.execute(sa.insert(ServerKeyRow).values(**dataclasses.asdict(key)))
+        _insert(self._db, ServerKeyRow, key)
 
     def _keys(self, action: str, query: sa.Select[Any]) -> list[StoredKey]:
         with self._db.transaction(action) as connection:
@@ -179,8 +178,7 @@ class TokenKeyStore:
 
     def add(self, key: TokenKey) -> None:
         """Store a new token-signing key."""
-        with self._db.transaction(f"add token key {key.key_id}", write=True) as connection:
-            connection.execute(sa.insert(TokenKeyRow).values(**dataclasses.asdict(key)))
+        _insert(self._db, TokenKeyRow, key)
 
     def get(self, key_id: str) -> TokenKey | None:
         """The token-signing key with this id."""
@@ -199,6 +197,13 @@ class TokenKeyStore:
         """Remove a token-signing key and record ``audit``; False if there was none."""
         with self._db.transaction(f"delete token key {key_id}", write=True) as connection:
             return _delete(connection, TokenKeyRow, key_id, audit)
+
+
+def _insert(
+    database: Database, model: type[ServerKeyRow] | type[TokenKeyRow], key: StoredKey | TokenKey
+) -> None:
+    with database.transaction(f"add key {key.key_id}", write=True) as connection:
+        connection.execute(sa.insert(model).values(**dataclasses.asdict(key)))
 
 
 def _delete(
