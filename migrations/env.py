@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tufnotary.server.storage import Base
+from tufnotary.server.storage.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .config import Settings
+    from tufnotary.server.config import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app (`gunicorn 'tufnotary.server:create_app()'`); imports Flask lazily."""
-    from . import app
+    from tufnotary.server import app
 
     return app.create_app(settings)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -27,7 +27,9 @@ from werkzeug.http import http_date
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from tufnotary.metadata.model import TIMESTAMP, format_expires
-from tufnotary.server.auth import TokenAuth, required_access
+from tufnotary.server.auth import required_access
+from tufnotary.server.config import Settings
+from tufnotary.server.context import ServerContext, request_state, server_context
 from tufnotary.server.errors import (
     Forbidden,
     InvalidGun,
@@ -41,10 +43,12 @@ from tufnotary.server.errors import (
     TooLarge,
     TooManyLogins,
 )
-from tufnotary.server.realm import Realm, RealmTokenAuth
+from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.slots import UploadSlots
-from tufnotary.server.storage import AuditRecord, StorageError, StoredFile
+from tufnotary.server.storage.audit import AuditRecord
+from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.metadata import StoredFile
 from tufnotary.server.updates import Limits, Part
 
 bp = Blueprint("notary", __name__)
@@ -60,25 +64,16 @@ _INT32 = 2**31
 _CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the routes need from the server settings."""
-
-    max_body_bytes: int
-    max_parts: int
-    cache_max_age_current: int
-    cache_max_age_consistent: int
-    gun_prefixes: tuple[str, ...]
-    audit_access: str = "auth"
-    metrics_token: str | None = None
+def _context() -> ServerContext:
+    return server_context(current_app)
 
 
 def _service() -> TrustService:
-    return current_app.extensions["tufnotary.service"]  # type: ignore[no-any-return]
+    return _context().service
 
 
 def _settings() -> Settings:
-    return current_app.extensions["tufnotary.api_settings"]  # type: ignore[no-any-return]
+    return _context().settings
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -144,7 +139,7 @@ def audit() -> Response:
     """The audit log, filtered by ``gun``, ``actor``, ``since``, ``until`` (ISO 8601) and
     ``limit`` (1-1000): for administrators (``registry:catalog:*`` with token auth; without
     auth only with ``audit_access = "loopback"``, to loopback clients)."""
-    if current_app.extensions.get("tufnotary.auth") is None:
+    if _context().auth is None:
         if _settings().audit_access != "loopback":
             raise Forbidden(log="the audit log needs auth (or audit_access 'loopback')")
         if not _is_loopback():
@@ -199,7 +194,7 @@ def metrics(**_: str) -> Response:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             raise MetricsUnauthorized()
-    data = current_app.extensions["tufnotary.metrics"]()
+    data = _context().metrics()
     return Response(data, 200, content_type=CONTENT_TYPE_LATEST)
 
 
@@ -218,7 +213,7 @@ def current(gun: str, role: str) -> Response:
 def token() -> Response:
     """``GET /auth/token`` of auth_mode builtin: a registry-style token service (basic
     credentials or none, ``service``, repeated ``scope``) granting requested ∩ allowed."""
-    realm: Realm | None = current_app.extensions.get("tufnotary.realm")
+    realm = _context().realm
     if realm is None:  # not builtin mode: the catch-all's answer
         _authorize(None, ALL)
         raise NoRoute()
@@ -236,13 +231,14 @@ def token() -> Response:
             realm.failed_logins.hit(*counted)
             raise LoginFailed(log=f"failed login of {name!r}")
         user = name
-    g.actor = user or "anonymous"
+    request_state().actor = user or "anonymous"
     if request.args.get("service") != realm.service:
         raise InvalidParameters(log=f"unknown service {request.args.get('service')!r}")
     scopes = [s for value in request.args.getlist("scope") for s in value.split(" ") if s]
     access = realm.granted(user, scopes)
     issued = realm.issue(user, access)
-    g.audit = {"granted": [f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access]}
+    granted = [f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access]
+    request_state().audit = {"granted": granted}
     return _json(
         {
             "token": issued.token,
@@ -255,7 +251,8 @@ def token() -> Response:
 
 def _requester() -> Requester:
     """Who is asking, for the audit log: the token's subject (or anonymous), address, id."""
-    return Requester(g.get("actor") or "anonymous", request.remote_addr or "", g.request_id)
+    state = request_state()
+    return Requester(state.actor or "anonymous", request.remote_addr or "", state.request_id)
 
 
 def get_key(gun: str, role: str) -> Response:
@@ -267,14 +264,14 @@ def rotate_key(gun: str, role: str) -> Response:
 
 
 def delete(gun: str) -> Response:
-    g.audit = {"removed": _service().delete(gun, _requester())}
+    request_state().audit = {"removed": _service().delete(gun, _requester())}
     return Response(b"", 200)
 
 
 def upload(gun: str) -> Response:
     with ExitStack() as held:  # a large-upload slot, taken while reading, until stored
         files = _service().publish(gun, _read_parts(held), _requester())
-    g.audit = {"stored": {file.role: file.version for file in files}}
+    request_state().audit = {"stored": {file.role: file.version for file in files}}
     return Response(b"", 200)
 
 
@@ -385,7 +382,7 @@ def _read_parts(held: ExitStack) -> dict[str, Part]:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise TooLarge(log=f"declared body of {request.content_length} bytes")
     limits = _service().limits
-    guard = _BodyGuard(limits, current_app.extensions["tufnotary.upload_slots"], held)
+    guard = _BodyGuard(limits, _context().upload_slots, held)
     try:
         files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts, guard)
     except RequestEntityTooLarge as exc:
@@ -512,9 +509,10 @@ def dispatch(path: str) -> Response:
         if match is None or route_method != method:
             continue
         arguments = match.groupdict()
-        g.operation = OPERATIONS.get(handler)
+        state = request_state()
+        state.operation = OPERATIONS.get(handler)
         if needs_gun:
-            g.gun = arguments["gun"]
+            state.gun = arguments["gun"]
             _prefix_filter(arguments["gun"], handler)
         if actions is not None:
             _authorize(arguments["gun"] if needs_gun else None, actions)
@@ -527,7 +525,7 @@ def dispatch(path: str) -> Response:
 
 def _authorize(gun: str | None, actions: tuple[str, ...]) -> None:
     """Token auth (spec 1.9) when configured; a declared body over the cap is refused first."""
-    token_auth: TokenAuth | None = current_app.extensions.get("tufnotary.auth")
+    token_auth = _context().auth
     if token_auth is None:
         return
     if isinstance(token_auth, RealmTokenAuth):
@@ -535,7 +533,7 @@ def _authorize(gun: str | None, actions: tuple[str, ...]) -> None:
     declared = request.content_length
     if declared is not None and declared > _settings().max_body_bytes:
         raise TooLarge(log=f"declared body of {declared} bytes")
-    g.actor = token_auth.authorize(
+    request_state().actor = token_auth.authorize(
         request.headers.get("Authorization"), required_access(gun, actions)
     )
 

@@ -7,12 +7,11 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from gunicorn import glogging
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -21,6 +20,7 @@ from werkzeug.routing import BaseConverter
 from tufnotary.server import api, startup
 from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
+from tufnotary.server.context import ServerContext, request_state
 from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
 from tufnotary.server.fastpath import FastReads
 from tufnotary.server.proxy import trust_proxies
@@ -30,7 +30,7 @@ from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_vault
-from tufnotary.server.storage import MetadataStore
+from tufnotary.server.storage import Stores
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -112,10 +112,10 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     """
     settings = settings or Settings.load()
     configure_logging(settings.log_level)
-    store = MetadataStore.from_url(settings.effective_database_url)
+    stores = Stores.from_url(settings.effective_database_url)
     vault = open_vault(settings)
     if preflight:
-        startup.preflight(settings, store, vault)
+        startup.preflight(settings, stores, vault)
         vault.warn_if_development()
     limits = Limits(
         settings.max_delegations,
@@ -128,11 +128,14 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.max_targets_bytes,
     )
     service = TrustService(
-        store,
-        ServerKeys(store, vault, settings.key_algorithm),
+        stores.metadata,
+        stores.audit,
+        ServerKeys(stores.keys, vault, settings.key_algorithm),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
-        key_creations=RateLimit(store, "key-create", settings.key_creation_limit, KEY_WINDOW),
+        key_creations=RateLimit(
+            stores.rate_events, "key-create", settings.key_creation_limit, KEY_WINDOW
+        ),
     )
 
     app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
@@ -143,28 +146,19 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["tufnotary.service"] = service
-    app.extensions["tufnotary.metrics"] = _metrics_renderer()
-    app.extensions["tufnotary.api_settings"] = api.Settings(
-        settings.max_body_bytes,
-        settings.max_parts,
-        settings.cache_max_age_current,
-        settings.cache_max_age_consistent,
-        settings.gun_prefixes,
-        audit_access=settings.audit_access,
-        metrics_token=settings.metrics_token,
-    )
-    app.extensions["tufnotary.upload_slots"] = UploadSlots(
+    slots = UploadSlots(
         settings.data_dir / "upload-slots",
         settings.max_concurrent_large_uploads,
         settings.large_upload_bytes,
         LARGE_UPLOAD_WAIT,
     )
-    app.extensions["tufnotary.auth"] = _token_auth(settings)
+    context = ServerContext(settings, stores, service, slots, _metrics_renderer())
     if settings.auth_mode == "builtin":
-        realm = _realm(settings, store, vault)
-        app.extensions["tufnotary.realm"] = realm
-        app.extensions["tufnotary.auth"] = realm.verifier
+        context.realm = _realm(settings, stores, vault)
+        context.auth = context.realm.verifier
+    else:
+        context.auth = _token_auth(settings)
+    context.install(app)
     app.register_blueprint(api.bp)
     _install_hooks(app)
     if settings.response_cache_bytes:
@@ -195,12 +189,12 @@ def _token_auth(settings: Settings) -> TokenAuth | None:
         raise ConfigError(f"token_rootcertbundle: {exc}") from None
 
 
-def _realm(settings: Settings, store: MetadataStore, vault: KeyVault) -> Realm:
+def _realm(settings: Settings, stores: Stores, vault: KeyVault) -> Realm:
     """The built-in token realm of auth_mode `builtin` (service and issuer default to
     "tufnotary")."""
     return Realm(
-        store,
-        TokenKeys(store, vault),
+        stores,
+        TokenKeys(stores.token_keys, vault),
         service=settings.token_service or DEFAULT_SERVICE,
         issuer=settings.token_issuer or DEFAULT_ISSUER,
         lifetime=settings.token_lifetime,
@@ -213,12 +207,11 @@ def _realm(settings: Settings, store: MetadataStore, vault: KeyVault) -> Realm:
 def _install_hooks(app: Flask) -> None:
     @app.before_request
     def start() -> None:
-        g.started = time.perf_counter()
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        request_state()  # starts the clock and takes the request id
 
     @app.errorhandler(ServerError)
     def server_error(error: ServerError) -> Response:
-        g.error = f"{error.code}: {error}"
+        request_state().error = f"{error.code}: {error}"
         return api.render_error(error)
 
     @app.errorhandler(HTTPException)
@@ -235,25 +228,27 @@ def _install_hooks(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
-        log.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
+        fields = {"request_id": request_state().request_id}
+        log.exception("unhandled error", extra={"fields": fields})
         return server_error(ServerError())
 
     @app.after_request
     def finish(response: Response) -> Response:
-        seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        response.headers["X-Request-ID"] = g.get("request_id", "")
+        state = request_state()
+        seconds = time.perf_counter() - state.started
+        response.headers["X-Request-ID"] = state.request_id
         fields = {
-            "request_id": g.get("request_id"),
+            "request_id": state.request_id,
             "remote": request.remote_addr,
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
             "bytes": response.content_length,
             "ms": round(seconds * 1000, 2),
-            "operation": g.get("operation"),
-            "gun": g.get("gun"),
-            "error": g.get("error"),
-            **g.get("audit", {}),
+            "operation": state.operation,
+            "gun": state.gun,
+            "error": state.error,
+            **state.audit,
         }
         record_request(fields, seconds)
         return response

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
+from sqlalchemy.exc import SQLAlchemyError
 
-from .auth import is_loopback
-from .config import UNIX_PREFIX, ConfigError, Settings
-from .files import loose_permissions, private_dir, secret_files
-from .tls import ensure_self_signed
-from .worker import tls_context
+from tufnotary.metadata.model import format_expires
+from tufnotary.server import migrate as migrations
+from tufnotary.server import realm, signer
+from tufnotary.server.auth import is_loopback
+from tufnotary.server.config import UNIX_PREFIX, ConfigError, Settings
+from tufnotary.server.files import loose_permissions, private_dir, secret_files
+from tufnotary.server.realm import RealmError
+from tufnotary.server.startup import StartupError, open_vault, preflight
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.tls import ensure_self_signed
+from tufnotary.server.worker import tls_context
+
+# prometheus_client chooses its multiprocess mode when it is first imported, so what imports it
+# (tufnotary.server.api and .app) is imported only after `serve` set METRICS_ENV.
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -75,6 +90,42 @@ database_option = click.option(
     metavar="URL",
     help="SQLAlchemy database URL (default: SQLite file in the data directory).",
 )
+
+
+def _with_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """--config, --data-dir and --database, handed to ``command`` as the loaded Settings."""
+
+    @config_option
+    @data_dir_option
+    @database_option
+    @functools.wraps(command)
+    def with_settings(
+        config_file: Path | None, data_dir: Path | None, database_url: str | None, **rest: Any
+    ) -> None:
+        command(_load_settings(config_file, data_dir=data_dir, database_url=database_url), **rest)
+
+    return with_settings
+
+
+@contextmanager
+def _stores(settings: Settings) -> Iterator[Stores]:
+    """The stores on the configured database, disposed afterwards; realm and database errors
+    become one-line failures."""
+    stores = Stores.from_url(settings.effective_database_url)
+    try:
+        yield stores
+    except RealmError as exc:
+        raise click.ClickException(str(exc)) from None
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc}") from None
+    finally:
+        stores.engine.dispose()
+
+
+def _change(settings: Settings, change: Callable[[Stores], object]) -> None:
+    """Run ``change`` on the stores (see :func:`_stores`)."""
+    with _stores(settings) as stores:
+        change(stores)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -178,12 +229,10 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
 def _preflight(settings: Settings) -> None:
     """The start-up checks, once, before gunicorn starts workers: a failure is one line on
     stderr and exit status 1; the development-key warning is logged here only."""
-    from .app import configure_logging
-    from .startup import StartupError, open_vault, preflight
-    from .storage import MetadataStore
+    from tufnotary.server.app import configure_logging
 
     configure_logging(settings.log_level)
-    store = MetadataStore.from_url(settings.effective_database_url)
+    store = Stores.from_url(settings.effective_database_url)
     try:
         vault = open_vault(settings)
         preflight(settings, store, vault)
@@ -233,22 +282,13 @@ def tls_init(config_file: Path | None, data_dir: Path | None) -> None:
 
 
 @main.command()
-@config_option
-@data_dir_option
-@database_option
+@_with_settings
 @click.option("--revision", help="Target revision (default: head; required with --downgrade).")
 @click.option("--downgrade", is_flag=True, help="Downgrade to --revision instead of upgrading.")
-def migrate(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
-    revision: str | None,
-    downgrade: bool,
-) -> None:
+def migrate(settings: Settings, revision: str | None, downgrade: bool) -> None:
     """Apply database migrations."""
     if downgrade and revision is None:
         raise click.UsageError("--downgrade needs --revision (for example -1 or base)")
-    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
     if _is_sqlite(settings):
         private_dir(settings.data_dir)
     target = revision or "head"
@@ -257,11 +297,6 @@ def migrate(
 
 
 def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
-    from alembic.util import CommandError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from . import migrate as migrations
-
     try:
         (migrations.downgrade if downgrade else migrations.upgrade)(url, revision)
     except (SQLAlchemyError, CommandError) as exc:
@@ -270,9 +305,7 @@ def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
 
 
 @main.command()
-@config_option
-@data_dir_option
-@database_option
+@_with_settings
 @click.option("--gun", help="Only writes to this repository.")
 @click.option("--actor", help="Only writes by this user (token subject, or 'anonymous').")
 @click.option("--since", help="Only writes at or after this ISO 8601 time (UTC if no zone).")
@@ -280,9 +313,7 @@ def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     gun: str | None,
     actor: str | None,
     since: str | None,
@@ -291,25 +322,16 @@ def audit(
     as_json: bool,
 ) -> None:
     """Show the audit log: every upload, delete and server-key change, oldest first."""
-    import json
+    from tufnotary.server.api import audit_json, parse_time
 
-    from .api import audit_json, parse_time
-    from .storage import MetadataStore, StorageError
-
-    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
     try:
         window = [parse_time(value) if value else None for value in (since, until)]
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO 8601 time: {exc}") from None
-    store = MetadataStore.from_url(settings.effective_database_url)
-    try:
-        records = store.audit_log(
+    with _stores(settings) as stores:
+        records = stores.audit.records(
             gun=gun, actor=actor, since=window[0], until=window[1], limit=limit
         )
-    except StorageError as exc:
-        raise click.ClickException(f"database: {exc}") from None
-    finally:
-        store.engine.dispose()
     for record in map(audit_json, records):
         if as_json:
             click.echo(json.dumps(record, ensure_ascii=False))
@@ -324,28 +346,6 @@ def audit(
 # -- the built-in realm: users, rules, token keys --------------------------------------------------
 
 
-def _realm_store(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None
-) -> tuple[Settings, Any]:
-    from .storage import MetadataStore
-
-    settings = _load_settings(config_file, data_dir=data_dir, database_url=database_url)
-    return settings, MetadataStore.from_url(settings.effective_database_url)
-
-
-def _realm_call(action: Callable[[], Any]) -> Any:
-    """Run a realm change; realm and database errors become one-line failures."""
-    from .realm import RealmError
-    from .storage import StorageError
-
-    try:
-        return action()
-    except RealmError as exc:
-        raise click.ClickException(str(exc)) from None
-    except StorageError as exc:
-        raise click.ClickException(f"database: {exc}") from None
-
-
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -354,10 +354,6 @@ def _read_password(from_stdin: bool) -> str:
     if not password:
         raise click.ClickException("the password is empty")
     return str(password)
-
-
-def _realm_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    return config_option(data_dir_option(database_option(function)))
 
 
 password_stdin_option = click.option(
@@ -371,60 +367,45 @@ def user() -> None:
 
 
 @user.command("add")
-@_realm_options
+@_with_settings
 @password_stdin_option
 @click.option("--group", "groups", multiple=True, help="Make the user a member (repeatable).")
 @click.argument("name")
 def user_add(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     password_stdin: bool,
     groups: tuple[str, ...],
     name: str,
 ) -> None:
     """Create user NAME (the password is prompted for, or read with --password-stdin)."""
-    from . import realm
-
-    settings, store = _realm_store(config_file, data_dir, database_url)
     password = _read_password(password_stdin)
-    _realm_call(
-        lambda: realm.add_user(store, name, password, groups, rounds=settings.bcrypt_rounds)
-    )
+    with _stores(settings) as stores:
+        realm.add_user(stores, name, password, groups, rounds=settings.bcrypt_rounds)
     _say(f"user {name} added")
 
 
 @user.command("passwd")
-@_realm_options
+@_with_settings
 @password_stdin_option
 @click.argument("name")
 def user_passwd(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     password_stdin: bool,
     name: str,
 ) -> None:
     """Set the password of user NAME."""
-    from . import realm
-
-    settings, store = _realm_store(config_file, data_dir, database_url)
     password = _read_password(password_stdin)
-    _realm_call(lambda: realm.set_password(store, name, password, rounds=settings.bcrypt_rounds))
+    rounds = settings.bcrypt_rounds
+    _change(settings, lambda s: realm.set_password(s, name, password, rounds=rounds))
     _say(f"password of {name} changed")
 
 
 @user.command("remove")
-@_realm_options
+@_with_settings
 @click.argument("name")
-def user_remove(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None, name: str
-) -> None:
+def user_remove(settings: Settings, name: str) -> None:
     """Delete user NAME and its group memberships (rules naming it stay)."""
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    _realm_call(lambda: realm.remove_user(store, name))
+    _change(settings, lambda stores: realm.remove_user(stores, name))
     _say(f"user {name} removed")
 
 
@@ -434,68 +415,55 @@ def group() -> None:
 
 
 @group.command("add")
-@_realm_options
+@_with_settings
 @click.argument("name")
 @click.argument("users", nargs=-1, required=True)
 def group_add(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     name: str,
     users: tuple[str, ...],
 ) -> None:
     """Make USERS (database or htpasswd users) members of group NAME."""
-    _set_members(config_file, data_dir, database_url, name, users, member=True)
+    _set_members(settings, name, users, member=True)
 
 
 @group.command("remove")
-@_realm_options
+@_with_settings
 @click.argument("name")
 @click.argument("users", nargs=-1, required=True)
 def group_remove(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     name: str,
     users: tuple[str, ...],
 ) -> None:
     """Take USERS out of group NAME."""
-    _set_members(config_file, data_dir, database_url, name, users, member=False)
+    _set_members(settings, name, users, member=False)
 
 
 def _set_members(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     group_name: str,
     users: tuple[str, ...],
     *,
     member: bool,
 ) -> None:
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    for name in users:
-        changed = _realm_call(lambda u=name: realm.set_member(store, group_name, u, member))
-        if member:
-            _say(f"{name} {'added to' if changed else 'is already in'} group {group_name}")
-        else:
-            _say(f"{name} {'removed from' if changed else 'was not in'} group {group_name}")
+    with _stores(settings) as stores:
+        for name in users:
+            changed = realm.set_member(stores, group_name, name, member)
+            if member:
+                _say(f"{name} {'added to' if changed else 'is already in'} group {group_name}")
+            else:
+                _say(f"{name} {'removed from' if changed else 'was not in'} group {group_name}")
 
 
 @user.command("list")
-@_realm_options
+@_with_settings
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def user_list(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None, as_json: bool
-) -> None:
+def user_list(settings: Settings, as_json: bool) -> None:
     """List the database users and their groups (htpasswd users are not listed)."""
-    import json
-
-    from tufnotary.metadata.model import format_expires
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    for entry in _realm_call(store.realm_users):
+    with _stores(settings) as stores:
+        users = stores.realm.realm_users()
+    for entry in users:
         if as_json:
             record = {
                 "name": entry.name,
@@ -514,52 +482,40 @@ def rule() -> None:
 
 
 @rule.command("add")
-@_realm_options
+@_with_settings
 @click.argument("subject")
 @click.argument("pattern")
 @click.argument("actions")
 def rule_add(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     subject: str,
     pattern: str,
     actions: str,
 ) -> None:
     """Let SUBJECT do ACTIONS on GUNs matching PATTERN; prints the rule id."""
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    rule_id = _realm_call(lambda: realm.add_rule(store, subject, pattern, actions))
+    with _stores(settings) as stores:
+        rule_id = realm.add_rule(stores, subject, pattern, actions)
     click.echo(rule_id)
 
 
 @rule.command("remove")
-@_realm_options
+@_with_settings
 @click.argument("rule_id", type=int)
-def rule_remove(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None, rule_id: int
-) -> None:
+def rule_remove(settings: Settings, rule_id: int) -> None:
     """Delete the database rule RULE_ID."""
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    _realm_call(lambda: realm.remove_rule(store, rule_id))
+    _change(settings, lambda stores: realm.remove_rule(stores, rule_id))
     _say(f"rule {rule_id} removed")
 
 
 @rule.command("list")
-@_realm_options
+@_with_settings
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def rule_list(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None, as_json: bool
-) -> None:
+def rule_list(settings: Settings, as_json: bool) -> None:
     """List the rules: database rules with their id, then those of the configuration."""
-    import json
-
-    settings, store = _realm_store(config_file, data_dir, database_url)
+    with _stores(settings) as stores:
+        stored = stores.realm.rules()
     rows: list[tuple[int | None, str, str, str]] = [
-        (r.id, r.subject, r.pattern, r.actions) for r in _realm_call(store.rules)
+        (r.id, r.subject, r.pattern, r.actions) for r in stored
     ]
     rows += [(None, *configured) for configured in settings.rules]
     for rule_id, subject, pattern, actions in rows:
@@ -583,9 +539,7 @@ def token_key() -> None:
     """The built-in realm's token-signing keys (encrypted like the server keys)."""
 
 
-def _vault(settings: Settings) -> Any:
-    from .startup import StartupError, open_vault
-
+def _vault(settings: Settings) -> signer.KeyVault:
     try:
         return open_vault(settings)
     except StartupError as exc:
@@ -593,47 +547,36 @@ def _vault(settings: Settings) -> Any:
 
 
 @token_key.command("rotate")
-@_realm_options
-def token_key_rotate(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None
-) -> None:
+@_with_settings
+def token_key_rotate(settings: Settings) -> None:
     """Create a key that signs from now on; tokens signed before stay valid until they
     expire. Prints its kid."""
-    from . import realm
-
-    settings, store = _realm_store(config_file, data_dir, database_url)
-    click.echo(_realm_call(lambda: realm.rotate_token_key(store, _vault(settings))))
+    vault = _vault(settings)
+    with _stores(settings) as stores:
+        click.echo(realm.rotate_token_key(stores, vault))
 
 
 @token_key.command("list")
-@_realm_options
-def token_key_list(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None
-) -> None:
+@_with_settings
+def token_key_list(settings: Settings) -> None:
     """The kids of the token-signing keys, oldest first (the last one signs)."""
-    from .realm import TOKEN_KEY_GUN, TOKEN_KEY_ROLE
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    for key in _realm_call(lambda: store.keys_for(TOKEN_KEY_GUN, TOKEN_KEY_ROLE)):
+    with _stores(settings) as stores:
+        keys = stores.token_keys.all()
+    for key in keys:
         click.echo(key.key_id)
 
 
 @token_key.command("retire")
-@_realm_options
+@_with_settings
 @click.argument("kid")
-def token_key_retire(
-    config_file: Path | None, data_dir: Path | None, database_url: str | None, kid: str
-) -> None:
+def token_key_retire(settings: Settings, kid: str) -> None:
     """Delete key KID: tokens it signed stop verifying (within 30 s in every worker)."""
-    from . import realm
-
-    _, store = _realm_store(config_file, data_dir, database_url)
-    _realm_call(lambda: realm.retire_token_key(store, kid))
+    _change(settings, lambda stores: realm.retire_token_key(stores, kid))
     _say(f"token key {kid} retired")
 
 
 @main.command()
-@_realm_options
+@_with_settings
 @click.option(
     "--new-passphrase-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -642,9 +585,7 @@ def token_key_retire(
     help="File holding the new passphrase (env TUFNOTARY_NEW_KEY_PASSPHRASE_FILE).",
 )
 def rekey(
-    config_file: Path | None,
-    data_dir: Path | None,
-    database_url: str | None,
+    settings: Settings,
     new_passphrase_file: Path,
 ) -> None:
     """Re-encrypt every server key and token-signing key under a new passphrase.
@@ -653,27 +594,21 @@ def rekey(
     the generated development key); all are rewritten in one transaction, recorded in the audit
     log. Stop the servers first, then start them with the new passphrase configured.
     """
-    from .signer import KeyDecryptionError, rekey
-
-    settings, store = _realm_store(config_file, data_dir, database_url)
-    new = _new_vault(new_passphrase_file)
+    new, old = _new_vault(new_passphrase_file), _vault(settings)
     try:
-        count = _realm_call(lambda: rekey(store, _vault(settings), new))
-    except KeyDecryptionError as exc:
+        with _stores(settings) as stores:
+            count = signer.rekey(stores.keys, old, new)
+    except signer.KeyDecryptionError as exc:
         raise click.ClickException(
             f"{exc}: the configured key passphrase is not the one the keys are encrypted with; "
             "nothing was changed"
         ) from None
-    finally:
-        store.engine.dispose()
     _say(f"{count} keys re-encrypted; configure the new passphrase before starting the server")
 
 
-def _new_vault(path: Path) -> Any:
-    from .signer import KeyVault
-
+def _new_vault(path: Path) -> signer.KeyVault:
     try:
-        return KeyVault.from_file(path)
+        return signer.KeyVault.from_file(path)
     except ValueError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
 
@@ -693,7 +628,7 @@ class _ServerApplication(BaseApplication):
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
-        from .app import create_app
+        from tufnotary.server.app import create_app
 
         return create_app(self.settings, preflight=False)  # serve ran the checks
 

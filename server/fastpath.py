@@ -27,9 +27,10 @@ from werkzeug.wsgi import get_host, get_path_info
 
 from tufnotary.server import api
 from tufnotary.server.auth import required_access
+from tufnotary.server.context import server_context
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import LRU, TrustService
-from tufnotary.server.storage import StorageError
+from tufnotary.server.storage.engine import StorageError
 
 GZIP_MIN_BYTES = 1400  # smaller bodies fit one TCP segment: compressing them gains nothing
 _ENTRY_OVERHEAD = 512  # bytes counted per cache entry besides its body
@@ -127,7 +128,7 @@ class FastReads:
 
     def _authorized(self, environ: dict[str, Any], gun: str) -> bool:
         """Token auth as the API checks it; False sends the request to Flask, which answers."""
-        token_auth = self._app.extensions.get("tufnotary.auth")
+        token_auth = server_context(self._app).auth
         if token_auth is None:
             return True
         if isinstance(token_auth, RealmTokenAuth):

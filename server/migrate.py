@@ -12,8 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 from tufnotary import migrations
-
-from .storage import make_engine
+from tufnotary.server.storage.engine import make_engine
 
 _LOCK = 0x7475666E  # "tufn": one migration at a time per database server
 _LOCK_NAME, _LOCK_WAIT = "tufnotary_migrate", 300

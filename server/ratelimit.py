@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tufnotary.server.errors import Unavailable
-from tufnotary.server.storage import MetadataStore, StorageError
+from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.ratelimit import RateEvents
 
 MAX_BUCKET = 300
 
@@ -30,7 +31,7 @@ class RateLimit:
     """At most ``limit`` events per key within ``window`` seconds; keys of one limit share
     the ``kind`` prefix in the database."""
 
-    store: MetadataStore
+    store: RateEvents
     kind: str
     limit: int
     window: int
@@ -41,7 +42,7 @@ class RateLimit:
         wait = 0.0
         for key in keys:
             with _fail_closed():
-                expiries = self.store.rate_events(self._bucket(key), now, self.limit)
+                expiries = self.store.recent(self._bucket(key), now, self.limit)
             if len(expiries) >= self.limit:
                 wait = max(wait, (expiries[-1] - now).total_seconds())
         return max(1, math.ceil(wait)) if wait > 0 else 0
@@ -51,7 +52,7 @@ class RateLimit:
         now = datetime.now(UTC)
         buckets = [self._bucket(key) for key in dict.fromkeys(keys)]
         with _fail_closed():
-            self.store.add_rate_events(buckets, now, now + timedelta(seconds=self.window))
+            self.store.add(buckets, now, now + timedelta(seconds=self.window))
 
     def _bucket(self, key: str) -> str:
         return f"{self.kind}:{key}"[:MAX_BUCKET]

@@ -44,7 +44,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tufnotary.server.auth import PublicKey, TokenAuth, TokenError, libtrust_key_id
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.signer import KeyVault
-from tufnotary.server.storage import AuditEntry, MetadataStore, StoredKey
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.audit import AuditEntry
+from tufnotary.server.storage.keys import TOKEN_KEY_GUN, TOKEN_KEY_ROLE, TokenKey, TokenKeyStore
+from tufnotary.server.storage.realm import UserExists
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,6 @@ ADMIN_PATTERN = "**"
 DEFAULT_SERVICE = DEFAULT_ISSUER = "tufnotary"
 DEFAULT_LIFETIME = 300
 DEFAULT_ROUNDS = 12
-TOKEN_KEY_ROLE = "token-signing"
-TOKEN_KEY_GUN = ""
 FAILED_LOGIN_LIMIT = 10
 """Failed logins per user name and per client address within FAILED_LOGIN_WINDOW seconds."""
 FAILED_LOGIN_WINDOW = 60
@@ -205,14 +206,14 @@ def _context(key_id: str) -> bytes:
 
 
 class TokenKeys:
-    """The realm's ECDSA P-256 token-signing keys, in server_keys encrypted by the KeyVault.
+    """The realm's ECDSA P-256 token-signing keys, in token_keys encrypted by the KeyVault.
 
     The newest key signs; every stored key verifies (``kid`` = its libtrust id). Rotation adds a
     key, so tokens signed before stay valid until they expire; retiring deletes a key. Workers
     reread the list every ``refresh`` seconds, and at most once a second for an unknown kid.
     """
 
-    def __init__(self, store: MetadataStore, vault: KeyVault, refresh: float = 30.0) -> None:
+    def __init__(self, store: TokenKeyStore, vault: KeyVault, refresh: float = 30.0) -> None:
         self._store, self._vault, self._refresh = store, vault, refresh
         self._public: dict[str, PublicKey] = {}
         self._private: dict[str, ec.EllipticCurvePrivateKey] = {}
@@ -221,7 +222,7 @@ class TokenKeys:
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        stored = self._store.keys_for(TOKEN_KEY_GUN, TOKEN_KEY_ROLE)
+        stored = self._store.all()
         public: dict[str, PublicKey] = {}
         for key in stored:
             loaded = serialization.load_der_public_key(key.public)
@@ -254,9 +255,7 @@ class TokenKeys:
         )
         blob = self._vault.encrypt(pkcs8, _context(kid))
         now = datetime.now(UTC)
-        self._store.add_key(
-            StoredKey(kid, TOKEN_KEY_GUN, TOKEN_KEY_ROLE, "ecdsa", spki, blob, now, None)
-        )
+        self._store.add(TokenKey(kid, "ecdsa", spki, blob, now))
         with self._lock:
             self._private[kid] = private
             self._load()
@@ -278,7 +277,7 @@ class TokenKeys:
         with self._lock:
             private = self._private.get(current)
             if private is None:
-                stored = self._store.get_key(current)
+                stored = self._store.get(current)
                 if stored is None:
                     raise TokenError(f"token key {current} vanished")
                 loaded = serialization.load_der_private_key(
@@ -334,7 +333,7 @@ class Realm:
 
     def __init__(
         self,
-        store: MetadataStore,
+        store: Stores,
         keys: TokenKeys,
         *,
         service: str = DEFAULT_SERVICE,
@@ -347,7 +346,9 @@ class Realm:
         self.store, self.keys = store, keys
         self.service, self.issuer, self.lifetime = service, issuer, lifetime
         self.htpasswd, self.config_rules, self.rounds = htpasswd, tuple(rules), rounds
-        self.failed_logins = RateLimit(store, "login", FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW)
+        self.failed_logins = RateLimit(
+            store.rate_events, "login", FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW
+        )
         self.bcrypt_checks = 0  # how many passwords were checked (tests: both paths hash)
         self._htpasswd_users: dict[str, str] = {}
         self._htpasswd_stamp: tuple[float, int] | None = None
@@ -386,7 +387,7 @@ class Realm:
         """The stored hash of a database user, else of an htpasswd user, else None."""
         if name == ANONYMOUS:
             return None
-        stored = self.store.password_hash(name)
+        stored = self.store.realm.password_hash(name)
         return stored if stored is not None else self._htpasswd_hash(name)
 
     def authenticate(self, name: str, password: str) -> bool:
@@ -409,10 +410,10 @@ class Realm:
         its groups', from the database and the configuration."""
         subjects = [f"user:{user}"]
         if user != ANONYMOUS:
-            subjects += [f"group:{group}" for group in self.store.groups_of(user)]
+            subjects += [f"group:{group}" for group in self.store.realm.groups_of(user)]
         stored = [
             Rule(r.subject, r.pattern, tuple(r.actions.split(",")), r.id)
-            for r in self.store.rules(subjects)
+            for r in self.store.realm.rules(subjects)
         ]
         return stored + [rule for rule in self.config_rules if rule.subject in subjects]
 
@@ -449,7 +450,7 @@ def _entry(actor: str, action: str, **detail: Any) -> AuditEntry:
 
 
 def add_user(
-    store: MetadataStore,
+    store: Stores,
     name: str,
     password: str,
     groups: Sequence[str] = (),
@@ -458,8 +459,6 @@ def add_user(
     rounds: int = DEFAULT_ROUNDS,
 ) -> None:
     """Create a database user; RealmError if the name is taken or malformed."""
-    from tufnotary.server.storage import VersionConflict
-
     check_name(name)
     if name == ANONYMOUS:
         raise RealmError(f"{ANONYMOUS!r} names requests without credentials")
@@ -468,13 +467,13 @@ def add_user(
     hashed = hash_password(password, rounds)
     entry = _entry(actor, "user-add", user=name, groups=sorted(set(groups)))
     try:
-        store.add_user(name, hashed, groups, entry)
-    except VersionConflict:
+        store.realm.add_user(name, hashed, groups, entry)
+    except UserExists:
         raise RealmError(f"user {name!r} exists already") from None
 
 
 def set_password(
-    store: MetadataStore,
+    store: Stores,
     name: str,
     password: str,
     *,
@@ -483,51 +482,47 @@ def set_password(
 ) -> None:
     """Change a database user's password; RealmError if there is no such user."""
     hashed = hash_password(password, rounds)
-    if not store.set_password(name, hashed, _entry(actor, "user-passwd", user=name)):
+    if not store.realm.set_password(name, hashed, _entry(actor, "user-passwd", user=name)):
         raise RealmError(f"no user {name!r} in the database")
 
 
-def remove_user(store: MetadataStore, name: str, *, actor: str = "cli") -> None:
+def remove_user(store: Stores, name: str, *, actor: str = "cli") -> None:
     """Delete a database user and its memberships (rules naming it stay)."""
-    if not store.remove_user(name, _entry(actor, "user-remove", user=name)):
+    if not store.realm.remove_user(name, _entry(actor, "user-remove", user=name)):
         raise RealmError(f"no user {name!r} in the database")
 
 
-def set_member(
-    store: MetadataStore, group: str, user: str, member: bool, *, actor: str = "cli"
-) -> bool:
+def set_member(store: Stores, group: str, user: str, member: bool, *, actor: str = "cli") -> bool:
     """Add a user (database or htpasswd) to a group, or remove it; False if it already was."""
     check_name(group, "group name")
     check_name(user)
     action = "group-add" if member else "group-remove"
-    return store.set_member(group, user, member, _entry(actor, action, group=group, user=user))
+    return store.realm.set_member(
+        group, user, member, _entry(actor, action, group=group, user=user)
+    )
 
 
-def add_rule(
-    store: MetadataStore, subject: str, pattern: str, actions: str, *, actor: str = "cli"
-) -> int:
+def add_rule(store: Stores, subject: str, pattern: str, actions: str, *, actor: str = "cli") -> int:
     """Store a checked rule; returns its id."""
     rule = Rule.make(subject, pattern, actions)
     joined = ",".join(rule.actions)
     entry = _entry(actor, "rule-add", subject=rule.subject, pattern=rule.pattern, actions=joined)
-    return store.add_rule(rule.subject, rule.pattern, joined, entry)
+    return store.realm.add_rule(rule.subject, rule.pattern, joined, entry)
 
 
-def remove_rule(store: MetadataStore, rule_id: int, *, actor: str = "cli") -> None:
-    if store.remove_rule(rule_id, _entry(actor, "rule-remove", rule=rule_id)) is None:
+def remove_rule(store: Stores, rule_id: int, *, actor: str = "cli") -> None:
+    if store.realm.remove_rule(rule_id, _entry(actor, "rule-remove", rule=rule_id)) is None:
         raise RealmError(f"no rule {rule_id} in the database")
 
 
-def rotate_token_key(store: MetadataStore, vault: KeyVault, *, actor: str = "cli") -> str:
+def rotate_token_key(store: Stores, vault: KeyVault, *, actor: str = "cli") -> str:
     """A new token-signing key; the previous ones still verify. Returns its kid."""
-    kid = TokenKeys(store, vault).create()
-    store.record(_entry(actor, "token-key-rotate", key_id=kid))
+    kid = TokenKeys(store.token_keys, vault).create()
+    store.audit.record(_entry(actor, "token-key-rotate", key_id=kid))
     return kid
 
 
-def retire_token_key(store: MetadataStore, kid: str, *, actor: str = "cli") -> None:
+def retire_token_key(store: Stores, kid: str, *, actor: str = "cli") -> None:
     """Delete a token-signing key: tokens it signed stop verifying (within 30 s per worker)."""
-    stored = store.get_key(kid)
-    if stored is None or (stored.gun, stored.role) != (TOKEN_KEY_GUN, TOKEN_KEY_ROLE):
+    if not store.token_keys.delete(kid, _entry(actor, "token-key-retire", key_id=kid)):
         raise RealmError(f"no token-signing key {kid!r}")
-    store.delete_key(kid, _entry(actor, "token-key-retire", key_id=kid))

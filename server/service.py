@@ -34,13 +34,12 @@ from tufnotary.server.errors import (
 )
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.signer import ServerKeys
-from tufnotary.server.storage import (
-    AuditEntry,
-    AuditRecord,
-    Change,
+from tufnotary.server.storage.audit import AuditEntry, AuditLog, AuditRecord
+from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.metadata import (
+    ChangefeedEntry,
     MetadataStore,
     NewFile,
-    StorageError,
     StoredFile,
     VersionConflict,
 )
@@ -116,17 +115,19 @@ class _Current:
 
 
 class TrustService:
-    """The trust collections of every GUN, on one MetadataStore."""
+    """The trust collections of every GUN: metadata, its audit log and the server keys."""
 
     def __init__(
         self,
         store: MetadataStore,
+        audit: AuditLog,
         keys: ServerKeys,
         limits: Limits,
         refresh_margin: timedelta = timedelta(minutes=5),
         key_creations: RateLimit | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.key_creations = key_creations
         self.keys = keys
         self.limits = limits
@@ -318,7 +319,7 @@ class TrustService:
         with _storage_errors(UpdateFailed):
             return self.store.delete_gun(gun, by.entry("delete", gun))
 
-    def changes(self, gun: str | None, change_id: int, records: int) -> list[Change]:
+    def changes(self, gun: str | None, change_id: int, records: int) -> list[ChangefeedEntry]:
         with _storage_errors(Unavailable):
             return self.store.changes(gun, change_id, records)
 
@@ -333,13 +334,13 @@ class TrustService:
         with _storage_errors(UpdateFailed):
             key, created = self.keys.get_or_create(gun, role, self._root(gun), self._gate(by))
             if created:
-                self.store.record(by.entry("key-create", gun, role=role, key_id=key.key_id))
+                self.audit.record(by.entry("key-create", gun, role=role, key_id=key.key_id))
         return key
 
     def rotate_key(self, gun: str, role: str, by: Requester) -> Key:
         with _storage_errors(UpdateFailed):
             key, _ = self.keys.rotate(gun, role, self._gate(by))
-            self.store.record(by.entry("key-rotate", gun, role=role, key_id=key.key_id))
+            self.audit.record(by.entry("key-rotate", gun, role=role, key_id=key.key_id))
         return key
 
     def _gate(self, by: Requester) -> Callable[[], None]:
@@ -359,7 +360,7 @@ class TrustService:
 
     def audit_log(self, **filters: Any) -> list[AuditRecord]:
         with _storage_errors(Unavailable):
-            return self.store.audit_log(**filters)
+            return self.audit.records(**filters)
 
     def ping(self) -> None:
         self.store.ping()

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import Metadata, Root, Signed
 from tufnotary.metadata.signing import PrivateKey
-from tufnotary.server.storage import AuditEntry, MetadataStore, StoredKey
+from tufnotary.server.storage.audit import AuditEntry
+from tufnotary.server.storage.keys import ServerKeyStore, StoredKey
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,14 @@ def _decrypt(vault: KeyVault, key: StoredKey) -> bytes:
         raise KeyDecryptionError(f"{key.role} key {key.key_id}: {exc}") from exc
 
 
-def check_keys(store: MetadataStore, vault: KeyVault) -> None:
+def check_keys(store: ServerKeyStore, vault: KeyVault) -> None:
     """KeyDecryptionError unless the newest stored key of each kind (timestamp, snapshot,
     token-signing) decrypts with ``vault``."""
     for key in store.newest_keys():
         _decrypt(vault, key)
 
 
-def rekey(store: MetadataStore, old: KeyVault, new: KeyVault, *, actor: str = "cli") -> int:
+def rekey(store: ServerKeyStore, old: KeyVault, new: KeyVault, *, actor: str = "cli") -> int:
     """Re-encrypt every stored key (server and token-signing keys) from ``old`` to ``new`` in
     one audited transaction; nothing changes if one of them does not decrypt. Returns the
     number of keys."""
@@ -140,7 +141,7 @@ class HeldKey:
 class ServerKeys:
     """The timestamp and snapshot keys the server holds for each GUN."""
 
-    def __init__(self, store: MetadataStore, vault: KeyVault, algorithm: str) -> None:
+    def __init__(self, store: ServerKeyStore, vault: KeyVault, algorithm: str) -> None:
         self._store = store
         self._vault = vault
         self._algorithm = algorithm

@@ -11,7 +11,8 @@ from tufnotary.server import signer
 from tufnotary.server.config import Settings
 from tufnotary.server.migrate import schema_state, upgrade
 from tufnotary.server.signer import KeyDecryptionError, KeyVault
-from tufnotary.server.storage import MetadataStore, StorageError
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.engine import StorageError
 
 
 class StartupError(Exception):
@@ -30,12 +31,12 @@ def open_vault(settings: Settings) -> KeyVault:
         raise StartupError(f"key passphrase: {exc}") from None
 
 
-def preflight(settings: Settings, store: MetadataStore, vault: KeyVault) -> None:
+def preflight(settings: Settings, stores: Stores, vault: KeyVault) -> None:
     """Bring SQLite (or, with ``auto_migrate``, any database) to the latest schema, then
     require the latest schema and stored keys that decrypt with ``vault``."""
-    _prepare_database(settings, store)
+    _prepare_database(settings, stores)
     try:
-        signer.check_keys(store, vault)
+        signer.check_keys(stores.keys, vault)
     except StorageError as exc:
         raise StartupError(f"database: {exc}") from None
     except KeyDecryptionError as exc:
@@ -46,8 +47,8 @@ def preflight(settings: Settings, store: MetadataStore, vault: KeyVault) -> None
         ) from None
 
 
-def _prepare_database(settings: Settings, store: MetadataStore) -> None:
-    engine = store.engine
+def _prepare_database(settings: Settings, stores: Stores) -> None:
+    engine = stores.engine
     shown = make_url(settings.effective_database_url).render_as_string(hide_password=True)
     try:
         if settings.auto_migrate or engine.dialect.name == "sqlite":

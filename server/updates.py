@@ -51,7 +51,7 @@ from tufnotary.server.errors import (
     bad_targets,
     invalid,
 )
-from tufnotary.server.storage import NewFile
+from tufnotary.server.storage.metadata import NewFile
 
 SNAPSHOT_LIFETIME = timedelta(days=3 * 365)
 TIMESTAMP_LIFETIME = timedelta(days=14)

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from support.softhsm import SoftHSM, make_token, softhsm_available
 from tufnotary.server.migrate import upgrade
-from tufnotary.server.storage import MetadataStore, make_engine
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.engine import make_engine
 
 # engine id -> (name, environment variable, default admin URL)
 _SERVERS = {
@@ -97,11 +98,11 @@ def migrated_url(database_url: str) -> str:
 
 
 @pytest.fixture
-def store(migrated_url: str) -> Iterator[MetadataStore]:
-    """A store on the migrated database; its engine is disposed afterwards."""
-    metadata_store = MetadataStore.from_url(migrated_url)
-    yield metadata_store
-    metadata_store.engine.dispose()
+def store(migrated_url: str) -> Iterator[Stores]:
+    """The stores on the migrated database; their engine is disposed afterwards."""
+    stores = Stores.from_url(migrated_url)
+    yield stores
+    stores.engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from support.server import running_server
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, RoleKeys
 from tufnotary.metadata.signing import PrivateKey
+from tufnotary.server.context import server_context
 from tufnotary.server.slots import UploadSlots
 
 GUN = "example.com/abuse/app"
@@ -125,7 +126,7 @@ def test_root_rotation_carries_old_and_new_signatures_and_no_more(server: Server
 
 
 def test_large_uploads_beyond_the_slots_get_503_with_retry_after(server: Server) -> None:
-    slots: UploadSlots = server.app.extensions["tufnotary.upload_slots"]
+    slots: UploadSlots = server_context(server.app).upload_slots
     slots.wait = 0.2
     repo = server.new_repo(GUN)
     repo.add_target("big", b"x")

@@ -28,6 +28,7 @@ from tufnotary.metadata.model import (
 )
 from tufnotary.metadata.signing import PrivateKey, Signature
 from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server.context import server_context
 
 GUN = "registry.example.com/team/app"
 
@@ -541,7 +542,7 @@ def test_server_keys_are_kept_and_rotated(tmp_path: Path) -> None:
 
 def test_private_keys_are_encrypted_at_rest(server: Server) -> None:
     key = server.server_key(GUN, "timestamp")
-    stored = server.app.extensions["tufnotary.service"].store.get_key(key.key_id)
+    stored = server_context(server.app).stores.keys.get_key(key.key_id)
     assert stored.gun == GUN and stored.public == key.public
     assert key.public not in stored.private and len(stored.private) > 60
 
@@ -560,7 +561,7 @@ def test_ed25519_server_keys(tmp_path: Path) -> None:
 
 def test_expiring_timestamp_is_resigned_on_read(engine_server: Server) -> None:
     engine_server.new_repo(GUN, server_snapshot=True)
-    service = engine_server.app.extensions["tufnotary.service"]
+    service = server_context(engine_server.app).service
     service.refresh_margin = timedelta(days=15)  # every timestamp now counts as expiring
     assert _timestamp(engine_server).version == 2
     assert _timestamp(engine_server).version == 3
@@ -575,7 +576,7 @@ def test_expiring_timestamp_is_resigned_on_read(engine_server: Server) -> None:
 
 def test_timestamp_of_client_snapshot_repo_is_resigned_alone(server: Server) -> None:
     repo = server.new_repo(GUN)
-    service = server.app.extensions["tufnotary.service"]
+    service = server_context(server.app).service
     service.refresh_margin = timedelta(days=365 * 4)
     timestamp = _timestamp(server)
     assert timestamp.version == 2
@@ -662,7 +663,7 @@ def test_multipart_helper_matches_go_layout() -> None:
 def test_concurrent_readers_of_an_expiring_timestamp_never_fail(engine_server: Server) -> None:
     """Every reader re-signs at once; the losers of the race serve the winner's version."""
     repo = engine_server.new_repo(GUN, server_snapshot=True)
-    engine_server.app.extensions["tufnotary.service"].refresh_margin = timedelta(days=15)
+    server_context(engine_server.app).service.refresh_margin = timedelta(days=15)
     barrier = threading.Barrier(8)
 
     def read(_: int) -> tuple[int, bytes]:

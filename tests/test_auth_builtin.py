@@ -18,7 +18,6 @@ import bcrypt
 import jwt
 import pytest
 from click.testing import CliRunner
-from flask import g
 
 from support.api import Server, error_of, multipart
 from support.auth_flows import docker_flow, notary_flow, run_our_cli
@@ -27,6 +26,7 @@ from tufnotary.server import realm as realm_module
 from tufnotary.server.app import create_app
 from tufnotary.server.cli import main as server_cli
 from tufnotary.server.config import ConfigError, Settings
+from tufnotary.server.context import request_state, server_context
 from tufnotary.server.realm import (
     Realm,
     RealmError,
@@ -40,7 +40,7 @@ from tufnotary.server.realm import (
     rotate_token_key,
 )
 from tufnotary.server.signer import KeyVault
-from tufnotary.server.storage import MetadataStore
+from tufnotary.server.storage import Stores
 
 TEAM_A = "registry.example.com/team-a/app"
 NESTED = "registry.example.com/team-a/sub/app"
@@ -149,7 +149,7 @@ def _htpasswd(path: Path) -> Path:
 class Builtin:
     server: Server
     realm: Realm
-    store: MetadataStore
+    store: Stores
 
     def token_response(
         self,
@@ -190,7 +190,8 @@ def _builtin(tmp_path: Path, **settings: Any) -> Builtin:
         htpasswd_file=_htpasswd(tmp_path / "htpasswd"),
         **settings,
     )
-    realm: Realm = server.app.extensions["tufnotary.realm"]
+    realm = server_context(server.app).realm
+    assert realm is not None
     store = realm.store
     for name, groups in (("admin", ()), ("alice", ("team-a",)), ("bob", ()), ("carol", ())):
         add_user(store, name, PASSWORD, groups, rounds=ROUNDS)
@@ -286,7 +287,7 @@ def test_publish_as_pusher_and_refusal_for_puller(builtin: Builtin) -> None:
                 content_type=content_type,
                 headers={"Authorization": f"Bearer {token}"},
             )
-            return response, g.get("actor")
+            return response, request_state().actor
 
     refused, _ = publish("bob")
     assert refused.status_code == 401
@@ -470,7 +471,7 @@ def test_key_rotation_keeps_old_tokens_valid(builtin: Builtin) -> None:
     assert builtin.open(path, after).status_code == 404
     with pytest.raises(RealmError, match="no token-signing key"):
         retire_token_key(builtin.store, old_kid)
-    actions = [r.action for r in builtin.store.audit_log() if r.action.startswith("token-key")]
+    actions = [r.action for r in builtin.store.audit.records() if r.action.startswith("token-key")]
     assert actions == ["token-key-rotate", "token-key-retire"]
 
 
@@ -532,7 +533,7 @@ def test_builtin_settings(tmp_path: Path) -> None:
 
 
 def test_group_memberships_change_after_creation(migrated_url: str) -> None:
-    store = MetadataStore.from_url(migrated_url)
+    store = Stores.from_url(migrated_url)
     runner = CliRunner(env={"TUFNOTARY_BCRYPT_ROUNDS": str(ROUNDS)})
 
     def run(*args: str, stdin: str | None = None) -> str:
@@ -543,10 +544,10 @@ def test_group_memberships_change_after_creation(migrated_url: str) -> None:
     run("user", "add", "carol", "--password-stdin", stdin=f"{PASSWORD}\n")
     assert "carol added to group team-a" in run("group", "add", "team-a", "carol")
     assert "already in group" in run("group", "add", "team-a", "carol")
-    assert store.groups_of("carol") == ["team-a"]
+    assert store.realm.groups_of("carol") == ["team-a"]
     assert "carol removed from group team-a" in run("group", "remove", "team-a", "carol")
-    assert store.groups_of("carol") == []
-    actions = [(r.action, r.detail) for r in store.audit_log() if r.action.startswith("group")]
+    assert store.realm.groups_of("carol") == []
+    actions = [(r.action, r.detail) for r in store.audit.records() if r.action.startswith("group")]
     assert actions == [
         ("group-add", {"group": "team-a", "user": "carol"}),
         ("group-remove", {"group": "team-a", "user": "carol"}),
@@ -556,7 +557,7 @@ def test_group_memberships_change_after_creation(migrated_url: str) -> None:
 
 def test_command_line_manages_users_and_rules_with_audit(migrated_url: str) -> None:
     env_rounds = {"TUFNOTARY_BCRYPT_ROUNDS": str(ROUNDS)}
-    store = MetadataStore.from_url(migrated_url)
+    store = Stores.from_url(migrated_url)
     runner = CliRunner(env=env_rounds)
 
     def run(*args: str, stdin: str | None = None, code: int = 0) -> str:
@@ -596,14 +597,14 @@ def test_command_line_manages_users_and_rules_with_audit(migrated_url: str) -> N
     run("rule", "remove", str(rule_id), code=1)
     run("user", "remove", "alice")
     run("user", "remove", "alice", code=1)
-    assert store.groups_of("alice") == []
+    assert store.realm.groups_of("alice") == []
 
-    realm = Realm(store, realm_module.TokenKeys(store, KeyVault(b"x")), rounds=ROUNDS)
+    realm = Realm(store, realm_module.TokenKeys(store.token_keys, KeyVault(b"x")), rounds=ROUNDS)
     assert realm.authenticate("bob", "pw2") and not realm.authenticate("bob", "pw1")
     assert not realm.authenticate("alice", PASSWORD)
     assert [(r.subject, r.actions) for r in realm.rules_for("bob")] == [("user:bob", ("pull",))]
 
-    log = [(r.actor, r.action, r.gun, r.detail) for r in store.audit_log()]
+    log = [(r.actor, r.action, r.gun, r.detail) for r in store.audit.records()]
     assert log == [
         ("cli", "user-add", None, {"user": "alice", "groups": ["ops", "team-a"]}),
         ("cli", "user-add", None, {"user": "bob", "groups": []}),
@@ -643,7 +644,7 @@ def test_command_line_manages_users_and_rules_with_audit(migrated_url: str) -> N
         ),
         ("cli", "user-remove", None, {"user": "alice"}),
     ]
-    assert PASSWORD not in json.dumps([r.detail for r in store.audit_log()])
+    assert PASSWORD not in json.dumps([r.detail for r in store.audit.records()])
     store.engine.dispose()
 
 

@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from flask import g
 
 from support.api import Server, error_of, multipart, serving
 from support.auth_flows import docker_flow, notary_flow, run_our_cli
@@ -39,6 +38,7 @@ from tufnotary.client.remote import ForeignRealmError, Remote, UnauthorizedError
 from tufnotary.metadata.keys import key_usage
 from tufnotary.server.auth import TokenAuth, is_loopback, libtrust_key_id
 from tufnotary.server.config import ConfigError, Settings
+from tufnotary.server.context import request_state, server_context
 from tufnotary.server.tls import ensure_self_signed
 
 GUN = "registry.example.com/team/app"
@@ -147,7 +147,7 @@ def test_valid_token_reaches_the_handler_and_names_the_actor(server: Server, pki
     token = pki.mint(repository_access(GUN, "pull"), subject="carol")
     with server.client:
         response = _open(server, server.tuf(GUN, "root.json"), token)
-        assert g.actor == "carol"
+        assert request_state().actor == "carol"
     assert response.status_code == 404
     assert error_of(response) == {
         "code": "METADATA_NOT_FOUND",
@@ -471,8 +471,9 @@ def _users() -> dict[str, User]:
 def test_remote_fetches_a_token_and_retries(server: Server, tmp_path: Path, pki: TokenPKI) -> None:
     tls = ensure_self_signed(tmp_path / "issuer-tls")
     with running_issuer(pki, _users(), tls.cert, tls.key) as issuer, serving(server.app) as url:
-        roots = server.app.extensions["tufnotary.auth"].roots
-        server.app.extensions["tufnotary.auth"] = TokenAuth(issuer.realm, SERVICE, ISSUER, roots)
+        context = server_context(server.app)
+        assert context.auth is not None
+        context.auth = TokenAuth(issuer.realm, SERVICE, ISSUER, context.auth.roots)
         alice = Remote(url, str(tls.ca_cert), username="alice", password=PASSWORD)
         alice.server_key(GUN, "timestamp")
         alice.server_key(GUN, "timestamp", rotate=True)  # 401 for *, a new token, retried
@@ -495,8 +496,9 @@ def test_credentials_go_only_to_a_realm_on_the_servers_host(
     with running_issuer(pki, _users(), tls.cert, tls.key) as issuer, serving(server.app) as url:
         # the server is reached as 127.0.0.1, its token service is named by another host name
         foreign = issuer.realm.replace("127.0.0.1", "localhost")
-        roots = server.app.extensions["tufnotary.auth"].roots
-        server.app.extensions["tufnotary.auth"] = TokenAuth(foreign, SERVICE, ISSUER, roots)
+        context = server_context(server.app)
+        assert context.auth is not None
+        context.auth = TokenAuth(foreign, SERVICE, ISSUER, context.auth.roots)
         alice = Remote(url, str(tls.ca_cert), username="alice", password=PASSWORD)
         with pytest.raises(ForeignRealmError, match="--token-realm-host localhost"):
             alice.server_key(GUN, "timestamp")

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from support.server import free_port, launched, server_environment, wait_until_healthy
 from tufnotary.server.cli import serve
 from tufnotary.server.config import Settings
-from tufnotary.server.storage import make_engine
+from tufnotary.server.storage.engine import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MOUNT = Path("/run/secrets/key_passphrase")  # where compose mounts secret key_passphrase

@@ -22,7 +22,8 @@ from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.files import loose_permissions, private_dir, secret_files
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.realm import FAILED_LOGIN_LIMIT, add_user
-from tufnotary.server.storage import MetadataStore, make_engine
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.tls import ensure_self_signed
 
 GUN = "registry.example.com/team/app"
@@ -96,8 +97,8 @@ def test_key_creation_is_limited_per_client(tmp_path: Path) -> None:
         server.tuf(f"{GUN}3", "timestamp.key"), environ_base={"REMOTE_ADDR": "192.0.2.8"}
     )
     assert other.status_code == 200
-    keys = MetadataStore.from_url(server.settings.effective_database_url)
-    assert [len(keys.keys_for(f"{GUN}{n}", "timestamp")) for n in range(4)] == [1, 1, 1, 1]
+    keys = Stores.from_url(server.settings.effective_database_url)
+    assert [len(keys.keys.keys_for(f"{GUN}{n}", "timestamp")) for n in range(4)] == [1, 1, 1, 1]
 
 
 # -- file modes -----------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_failed_logins_count_across_workers_on_postgresql(
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     try:
         upgrade(url)
-        store = MetadataStore.from_url(url)
+        store = Stores.from_url(url)
         add_user(store, "alice", "right password", rounds=4)
         store.engine.dispose()
         arguments = ("--database", url, "--workers", "2", "--auth-mode", "builtin")

@@ -14,14 +14,16 @@ from support.api import Server, error_of
 from support.repo import RepoBuilder
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Metadata, Timestamp
 from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server.context import server_context
 from tufnotary.server.service import TrustService
-from tufnotary.server.storage import MetadataStore, NewFile
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.metadata import NewFile
 
 GUN = "example.com/team/app"
 
 
 def _service(server: Server) -> TrustService:
-    service = server.app.extensions["tufnotary.service"]
+    service = server_context(server.app).service
     assert isinstance(service, TrustService)
     return service
 
@@ -132,17 +134,17 @@ def test_a_publish_refused_by_storage_leaves_everything_as_it_was(
     assert server.get(GUN, "targets.json").data == repo.files[TARGETS]
 
 
-def test_latest_of_reads_the_newest_file_of_each_role(store: MetadataStore) -> None:
-    store.update_many(GUN, [NewFile(TARGETS, v, f"t{v}".encode()) for v in (1, 2, 5)])
-    store.update_many(GUN, [NewFile(ROOT, 1, b"r1"), NewFile(SNAPSHOT, 3, b"s3")])
-    store.update_many("example.com/team/other", [NewFile(TARGETS, 9, b"other")])
-    newest = store.latest_of(GUN, (TIMESTAMP, TARGETS, ROOT, SNAPSHOT))
+def test_latest_of_reads_the_newest_file_of_each_role(store: Stores) -> None:
+    store.metadata.update_many(GUN, [NewFile(TARGETS, v, f"t{v}".encode()) for v in (1, 2, 5)])
+    store.metadata.update_many(GUN, [NewFile(ROOT, 1, b"r1"), NewFile(SNAPSHOT, 3, b"s3")])
+    store.metadata.update_many("example.com/team/other", [NewFile(TARGETS, 9, b"other")])
+    newest = store.metadata.latest_of(GUN, (TIMESTAMP, TARGETS, ROOT, SNAPSHOT))
     assert {role: (f.version, f.data) for role, f in newest.items()} == {
         TARGETS: (5, b"t5"),
         ROOT: (1, b"r1"),
         SNAPSHOT: (3, b"s3"),
     }
-    assert store.latest_of("example.com/none", (TIMESTAMP, ROOT)) == {}
+    assert store.metadata.latest_of("example.com/none", (TIMESTAMP, ROOT)) == {}
 
 
 _GEVENT_WAITS = """

@@ -27,7 +27,8 @@ from tufnotary.server.app import create_app
 from tufnotary.server.config import Settings
 from tufnotary.server.signer import KeyDecryptionError, KeyVault, ServerKeys, check_keys, rekey
 from tufnotary.server.startup import StartupError
-from tufnotary.server.storage import MetadataStore, StoredKey
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage.keys import StoredKey
 from tufnotary.server.tls import ensure_self_signed
 
 CLI = [sys.executable, "-m", "tufnotary.server.cli"]
@@ -328,22 +329,22 @@ def test_switching_from_the_development_key_with_rekey(tmp_path: Path) -> None:
         assert "no key passphrase configured" not in server.log.read_text()
 
 
-def test_rekey_is_one_transaction(store: MetadataStore) -> None:
+def test_rekey_is_one_transaction(store: Stores) -> None:
     """A key that does not decrypt, even the last one, leaves every key as it was."""
     old, new = KeyVault(b"old passphrase"), KeyVault(b"new passphrase")
     for gun in ("a", "b"):
-        ServerKeys(store, old, "ecdsa").get_or_create(gun, "timestamp", None)
+        ServerKeys(store.keys, old, "ecdsa").get_or_create(gun, "timestamp", None)
     stray = new.encrypt(b"x", b"")  # sorted last, so the others were rewritten first
-    store.add_key(
+    store.keys.add_key(
         StoredKey("f" * 64, "c", "snapshot", "ecdsa", b"-", stray, datetime.now(UTC), None)
     )
     with pytest.raises(KeyDecryptionError, match=f"snapshot key {'f' * 64}"):
-        rekey(store, old, new)
-    store.delete_key("f" * 64)
-    check_keys(store, old)
-    assert rekey(store, old, new, actor="admin") == 2  # both still decrypted with the old one
-    check_keys(store, new)
+        rekey(store.keys, old, new)
+    store.keys.delete_key("f" * 64)
+    check_keys(store.keys, old)
+    assert rekey(store.keys, old, new, actor="admin") == 2  # both still decrypted with the old one
+    check_keys(store.keys, new)
     with pytest.raises(KeyDecryptionError):
-        check_keys(store, old)
-    (entry,) = store.audit_log(actor="admin")
+        check_keys(store.keys, old)
+    (entry,) = store.audit.records(actor="admin")
     assert (entry.action, entry.detail) == ("keys-rekey", {"keys": 2})

@@ -1,7 +1,8 @@
-"""MetadataStore and migrations on SQLite, PostgreSQL and MariaDB (spec 1.8, 2.9, 5.1)."""
+"""Stores and migrations on SQLite, PostgreSQL and MariaDB (spec 1.8, 2.9, 5.1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -15,22 +16,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
-from tufnotary.server import storage
 from tufnotary.server.migrate import downgrade, upgrade
-from tufnotary.server.storage import (
-    Base,
-    MetadataStore,
-    NewFile,
-    StorageError,
-    StoredFile,
-    StoredKey,
-    TufFileRow,
-    VersionConflict,
-    make_engine,
-)
+from tufnotary.server.storage import Stores
+from tufnotary.server.storage import engine as storage_engine
+from tufnotary.server.storage.audit import AuditEntry
+from tufnotary.server.storage.engine import StorageError, make_engine
+from tufnotary.server.storage.keys import StoredKey, TokenKey
+from tufnotary.server.storage.metadata import NewFile, StoredFile, VersionConflict
+from tufnotary.server.storage.models import Base, ServerKeyRow, TufFileRow, columns
 
 GUN = "example.com/team/app"
-TABLES = {"tuf_files", "changefeed", "server_keys"}
+TABLES = {"tuf_files", "changefeed", "server_keys", "token_keys"}
 
 
 def sha256(data: bytes) -> str:
@@ -41,17 +37,18 @@ def new(role: str, version: int, data: bytes | None = None) -> NewFile:
     return NewFile(role, version, f"{role} v{version}".encode() if data is None else data)
 
 
-def newest(store: MetadataStore, role: str) -> StoredFile:
+def newest(store: Stores, role: str) -> StoredFile:
     """The latest version of a role of GUN, which must exist."""
-    file = store.latest(GUN, role)
+    file = store.metadata.latest(GUN, role)
     assert file is not None
     return file
 
 
-def versions(store: MetadataStore, gun: str = GUN) -> dict[str, int | None]:
+def versions(store: Stores, gun: str = GUN) -> dict[str, int | None]:
     """The latest version of every top-level role (None when absent)."""
     latest = {
-        role: store.latest(gun, role) for role in ("root", "targets", "snapshot", "timestamp")
+        role: store.metadata.latest(gun, role)
+        for role in ("root", "targets", "snapshot", "timestamp")
     }
     return {role: None if file is None else file.version for role, file in latest.items()}
 
@@ -65,22 +62,22 @@ def test_upgrade_downgrade_upgrade(database_url: str) -> None:
         assert not set(sa.inspect(engine).get_table_names()) & TABLES
         upgrade(database_url)
         assert set(sa.inspect(engine).get_table_names()) >= TABLES
-        store = MetadataStore(engine)
-        store.update_many(GUN, [new("root", 1)])
-        assert store.latest(GUN, "root") is not None
+        store = Stores.on(engine)
+        store.metadata.update_many(GUN, [new("root", 1)])
+        assert store.metadata.latest(GUN, "root") is not None
     finally:
         engine.dispose()
 
 
-def test_migration_matches_models(store: MetadataStore) -> None:
+def test_migration_matches_models(store: Stores) -> None:
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_reads(store: MetadataStore) -> None:
+def test_reads(store: Stores) -> None:
     before = datetime.now(UTC)
-    store.update_many(GUN, [new("root", 1), new("targets", 1), new("targets", 2)])
+    store.metadata.update_many(GUN, [new("root", 1), new("targets", 1), new("targets", 2)])
     after = datetime.now(UTC)
 
     latest = newest(store, "targets")
@@ -89,22 +86,22 @@ def test_reads(store: MetadataStore) -> None:
     )
     assert latest.created_at.tzinfo == UTC
     assert before <= latest.created_at <= after
-    assert store.by_version(GUN, "targets", 1) == StoredFile(
+    assert store.metadata.by_version(GUN, "targets", 1) == StoredFile(
         GUN, "targets", 1, sha256(b"targets v1"), b"targets v1", latest.created_at
     )
-    assert store.by_checksum(GUN, "targets", sha256(b"targets v1")) == store.by_version(
-        GUN, "targets", 1
-    )
-    assert store.by_checksum(GUN, "root", sha256(b"targets v1")) is None
-    assert store.by_checksum(GUN, "targets", sha256(b"targets v1").upper()) is None
-    assert store.by_checksum(GUN, "targets", "ü" * 64) is None
-    assert store.by_version(GUN, "targets", 3) is None
-    assert store.latest(GUN, "snapshot") is None
-    assert store.latest("example.com/team/other", "targets") is None
+    assert store.metadata.by_checksum(
+        GUN, "targets", sha256(b"targets v1")
+    ) == store.metadata.by_version(GUN, "targets", 1)
+    assert store.metadata.by_checksum(GUN, "root", sha256(b"targets v1")) is None
+    assert store.metadata.by_checksum(GUN, "targets", sha256(b"targets v1").upper()) is None
+    assert store.metadata.by_checksum(GUN, "targets", "ü" * 64) is None
+    assert store.metadata.by_version(GUN, "targets", 3) is None
+    assert store.metadata.latest(GUN, "snapshot") is None
+    assert store.metadata.latest("example.com/team/other", "targets") is None
 
 
-def test_conflict_rules_and_version_skipping(store: MetadataStore) -> None:
-    store.update_many(GUN, [new("targets", 3)])
+def test_conflict_rules_and_version_skipping(store: Stores) -> None:
+    store.metadata.update_many(GUN, [new("targets", 3)])
     for batch in (
         [new("targets", 3, b"same version")],
         [new("targets", 2)],
@@ -112,14 +109,14 @@ def test_conflict_rules_and_version_skipping(store: MetadataStore) -> None:
         [new("targets", 5), new("targets", 5, b"duplicate in one batch")],
     ):
         with pytest.raises(VersionConflict):
-            store.update_many(GUN, batch)
+            store.metadata.update_many(GUN, batch)
         assert versions(store)["targets"] == 3
 
-    store.update_many(GUN, [new("targets", 7)])
+    store.metadata.update_many(GUN, [new("targets", 7)])
     with pytest.raises(VersionConflict):
-        store.update_many(GUN, [new("targets", 5)])
-    store.update_many(GUN, [new("targets", 9), new("targets", 8)])
-    assert [store.by_version(GUN, "targets", v) is not None for v in (3, 5, 7, 8, 9)] == [
+        store.metadata.update_many(GUN, [new("targets", 5)])
+    store.metadata.update_many(GUN, [new("targets", 9), new("targets", 8)])
+    assert [store.metadata.by_version(GUN, "targets", v) is not None for v in (3, 5, 7, 8, 9)] == [
         True,
         False,
         True,
@@ -128,61 +125,61 @@ def test_conflict_rules_and_version_skipping(store: MetadataStore) -> None:
     ]
 
 
-def test_conflict_on_one_role_writes_nothing(store: MetadataStore) -> None:
+def test_conflict_on_one_role_writes_nothing(store: Stores) -> None:
     roles = ("root", "targets", "snapshot", "timestamp")
-    store.update_many(GUN, [new(role, 1) for role in roles])
+    store.metadata.update_many(GUN, [new(role, 1) for role in roles])
     with pytest.raises(VersionConflict):
-        store.update_many(
+        store.metadata.update_many(
             GUN,
             [new("targets", 2), new("snapshot", 2), new("timestamp", 2), new("root", 1, b"x")],
         )
     assert versions(store) == dict.fromkeys(roles, 1)
-    assert [change.version for change in store.changes(None, 0, 100)] == [1]
+    assert [change.version for change in store.metadata.changes(None, 0, 100)] == [1]
 
 
-def test_timestamps_write_changes(store: MetadataStore) -> None:
-    changes = store.update_many(
+def test_timestamps_write_changes(store: Stores) -> None:
+    changes = store.metadata.update_many(
         GUN, [new("root", 1), new("targets", 1), new("snapshot", 1), new("timestamp", 1)]
     )
     assert [(c.gun, c.version, c.sha256, c.category) for c in changes] == [
         (GUN, 1, sha256(b"timestamp v1"), "update")
     ]
     assert changes[0].created_at == newest(store, "timestamp").created_at
-    assert store.changes(None, 0, 100) == changes
-    assert store.update_many(GUN, [new("targets", 2), new("snapshot", 2)]) == []
-    assert store.update_many(GUN, []) == []
-    assert store.changes(None, 0, 100) == changes
+    assert store.metadata.changes(None, 0, 100) == changes
+    assert store.metadata.update_many(GUN, [new("targets", 2), new("snapshot", 2)]) == []
+    assert store.metadata.update_many(GUN, []) == []
+    assert store.metadata.changes(None, 0, 100) == changes
 
 
-def test_delete_gun_removes_exactly_that_gun(store: MetadataStore) -> None:
+def test_delete_gun_removes_exactly_that_gun(store: Stores) -> None:
     others = ("x/ab", "x/a/b", "X/A", "x/a ")
     for gun in ("x/a", *others):
-        store.update_many(gun, [new("root", 1), new("timestamp", 1)])
+        store.metadata.update_many(gun, [new("root", 1), new("timestamp", 1)])
     key = StoredKey("k" * 64, "x/a", "timestamp", "ecdsa", b"pub", b"priv", datetime.now(UTC), None)
-    store.add_key(key)
+    store.keys.add_key(key)
 
-    assert store.delete_gun("x/a") == 2
+    assert store.metadata.delete_gun("x/a") == 2
     assert versions(store, "x/a") == dict.fromkeys(("root", "targets", "snapshot", "timestamp"))
     for gun in others:
         assert versions(store, gun)["root"] == 1
-    changes = store.changes(None, 0, 100)
+    changes = store.metadata.changes(None, 0, 100)
     assert len(changes) == 6
     assert (changes[-1].gun, changes[-1].version, changes[-1].sha256) == ("x/a", 0, "")
     assert changes[-1].category == "deletion"
 
-    assert store.delete_gun("x/a") == 0
-    assert store.delete_gun("never/published") == 0
-    assert store.changes(None, 0, 100) == changes
-    assert store.get_key(key.key_id) == key
-    store.update_many("x/a", [new("root", 1)])
+    assert store.metadata.delete_gun("x/a") == 0
+    assert store.metadata.delete_gun("never/published") == 0
+    assert store.metadata.changes(None, 0, 100) == changes
+    assert store.keys.get_key(key.key_id) == key
+    store.metadata.update_many("x/a", [new("root", 1)])
     assert versions(store, "x/a")["root"] == 1
 
 
-def test_changes_paging(store: MetadataStore) -> None:
+def test_changes_paging(store: Stores) -> None:
     for version in (1, 2, 3):
-        store.update_many("g/one", [new("timestamp", version)])
-        store.update_many("g/two", [new("timestamp", version)])
-    every = store.changes(None, 0, 100)
+        store.metadata.update_many("g/one", [new("timestamp", version)])
+        store.metadata.update_many("g/two", [new("timestamp", version)])
+    every = store.metadata.changes(None, 0, 100)
     ids = [change.id for change in every]
     assert ids == sorted(set(ids)) and len(ids) == 6
     assert [(c.gun, c.version) for c in every] == [
@@ -195,7 +192,7 @@ def test_changes_paging(store: MetadataStore) -> None:
     ]
 
     def page(gun: str | None, change_id: int, records: int) -> list[int]:
-        return [change.id for change in store.changes(gun, change_id, records)]
+        return [change.id for change in store.metadata.changes(gun, change_id, records)]
 
     assert page(None, 0, 2) == ids[:2]
     assert page(None, ids[1], 2) == ids[2:4]
@@ -214,43 +211,43 @@ def test_changes_paging(store: MetadataStore) -> None:
     assert page("G/TWO", 0, 100) == []
 
 
-def test_five_mib_blob_round_trips(store: MetadataStore) -> None:
+def test_five_mib_blob_round_trips(store: Stores) -> None:
     data = os.urandom(5 * 1024 * 1024)
-    store.update_many(GUN, [NewFile("targets", 1, data)])
-    stored = store.latest(GUN, "targets")
+    store.metadata.update_many(GUN, [NewFile("targets", 1, data)])
+    stored = store.metadata.latest(GUN, "targets")
     assert stored is not None
     assert stored.data == data
     assert stored.sha256 == sha256(data)
-    assert store.by_checksum(GUN, "targets", sha256(data)) == stored
+    assert store.metadata.by_checksum(GUN, "targets", sha256(data)) == stored
 
 
-def test_guns_are_exact_and_unicode(store: MetadataStore) -> None:
+def test_guns_are_exact_and_unicode(store: Stores) -> None:
     guns = ("example.com/App", "example.com/app", "example.com/app ", "example.com/ünïcødé")
     for gun in guns:
-        store.update_many(gun, [NewFile("root", 1, gun.encode()), new("timestamp", 1)])
+        store.metadata.update_many(gun, [NewFile("root", 1, gun.encode()), new("timestamp", 1)])
     for gun in guns:
-        stored = store.latest(gun, "root")
+        stored = store.metadata.latest(gun, "root")
         assert stored is not None
         assert (stored.gun, stored.data) == (gun, gun.encode())
-        assert [change.gun for change in store.changes(gun, 0, 100)] == [gun]
-    assert store.latest("EXAMPLE.COM/APP", "root") is None
-    assert store.latest("example.com/app", "Root") is None
-    assert store.latest("example.com/unicode", "root") is None
+        assert [change.gun for change in store.metadata.changes(gun, 0, 100)] == [gun]
+    assert store.metadata.latest("EXAMPLE.COM/APP", "root") is None
+    assert store.metadata.latest("example.com/app", "Root") is None
+    assert store.metadata.latest("example.com/unicode", "root") is None
 
 
-def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: MetadataStore) -> None:
-    store.update_many(GUN, [new("snapshot", 1), new("timestamp", 1)])
-    writers = [MetadataStore.from_url(migrated_url) for _ in range(8)]
+def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: Stores) -> None:
+    store.metadata.update_many(GUN, [new("snapshot", 1), new("timestamp", 1)])
+    writers = [Stores.from_url(migrated_url) for _ in range(8)]
     barrier = threading.Barrier(len(writers), timeout=30)
 
     def publish(index: int) -> VersionConflict | None:
-        writers[index].ping()  # connect before the race
+        writers[index].metadata.ping()  # connect before the race
         barrier.wait()
         batch = [
             new(role, 2, f"{role} from {index}".encode()) for role in ("snapshot", "timestamp")
         ]
         try:
-            writers[index].update_many(GUN, batch)
+            writers[index].metadata.update_many(GUN, batch)
         except VersionConflict as conflict:
             return conflict
         return None
@@ -267,17 +264,17 @@ def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: MetadataS
     assert sum(isinstance(outcome, VersionConflict) for outcome in outcomes) == 7
     for role in ("snapshot", "timestamp"):
         assert newest(store, role).data == f"{role} from {winners[0]}".encode()
-    assert [change.version for change in store.changes(GUN, 0, 100)] == [1, 2]
+    assert [change.version for change in store.metadata.changes(GUN, 0, 100)] == [1, 2]
 
 
-def test_unique_index_stops_a_racing_writer(migrated_url: str, store: MetadataStore) -> None:
-    store.update_many(GUN, [new("timestamp", 1)])
-    rival = MetadataStore.from_url(migrated_url)
+def test_unique_index_stops_a_racing_writer(migrated_url: str, store: Stores) -> None:
+    store.metadata.update_many(GUN, [new("timestamp", 1)])
+    rival = Stores.from_url(migrated_url)
     outcomes: list[StorageError | None] = []
 
     def publish() -> None:
         try:
-            store.update_many(GUN, [new("timestamp", 2, b"loser")])
+            store.metadata.update_many(GUN, [new("timestamp", 2, b"loser")])
         except StorageError as error:
             outcomes.append(error)
         else:
@@ -308,10 +305,10 @@ def test_unique_index_stops_a_racing_writer(migrated_url: str, store: MetadataSt
     if store.engine.dialect.name != "sqlite":  # SQLite writers are serialised at BEGIN
         assert isinstance(outcomes[0].__cause__, IntegrityError)
     assert newest(store, "timestamp").data == b"winner"
-    assert [change.version for change in store.changes(GUN, 0, 100)] == [1]
+    assert [change.version for change in store.metadata.changes(GUN, 0, 100)] == [1]
 
 
-def test_server_keys(store: MetadataStore) -> None:
+def test_server_keys(store: Stores) -> None:
     start = datetime(2024, 6, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
 
     def key(name: str, seconds: int, **changes: str) -> StoredKey:
@@ -332,39 +329,89 @@ def test_server_keys(store: MetadataStore) -> None:
         key("e", 4, gun="example.com/other"),
     )
     for stored in (newer, older, ed25519, snapshot, other_gun):
-        store.add_key(stored)
+        store.keys.add_key(stored)
 
-    fetched = store.get_key(older.key_id)
+    fetched = store.keys.get_key(older.key_id)
     assert fetched is not None
     assert fetched == older and fetched.created_at.tzinfo == UTC
-    assert store.get_key("f" * 64) is None
-    assert store.keys_for(GUN, "timestamp") == [older, newer, ed25519]
-    assert store.keys_for(GUN, "snapshot") == [snapshot]
-    assert store.unused_key(GUN, "timestamp", "ecdsa") == newer
+    assert store.keys.get_key("f" * 64) is None
+    assert store.keys.keys_for(GUN, "timestamp") == [older, newer, ed25519]
+    assert store.keys.keys_for(GUN, "snapshot") == [snapshot]
+    assert store.keys.unused_key(GUN, "timestamp", "ecdsa") == newer
 
     before = datetime.now(UTC)
-    store.mark_key_used(newer.key_id)
-    used = store.get_key(newer.key_id)
+    store.keys.mark_key_used(newer.key_id)
+    used = store.keys.get_key(newer.key_id)
     assert used is not None and used.last_used is not None
     assert before <= used.last_used <= datetime.now(UTC)
-    assert store.unused_key(GUN, "timestamp", "ecdsa") == older
-    store.mark_key_used(newer.key_id)
-    assert store.get_key(newer.key_id) == used
+    assert store.keys.unused_key(GUN, "timestamp", "ecdsa") == older
+    store.keys.mark_key_used(newer.key_id)
+    assert store.keys.get_key(newer.key_id) == used
 
-    store.mark_key_used(older.key_id)
-    assert store.unused_key(GUN, "timestamp", "ecdsa") is None
-    assert store.unused_key(GUN, "timestamp", "ed25519") == ed25519
+    store.keys.mark_key_used(older.key_id)
+    assert store.keys.unused_key(GUN, "timestamp", "ecdsa") is None
+    assert store.keys.unused_key(GUN, "timestamp", "ed25519") == ed25519
     with pytest.raises(StorageError):
-        store.add_key(older)
+        store.keys.add_key(older)
+
+
+def test_token_keys_move_to_their_table_and_back(database_url: str) -> None:
+    """Revision 0005 moves the realm's token-signing keys (GUN '', role 'token-signing') from
+    server_keys to token_keys with their bytes unchanged; its downgrade moves them back."""
+    created = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    token = TokenKey("t" * 64, "ecdsa", b"token public", b"\x00token private", created)
+    server_key = StoredKey("s" * 64, GUN, "timestamp", "ecdsa", b"pub", b"priv", created, None)
+    as_row = {**dataclasses.asdict(token), "gun": "", "role": "token-signing", "last_used": None}
+    engine = make_engine(database_url)
+    stores = Stores.on(engine)
+    try:
+        upgrade(engine, "0004")
+        with engine.begin() as connection:
+            for row in (as_row, dataclasses.asdict(server_key)):
+                connection.execute(sa.insert(ServerKeyRow).values(**row))
+        upgrade(engine)
+        assert stores.token_keys.all() == [token]
+        assert stores.keys.get_key(token.key_id) is None
+        assert stores.keys.get_key(server_key.key_id) == server_key
+        assert stores.keys.newest_keys() == [server_key, token.as_stored()]
+
+        downgrade(engine, "0004")
+        assert "token_keys" not in sa.inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            query = sa.select(*columns(ServerKeyRow, StoredKey)).order_by(ServerKeyRow.key_id)
+            rows = [StoredKey(**row._mapping) for row in connection.execute(query)]
+        assert rows == [server_key, StoredKey(**as_row)]
+    finally:
+        engine.dispose()
+
+
+def test_token_keys(store: Stores) -> None:
+    created = datetime.now(UTC)
+    older, newer = (
+        TokenKey(name * 64, "ecdsa", b"public", name.encode(), created + timedelta(seconds=i))
+        for i, name in enumerate("ba")
+    )
+    store.token_keys.add(newer)
+    store.token_keys.add(older)
+    assert store.token_keys.all() == [older, newer]
+    assert store.token_keys.get(newer.key_id) == newer
+    assert store.keys.newest_keys() == [newer.as_stored()]
+    retire = AuditEntry("admin", "token-key-retire", None, {"key_id": older.key_id})
+    assert store.token_keys.delete(older.key_id, retire)
+    assert not store.token_keys.delete(older.key_id, retire)
+    assert store.token_keys.get(older.key_id) is None
+    assert [record.action for record in store.audit.records()] == ["token-key-retire"]
+    with pytest.raises(StorageError):
+        store.token_keys.add(newer)
 
 
 def test_ping_needs_the_schema(database_url: str) -> None:
-    store = MetadataStore.from_url(database_url)
+    store = Stores.from_url(database_url)
     try:
         with pytest.raises(StorageError, match="ping failed"):
-            store.ping()
+            store.metadata.ping()
         upgrade(store.engine)
-        store.ping()
+        store.metadata.ping()
     finally:
         store.engine.dispose()
 
@@ -398,18 +445,18 @@ def test_sqlite_settings(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_rate_events_count_until_they_expire_and_are_then_deleted(store: MetadataStore) -> None:
+def test_rate_events_count_until_they_expire_and_are_then_deleted(store: Stores) -> None:
     now = datetime.now(UTC)
     later = now + timedelta(seconds=60)
-    store.add_rate_events(["login-user:alice", "login-address:192.0.2.1"], now, later)
-    store.add_rate_events(["login-user:alice"], now, later + timedelta(seconds=1))
-    store.add_rate_events(["login-user:ALICE"], now, later)  # names are exact
-    newest = store.rate_events("login-user:alice", now, 10)
+    store.rate_events.add(["login-user:alice", "login-address:192.0.2.1"], now, later)
+    store.rate_events.add(["login-user:alice"], now, later + timedelta(seconds=1))
+    store.rate_events.add(["login-user:ALICE"], now, later)  # names are exact
+    newest = store.rate_events.recent("login-user:alice", now, 10)
     assert newest == [later + timedelta(seconds=1), later]
-    assert store.rate_events("login-user:alice", now, 1) == [later + timedelta(seconds=1)]
-    assert store.rate_events("login-user:alice", later, 10) == [later + timedelta(seconds=1)]
+    assert store.rate_events.recent("login-user:alice", now, 1) == [later + timedelta(seconds=1)]
+    assert store.rate_events.recent("login-user:alice", later, 10) == [later + timedelta(seconds=1)]
     # the next event deletes every expired one: the table holds one window at most
-    store.add_rate_events(
+    store.rate_events.add(
         ["key-create:192.0.2.1"], later + timedelta(seconds=2), later + timedelta(hours=1)
     )
     with store.engine.connect() as connection:
@@ -418,7 +465,7 @@ def test_rate_events_count_until_they_expire_and_are_then_deleted(store: Metadat
 
 
 def test_dropped_connections_are_replaced(
-    store: MetadataStore, migrated_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Stores, migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An idle pooled connection is pinged and replaced; one used just before the database
     dropped it fails a single call, then the pool reconnects."""
@@ -433,13 +480,13 @@ def test_dropped_connections_are_replaced(
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
 
-    assert store.signal("x") is None
+    assert store.metadata.signal("x") is None
     drop_connections()
-    monkeypatch.setattr(storage, "PING_AFTER_IDLE", 0.0)
-    assert store.signal("x") is None
+    monkeypatch.setattr(storage_engine, "PING_AFTER_IDLE", 0.0)
+    assert store.metadata.signal("x") is None
     drop_connections()
-    monkeypatch.setattr(storage, "PING_AFTER_IDLE", 3600.0)
+    monkeypatch.setattr(storage_engine, "PING_AFTER_IDLE", 3600.0)
     with pytest.raises(StorageError):
-        store.signal("x")
-    assert store.signal("x") is None
+        store.metadata.signal("x")
+    assert store.metadata.signal("x") is None
     admin.dispose()

@@ -1,0 +1,138 @@
+"""The database engine and the one transaction helper every store runs in.
+
+Database failures raise :class:`StorageError`; a clash with a stored row (a version, a name),
+including one lost to a concurrent writer, raises the store's own subclass of it on every engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
+
+from tufnotary.server.storage.models import MYSQL
+
+_SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
+_RETURNED = "tufnotary_returned"  # connection record info: when it was last returned to the pool
+PING_AFTER_IDLE = 5.0  # seconds a pooled connection may sit idle before it is pinged on checkout
+
+
+class StorageError(Exception):
+    """A database failure; the message is safe to log."""
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine: psycopg 3 for PostgreSQL, PyMySQL (utf8mb4) for MySQL/MariaDB, and
+    SQLite in WAL mode whose write transactions take the write lock at BEGIN."""
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in MYSQL:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    if parsed.get_backend_name() in MYSQL and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    engine = sa.create_engine(parsed)
+    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    sa.event.listen(engine, "checkin", _note_return)
+    if engine.dialect.name == "sqlite":
+        _create_private(parsed.database)
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _create_private(database: str | None) -> None:
+    """Create a missing SQLite file with mode 0600: it holds password hashes and encrypted keys,
+    and SQLite gives its WAL and shared-memory files the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    with suppress(OSError):  # a missing directory is reported by SQLite on connect
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pre-ping a pooled connection only if it sat idle for PING_AFTER_IDLE seconds: a ping per
+    checkout would double the round trips of every short read. A dead connection is replaced;
+    after a database restart, a connection used just before it fails one request, and the
+    pool then reconnects all of them."""
+    if time.monotonic() - record.info.get(_RETURNED, 0.0) < PING_AFTER_IDLE:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):
+            raise DisconnectionError(str(error)) from error  # the pool connects anew
+        raise
+
+
+def _note_return(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED] = time.monotonic()
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's begin event issues BEGIN itself
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Readers run single statements in autocommit mode; writers lock at BEGIN so that two
+    # writers never deadlock upgrading a read lock ("database is locked").
+    if not connection.get_execution_options().get(_SQLITE_READ):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _is_unique_violation(error: IntegrityError) -> bool:
+    orig = error.orig
+    return (
+        getattr(orig, "sqlstate", None) == "23505"  # PostgreSQL
+        or getattr(orig, "sqlite_errorname", None)
+        in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+        or (orig is not None and bool(orig.args) and orig.args[0] in (1022, 1062))  # MySQL
+    )
+
+
+def _describe(action: str, error: SQLAlchemyError) -> str:
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{action} failed: {type(cause).__name__}: {lines[0][:200] if lines else ''}"
+
+
+class Database:
+    """An engine and the transaction helper the stores share."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Reads run in autocommit on PostgreSQL: under READ COMMITTED each statement sees its
+        # own snapshot anyway, and this saves the BEGIN and ROLLBACK round trips.
+        autocommit = (
+            {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
+        )
+        self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
+
+    @contextmanager
+    def transaction(
+        self, action: str, *, write: bool = False, clash: type[StorageError] | None = None
+    ) -> Iterator[Connection]:
+        """One transaction; SQLAlchemy errors become StorageError, and unique violations
+        become ``clash`` if given."""
+        try:
+            if write:
+                with self.engine.begin() as connection:
+                    yield connection
+            else:
+                with self.engine.connect() as connection:
+                    yield connection.execution_options(**self._read_options)
+        except IntegrityError as error:
+            if clash is not None and _is_unique_violation(error):
+                raise clash(f"{action}: a concurrent writer stored it first") from error
+            raise StorageError(_describe(action, error)) from error
+        except SQLAlchemyError as error:
+            raise StorageError(_describe(action, error)) from error

@@ -1,0 +1,240 @@
+"""TUF metadata files and the changefeed (spec 1.8, 2.9 and 5.1).
+
+Every method runs in one transaction and returns plain frozen dataclasses; a version clash,
+including one lost to a concurrent writer, raises :class:`VersionConflict` on every engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tufnotary.server.storage.audit import AuditEntry, append_audit
+from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.models import ChangefeedRow, TufFileRow, columns
+
+
+class VersionConflict(StorageError):
+    """A stored version of a role is >= a new one, or two new files share role and version."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored metadata file."""
+
+    gun: str
+    role: str
+    version: int
+    sha256: str
+    data: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A metadata file to store; its sha256 is computed by the store."""
+
+    role: str
+    version: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ChangefeedEntry:
+    """A changefeed record; category is ``update`` or ``deletion``."""
+
+    id: int
+    created_at: datetime
+    gun: str
+    version: int
+    sha256: str
+    category: str
+
+
+_FILE_COLUMNS = columns(TufFileRow, StoredFile)
+_CHANGE_COLUMNS = columns(ChangefeedRow, ChangefeedEntry)
+_SIGNAL = (
+    sa.select(TufFileRow.id, TufFileRow.sha256)
+    .where(TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == "timestamp")
+    .order_by(TufFileRow.version.desc())
+    .limit(1)
+)
+_GUN, _ROLE = sa.bindparam("gun"), sa.bindparam("role")
+# Built once: composing a statement per call costs more than running it on a warm connection.
+_FILES = sa.select(*_FILE_COLUMNS).where(TufFileRow.gun == _GUN, TufFileRow.role == _ROLE)
+_LATEST = _FILES.order_by(TufFileRow.version.desc()).limit(1)
+_BY_CHECKSUM = _FILES.where(TufFileRow.sha256 == sa.bindparam("sha256")).limit(1)
+_BY_VERSION = _FILES.where(TufFileRow.version == sa.bindparam("version")).limit(1)
+_INSERT_CHANGE = sa.insert(ChangefeedRow)
+
+
+@functools.lru_cache(maxsize=64)
+def _latest_of(roles: tuple[str, ...]) -> sa.CompoundSelect:
+    """The newest row of each of ``roles`` (bound: ``gun``), one index lookup each."""
+    return sa.union_all(
+        *(
+            sa.select(*_FILE_COLUMNS)
+            .where(TufFileRow.gun == _GUN, TufFileRow.role == role)
+            .order_by(TufFileRow.version.desc())
+            .limit(1)
+            .subquery()
+            .select()
+            for role in roles
+        )
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _newer(roles: tuple[str, ...]) -> sa.Select[Any]:
+    """A row of ``roles[i]`` at version ``v{i}`` or higher (bound: ``gun``, ``v0``...)."""
+    return (
+        sa.select(TufFileRow.role, TufFileRow.version)
+        .where(
+            TufFileRow.gun == _GUN,
+            sa.or_(
+                *(
+                    sa.and_(TufFileRow.role == role, TufFileRow.version >= sa.bindparam(f"v{i}"))
+                    for i, role in enumerate(roles)
+                )
+            ),
+        )
+        .limit(1)
+    )
+
+
+class MetadataStore:
+    """Stored TUF metadata files and the changefeed of their timestamps."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def _file(self, action: str, query: sa.Select[Any], **params: Any) -> StoredFile | None:
+        with self._db.transaction(action) as connection:
+            row = connection.execute(query, params).first()
+        return None if row is None else StoredFile(**row._mapping)
+
+    def latest(self, gun: str, role: str) -> StoredFile | None:
+        """The highest stored version of a role."""
+        return self._file("latest", _LATEST, gun=gun, role=role)
+
+    def latest_of(self, gun: str, roles: Sequence[str]) -> dict[str, StoredFile]:
+        """The highest stored version of each of ``roles`` that has one, in one query."""
+        with self._db.transaction("latest") as connection:
+            rows = connection.execute(_latest_of(tuple(roles)), {"gun": gun}).all()
+        return {row.role: StoredFile(**row._mapping) for row in rows}
+
+    def by_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
+        """The stored version of a role whose bytes have this SHA-256 (lower-case hex)."""
+        return self._file("by_checksum", _BY_CHECKSUM, gun=gun, role=role, sha256=sha256)
+
+    def by_version(self, gun: str, role: str, version: int) -> StoredFile | None:
+        """One stored version of a role."""
+        return self._file("by_version", _BY_VERSION, gun=gun, role=role, version=version)
+
+    def signal(self, gun: str) -> tuple[int, str] | None:
+        """(row id, sha256) of the highest stored timestamp of ``gun``, or None: it changes with
+        every write that changes what the GUN serves (a publish, a re-sign, a deletion).
+
+        Every such write stores a new timestamp row (or removes them all); the checksum guards
+        against a row id reused after a deletion.
+        """
+        with self._db.transaction("signal") as connection:
+            row = connection.execute(_SIGNAL, {"gun": gun}).first()
+        return None if row is None else (row[0], row[1])
+
+    def update_many(
+        self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
+    ) -> list[ChangefeedEntry]:
+        """Store all files (and the audit entry) or none (spec 2.9); returns the changefeed
+        rows of the timestamps."""
+        if len({(file.role, file.version) for file in files}) != len(files):
+            raise VersionConflict(f"update of {gun}: two files with the same role and version")
+        lowest: dict[str, int] = {}
+        for file in files:
+            lowest[file.role] = min(file.version, lowest.get(file.role, file.version))
+        now = datetime.now(UTC)
+        # A fixed insert order makes concurrent batches wait on each other instead of deadlocking.
+        rows: list[dict[str, Any]] = [
+            {
+                "created_at": now,
+                "gun": gun,
+                "role": file.role,
+                "version": file.version,
+                "sha256": hashlib.sha256(file.data).hexdigest(),
+                "data": file.data,
+            }
+            for file in sorted(files, key=lambda file: (file.role, file.version))
+        ]
+        # One round trip each: the version check of every role, then all the rows.
+        roles = tuple(sorted(lowest))
+        versions = {f"v{i}": lowest[role] for i, role in enumerate(roles)}
+        with self._db.transaction(
+            f"update of {gun}", write=True, clash=VersionConflict
+        ) as connection:
+            if lowest:
+                stored = connection.execute(_newer(roles), {"gun": gun, **versions}).first()
+                if stored is not None:
+                    raise VersionConflict(
+                        f"update of {gun}: {stored.role} version {stored.version} is stored, "
+                        f"new is {lowest[stored.role]}"
+                    )
+                connection.execute(sa.insert(TufFileRow), rows)
+            if audit is not None:
+                append_audit(connection, audit, now)
+            return [
+                _append_change(connection, gun, row["version"], row["sha256"], "update", now)
+                for row in rows
+                if row["role"] == "timestamp"
+            ]
+
+    def delete_gun(self, gun: str, audit: AuditEntry | None = None) -> int:
+        """Delete every stored file of exactly this GUN (and record ``audit``); returns the
+        number of rows removed."""
+        now = datetime.now(UTC)
+        with self._db.transaction(f"delete of {gun}", write=True) as connection:
+            removed = connection.execute(
+                sa.delete(TufFileRow).where(TufFileRow.gun == gun)
+            ).rowcount
+            if removed:
+                _append_change(connection, gun, 0, "", "deletion", now)
+            if audit is not None:
+                append_audit(connection, audit, now)
+        return removed
+
+    def changes(self, gun: str | None, change_id: int, records: int) -> list[ChangefeedEntry]:
+        """A page of the changefeed, oldest first (spec 1.8)."""
+        backwards = change_id < 0 or records < 0
+        query = sa.select(*_CHANGE_COLUMNS).limit(abs(records))
+        if gun is not None:
+            query = query.where(ChangefeedRow.gun == gun)
+        if not backwards:
+            query = query.where(ChangefeedRow.id > change_id).order_by(ChangefeedRow.id)
+        else:
+            if change_id > 0:
+                query = query.where(ChangefeedRow.id < change_id)
+            query = query.order_by(ChangefeedRow.id.desc())
+        with self._db.transaction("changefeed") as connection:
+            found = [ChangefeedEntry(**row._mapping) for row in connection.execute(query)]
+        return found[::-1] if backwards else found
+
+    def ping(self) -> None:
+        """Raise StorageError unless ``tuf_files`` can be read (health check)."""
+        with self._db.transaction("ping") as connection:
+            connection.execute(sa.select(TufFileRow.id).limit(1)).all()
+
+
+def _append_change(
+    connection: Connection, gun: str, version: int, sha256: str, category: str, now: datetime
+) -> ChangefeedEntry:
+    row = dict(created_at=now, gun=gun, version=version, sha256=sha256, category=category)
+    result = connection.execute(_INSERT_CHANGE, row)
+    key = result.inserted_primary_key
+    assert key is not None  # a single-row INSERT always reports its key
+    return ChangefeedEntry(key[0], now, gun, version, sha256, category)
