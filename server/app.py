@@ -23,13 +23,14 @@ from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
 from tufnotary.server.fastpath import FastReads
+from tufnotary.server.keyage import KeyAgeCollector
 from tufnotary.server.proxy import trust_proxies
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.slots import UploadSlots
-from tufnotary.server.startup import open_vault
+from tufnotary.server.startup import open_token, open_vault
 from tufnotary.server.storage import MetadataStore
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
@@ -83,14 +84,16 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _metrics_renderer() -> Callable[[], bytes]:
+def _metrics_renderer(store: MetadataStore) -> Callable[[], bytes]:
     """Prometheus exposition; aggregated over gunicorn workers when PROMETHEUS_MULTIPROC_DIR
-    is set (the ``serve`` command sets it)."""
+    is set (the ``serve`` command sets it); server key ages read from ``store``."""
+    keys = CollectorRegistry()
+    keys.register(KeyAgeCollector(store))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return lambda: generate_latest(registry)
-    return generate_latest
+        return lambda: generate_latest(registry) + generate_latest(keys)
+    return lambda: generate_latest() + generate_latest(keys)
 
 
 class GunicornLogger(glogging.Logger):
@@ -114,8 +117,9 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     configure_logging(settings.log_level)
     store = MetadataStore.from_url(settings.effective_database_url)
     vault = open_vault(settings)
+    token = open_token(settings)
     if preflight:
-        startup.preflight(settings, store, vault)
+        startup.preflight(settings, store, vault, token)
         vault.warn_if_development()
     limits = Limits(
         settings.max_delegations,
@@ -129,7 +133,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     )
     service = TrustService(
         store,
-        ServerKeys(store, vault, settings.key_algorithm),
+        ServerKeys(store, vault, settings.key_algorithm, token),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
         key_creations=RateLimit(store, "key-create", settings.key_creation_limit, KEY_WINDOW),
@@ -144,7 +148,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["tufnotary.service"] = service
-    app.extensions["tufnotary.metrics"] = _metrics_renderer()
+    app.extensions["tufnotary.metrics"] = _metrics_renderer(store)
     app.extensions["tufnotary.api_settings"] = api.Settings(
         settings.max_body_bytes,
         settings.max_parts,

@@ -179,14 +179,14 @@ def _preflight(settings: Settings) -> None:
     """The start-up checks, once, before gunicorn starts workers: a failure is one line on
     stderr and exit status 1; the development-key warning is logged here only."""
     from .app import configure_logging
-    from .startup import StartupError, open_vault, preflight
+    from .startup import StartupError, open_token, open_vault, preflight
     from .storage import MetadataStore
 
     configure_logging(settings.log_level)
     store = MetadataStore.from_url(settings.effective_database_url)
     try:
         vault = open_vault(settings)
-        preflight(settings, store, vault)
+        preflight(settings, store, vault, open_token(settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

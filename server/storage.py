@@ -134,9 +134,10 @@ class ServerKeyRow(Base):
     role: Mapped[str] = mapped_column(ExactString(255))
     algorithm: Mapped[str] = mapped_column(sa.String(20))
     public: Mapped[bytes] = mapped_column(_BLOB)
-    private: Mapped[bytes] = mapped_column(_BLOB)
+    private: Mapped[bytes | None] = mapped_column(_BLOB)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_used: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    uri: Mapped[str | None] = mapped_column(sa.String(1024))
 
 
 class AuditRow(Base):
@@ -240,16 +241,18 @@ class Change:
 
 @dataclass(frozen=True)
 class StoredKey:
-    """A server-managed key; ``private`` is opaque (encrypted by the caller)."""
+    """A server-managed key; ``private`` is opaque (encrypted by the caller), or None for a
+    key in a token or key manager, which ``uri`` names."""
 
     key_id: str
     gun: str
     role: str
     algorithm: str
     public: bytes
-    private: bytes
+    private: bytes | None
     created_at: datetime
     last_used: datetime | None
+    uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -691,6 +694,19 @@ class MetadataStore:
             ]
         return [StoredKey(**row._mapping) for row in newest]
 
+    def current_key_ages(self) -> dict[str, datetime]:
+        """Per role, when the oldest current key was made: a GUN's current key of a role is
+        its newest key that has signed (token-signing keys, of GUN '', are left out)."""
+        current = (
+            sa.select(ServerKeyRow.role, sa.func.max(ServerKeyRow.created_at).label("created"))
+            .where(ServerKeyRow.last_used.is_not(None), ServerKeyRow.gun != "")
+            .group_by(ServerKeyRow.gun, ServerKeyRow.role)
+            .subquery()
+        )
+        query = sa.select(current.c.role, sa.func.min(current.c.created)).group_by(current.c.role)
+        with self._transaction("key ages") as connection:
+            return {role: created for role, created in connection.execute(query)}
+
     def replace_private_keys(
         self, reencrypt: Callable[[StoredKey], bytes], audit: AuditEntry
     ) -> int:
@@ -701,7 +717,12 @@ class MetadataStore:
         with self._transaction("re-encryption of the keys", write=True) as connection:
             if connection.dialect.name == "postgresql":
                 connection.exec_driver_sql("LOCK TABLE server_keys IN EXCLUSIVE MODE")
-            query = sa.select(*_KEY_COLUMNS).order_by(ServerKeyRow.key_id).with_for_update()
+            query = (
+                sa.select(*_KEY_COLUMNS)
+                .where(ServerKeyRow.private.is_not(None))  # keys in a token have no private part
+                .order_by(ServerKeyRow.key_id)
+                .with_for_update()
+            )
             keys = [StoredKey(**row._mapping) for row in connection.execute(query)]
             for key in keys:
                 connection.execute(
