@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import os
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives import serialization
 
-from tufnotary.client.tokenkeys import (
-    PKCS11_MODULE_ENV,
-    KeyRecord,
-    TokenKey,
-    TokenKeyError,
-)
-from tufnotary.client.tokenkeys import _describe as describe
 from tufnotary.metadata.keys import Key
-from tufnotary.metadata.signing import Signer
+from tufnotary.metadata.signing import Signature, Signer
+from tufnotary.metadata.urisigning import (
+    PKCS11_MODULE_ENV,
+    UriSigner,
+    UriSigningError,
+    describe,
+)
 
 PROBE = b"tufnotary-server: does this key sign?"
 _LABEL_PREFIX = "tufnotary"
@@ -45,24 +43,23 @@ def uri_signer(uri: str, public: Key, pin: str | None) -> Signer:
             raise KeyBackendError(f"{uri} needs a {name}: set key_backend 'pkcs11' and pkcs11_pin")
         return pin
 
-    record = KeyRecord(public.key_id, "server", None, uri, public, datetime.now(UTC))
-    return _Checked(TokenKey(record, secret))
+    return _Checked(UriSigner(uri, public, secret))
 
 
 class _Checked:
-    """A token signer whose failures are KeyBackendError (the server's kind)."""
+    """A URI signer whose failures are KeyBackendError (the server's kind)."""
 
-    def __init__(self, key: TokenKey) -> None:
-        self._key = key
+    def __init__(self, signer: UriSigner) -> None:
+        self._signer = signer
 
     @property
     def public(self) -> Key:
-        return self._key.public
+        return self._signer.public
 
-    def sign(self, message: bytes, keyid: str | None = None) -> Any:
+    def sign(self, message: bytes, keyid: str | None = None) -> Signature:
         try:
-            return self._key.sign(message, keyid)
-        except TokenKeyError as exc:
+            return self._signer.sign(message, keyid)
+        except UriSigningError as exc:
             raise KeyBackendError(str(exc)) from None
 
 
