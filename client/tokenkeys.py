@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,25 +24,28 @@ from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tufnotary.client.errors import ClientError
 from tufnotary.client.fileio import atomic_write
 from tufnotary.metadata.errors import FormatError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
-from tufnotary.metadata.signing import Signature, verify_signature, wire_signature
+from tufnotary.metadata.signing import Signature
+from tufnotary.metadata.urisigning import (
+    BACKENDS,
+    PKCS11_MODULE_ENV,
+    SecretsHandler,
+    SignerMismatch,
+    UnsupportedKey,
+    UriSigner,
+    UriSigningError,
+    backend_key,
+    describe,
+)
 
 TOKEN_KEYS_DIR = "token_keys"
 PIN_ENV = "TUFNOTARY_PKCS11_PIN"
-PKCS11_MODULE_ENV = "PYKCS11LIB"
 HSM = "hsm"
-BACKENDS = {
-    HSM: "PKCS#11 token",
-    "awskms": "AWS KMS",
-    "gcpkms": "Google Cloud KMS",
-    "azurekms": "Azure Key Vault",
-    "hv": "HashiCorp Vault",
-}
 _PROBE = b"tufnotary: does this key sign as its public key says?"
 
 
@@ -86,9 +89,6 @@ class TokenKeyMismatch(TokenKeyError):
 
 class NotExportable(TokenKeyError):
     """Export of a key whose private half never leaves its token."""
-
-
-SecretsHandler = Callable[[str], str]
 
 
 class Pins:
@@ -166,8 +166,7 @@ class TokenKey:
 
     def __init__(self, record: KeyRecord, secrets: SecretsHandler) -> None:
         self.record = record
-        self._secrets = secrets
-        self._signer: Any = None
+        self._signer = UriSigner(record.uri, record.public, secrets)
 
     @property
     def public(self) -> Key:
@@ -175,25 +174,10 @@ class TokenKey:
 
     def sign(self, message: bytes, keyid: str | None = None) -> Signature:
         """Sign through the backend; the result is in wire form and verified."""
-        keyid = keyid or self.public.key_id
         try:
-            if self._signer is None:
-                from securesystemslib.signer import Signer as BackendSigner
-
-                public = _backend_key(self.public)
-                self._signer = BackendSigner.from_priv_key_uri(
-                    self.record.uri, public, self._secrets
-                )
-            value = bytes.fromhex(self._signer.sign(message).signature)
-            signature = wire_signature(self.public, keyid, value)
-        except TokenKeyError:
-            raise
-        except Exception as exc:  # each backend raises its own kinds
-            message = f"{self.record.uri} did not sign: {_describe(exc)}"
-            raise TokenFailure(message) from exc
-        if not verify_signature(self.public, signature, message):
-            raise TokenKeyMismatch(f"{self.record.uri} signs as another key than {keyid}")
-        return signature
+            return self._signer.sign(message, keyid)
+        except UriSigningError as exc:
+            raise _client_error(exc) from exc.__cause__
 
 
 class TokenKeys:
@@ -265,32 +249,25 @@ class TokenKeys:
         except TokenKeyError:
             raise
         except Exception as exc:  # python-pkcs11 raises its own kinds
-            raise TokenFailure(f"cannot read the public key of {uri}: {_describe(exc)}") from exc
+            raise TokenFailure(f"cannot read the public key of {uri}: {describe(exc)}") from exc
         if not isinstance(crypto, ec.EllipticCurvePublicKey):
             raise UnsupportedKeyURI(f"{uri} is not an ECDSA key")
         return Key.from_public_key(crypto)
 
 
 def _backend_key(public: Key) -> Any:
-    """The securesystemslib public key for ``public``, with the one scheme that signs as
-    notary verifies (SHA-256 throughout)."""
-    from securesystemslib.signer import SSlibKey
-
-    crypto = public.public_key()
-    if isinstance(crypto, ec.EllipticCurvePublicKey):
-        if crypto.curve.name != "secp256r1":
-            raise UnsupportedKeyURI(f"ECDSA keys must be P-256, not {crypto.curve.name}")
-        scheme = "ecdsa-sha2-nistp256"
-    elif isinstance(crypto, rsa.RSAPublicKey):
-        scheme = "rsassa-pss-sha256"
-    elif isinstance(crypto, ed25519.Ed25519PublicKey):
-        scheme = "ed25519"
-    else:
-        raise UnsupportedKeyURI(f"unsupported {public.keytype} key")
-    return SSlibKey.from_crypto(crypto, scheme=scheme)
+    """securesystemslib's public key for ``public``; UnsupportedKeyURI for kinds notary cannot
+    verify."""
+    try:
+        return backend_key(public)
+    except UnsupportedKey as exc:
+        raise UnsupportedKeyURI(str(exc)) from None
 
 
-def _describe(exc: Exception) -> str:
-    """A backend's exception as text: its message, else its name (python-pkcs11's
-    ``PinIncorrect`` has no message)."""
-    return str(exc) or type(exc).__name__
+def _client_error(exc: UriSigningError) -> TokenKeyError:
+    """The client's kind of a signing failure (same message)."""
+    if isinstance(exc, UnsupportedKey):
+        return UnsupportedKeyURI(str(exc))
+    if isinstance(exc, SignerMismatch):
+        return TokenKeyMismatch(str(exc))
+    return TokenFailure(str(exc))

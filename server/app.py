@@ -23,14 +23,16 @@ from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.context import ServerContext, request_state
 from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
 from tufnotary.server.fastpath import FastReads
+from tufnotary.server.keyage import KeyAgeCollector
 from tufnotary.server.proxy import trust_proxies
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.slots import UploadSlots
-from tufnotary.server.startup import open_vault
+from tufnotary.server.startup import open_token, open_vault
 from tufnotary.server.storage import Stores
+from tufnotary.server.storage.keys import ServerKeyStore
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -83,14 +85,16 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _metrics_renderer() -> Callable[[], bytes]:
+def _metrics_renderer(store: ServerKeyStore) -> Callable[[], bytes]:
     """Prometheus exposition; aggregated over gunicorn workers when PROMETHEUS_MULTIPROC_DIR
-    is set (the ``serve`` command sets it)."""
+    is set (the ``serve`` command sets it); server key ages read from ``store``."""
+    keys = CollectorRegistry()
+    keys.register(KeyAgeCollector(store))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return lambda: generate_latest(registry)
-    return generate_latest
+        return lambda: generate_latest(registry) + generate_latest(keys)
+    return lambda: generate_latest() + generate_latest(keys)
 
 
 class GunicornLogger(glogging.Logger):
@@ -114,8 +118,9 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     configure_logging(settings.log_level)
     stores = Stores.from_url(settings.effective_database_url)
     vault = open_vault(settings)
+    token = open_token(settings)
     if preflight:
-        startup.preflight(settings, stores, vault)
+        startup.preflight(settings, stores, vault, token)
         vault.warn_if_development()
     limits = Limits(
         settings.max_delegations,
@@ -130,7 +135,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     service = TrustService(
         stores.metadata,
         stores.audit,
-        ServerKeys(stores.keys, vault, settings.key_algorithm),
+        ServerKeys(stores.keys, vault, settings.key_algorithm, token),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
         key_creations=RateLimit(
@@ -152,7 +157,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.large_upload_bytes,
         LARGE_UPLOAD_WAIT,
     )
-    context = ServerContext(settings, stores, service, slots, _metrics_renderer())
+    context = ServerContext(settings, stores, service, slots, _metrics_renderer(stores.keys))
     if settings.auth_mode == "builtin":
         context.realm = _realm(settings, stores, vault)
         context.auth = context.realm.verifier

@@ -24,7 +24,7 @@ from tufnotary.server.auth import is_loopback
 from tufnotary.server.config import UNIX_PREFIX, ConfigError, Settings
 from tufnotary.server.files import loose_permissions, private_dir, secret_files
 from tufnotary.server.realm import RealmError
-from tufnotary.server.startup import StartupError, open_vault, preflight
+from tufnotary.server.startup import StartupError, open_token, open_vault, preflight
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.tls import ensure_self_signed
@@ -232,14 +232,14 @@ def _preflight(settings: Settings) -> None:
     from tufnotary.server.app import configure_logging
 
     configure_logging(settings.log_level)
-    store = Stores.from_url(settings.effective_database_url)
+    stores = Stores.from_url(settings.effective_database_url)
     try:
         vault = open_vault(settings)
-        preflight(settings, store, vault)
+        preflight(settings, stores, vault, open_token(settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        store.engine.dispose()
+        stores.engine.dispose()
     vault.warn_if_development()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 ENV_PREFIX = "TUFNOTARY_"
 CONFIG_ENV = "TUFNOTARY_CONFIG"
 KEY_ALGORITHMS = ("ecdsa", "ed25519")
+KEY_BACKENDS = ("database", "pkcs11")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 AUTH_MODES = ("none", "token", "builtin")
 FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
@@ -45,6 +46,11 @@ class Settings:
     key_algorithm: str = "ecdsa"
     key_passphrase: str | None = None
     key_passphrase_file: Path | None = None
+    key_backend: str = "database"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: str | None = None
+    pkcs11_pin_file: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     max_parts: int = 1000
     max_delegations: int = 10_000
@@ -135,6 +141,7 @@ class Settings:
                 f"{raw['key_passphrase'][1]}, key_passphrase_file from "
                 f"{raw['key_passphrase_file'][1]})"
             )
+        _check_key_backend(settings, raw)
         _check_auth(settings, raw)
         if settings.token_lifetime > settings.max_token_lifetime:
             raise ConfigError(
@@ -142,6 +149,32 @@ class Settings:
                 f"{settings.max_token_lifetime} (raise max_token_lifetime or lower token_lifetime)"
             )
         return settings
+
+
+def _check_key_backend(
+    settings: Settings, raw: Mapping[str, tuple[object, str, Path | None]]
+) -> None:
+    """`pkcs11` needs the module, the token label and one of the PIN settings, and makes
+    ECDSA keys only."""
+    if settings.key_backend != "pkcs11":
+        return
+    source = raw["key_backend"][1]
+    missing = [
+        name
+        for name in ("pkcs11_module", "pkcs11_token_label")
+        if getattr(settings, name) in (None, "")
+    ]
+    if (settings.pkcs11_pin is None) == (settings.pkcs11_pin_file is None):
+        missing.append("exactly one of pkcs11_pin, pkcs11_pin_file")
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required with key_backend 'pkcs11' (from {source})"
+        )
+    if settings.key_algorithm != "ecdsa":
+        raise ConfigError(
+            f"key_algorithm: key_backend 'pkcs11' makes ecdsa keys, not "
+            f"{settings.key_algorithm} (from {raw['key_algorithm'][1]})"
+        )
 
 
 def _check_auth(settings: Settings, raw: Mapping[str, tuple[object, str, Path | None]]) -> None:
@@ -378,6 +411,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "database_url": _check_database_url,
     "workers": _int_range(1),
     "key_algorithm": _one_of(KEY_ALGORITHMS),
+    "key_backend": _one_of(KEY_BACKENDS),
     "max_body_bytes": _int_range(1),
     "max_parts": _int_range(1),
     "max_delegations": _int_range(1),

@@ -41,6 +41,7 @@ def secret_files(settings: Settings) -> list[Path]:
     named = (
         settings.tls_key,
         settings.key_passphrase_file,
+        settings.pkcs11_pin_file,
         settings.htpasswd_file,
         settings.data_dir / DEV_MASTER_KEY,
         tls_dir / "ca.key",

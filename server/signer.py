@@ -1,8 +1,9 @@
-"""Server-held timestamp and snapshot keys: create, rotate, sign; encrypted at rest.
+"""Server-held timestamp and snapshot keys: create, rotate, sign; encrypted at rest, or in a
+PKCS#11 token (:mod:`tufnotary.server.keybackend`).
 
-Private keys are stored as AES-256-GCM ciphertexts under a key derived (scrypt, per-key salt)
-from the master passphrase; the key's id, GUN and role are bound as associated data, so a
-row copied onto another GUN does not decrypt.
+Private keys in the database are stored as AES-256-GCM ciphertexts under a key derived
+(scrypt, per-key salt) from the master passphrase; the key's id, GUN and role are bound as
+associated data, so a row copied onto another GUN does not decrypt.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import Metadata, Root, Signed
-from tufnotary.metadata.signing import PrivateKey
+from tufnotary.metadata.signing import PrivateKey, Signer
+from tufnotary.server.keybackend import PROBE, Pkcs11Token, uri_signer
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.keys import ServerKeyStore, StoredKey
 
@@ -106,17 +108,30 @@ def _context(key_id: str, gun: str, role: str) -> bytes:
 
 
 def _decrypt(vault: KeyVault, key: StoredKey) -> bytes:
+    if key.private is None:
+        raise KeyDecryptionError(f"{key.role} key {key.key_id} has no private part")
     try:
         return vault.decrypt(key.private, _context(key.key_id, key.gun, key.role))
     except KeyDecryptionError as exc:
         raise KeyDecryptionError(f"{key.role} key {key.key_id}: {exc}") from exc
 
 
-def check_keys(store: ServerKeyStore, vault: KeyVault) -> None:
+def check_keys(store: ServerKeyStore, vault: KeyVault, token: Pkcs11Token | None = None) -> None:
     """KeyDecryptionError unless the newest stored key of each kind (timestamp, snapshot,
-    token-signing) decrypts with ``vault``."""
+    token-signing) decrypts with ``vault``; KeyBackendError unless such a key that lives in a
+    token or key manager signs there."""
     for key in store.newest_keys():
-        _decrypt(vault, key)
+        if key.uri is None:
+            _decrypt(vault, key)
+        else:
+            external_signer(key, token).sign(PROBE)
+
+
+def external_signer(key: StoredKey, token: Pkcs11Token | None) -> Signer:
+    """The signer of a stored key that lives in a token or key manager (``key.uri``)."""
+    assert key.uri is not None
+    public = Key(key.algorithm, key.public)
+    return token.signer(key.uri, public) if token else uri_signer(key.uri, public, None)
 
 
 def rekey(store: ServerKeyStore, old: KeyVault, new: KeyVault, *, actor: str = "cli") -> int:
@@ -135,20 +150,27 @@ class HeldKey:
     """A server key able to sign, with the id metadata lists it under."""
 
     key_id: str
-    private: PrivateKey
+    private: Signer
 
 
 class ServerKeys:
     """The timestamp and snapshot keys the server holds for each GUN."""
 
-    def __init__(self, store: ServerKeyStore, vault: KeyVault, algorithm: str) -> None:
+    def __init__(
+        self,
+        store: ServerKeyStore,
+        vault: KeyVault,
+        algorithm: str,
+        token: Pkcs11Token | None = None,
+    ) -> None:
         self._store = store
         self._vault = vault
         self._algorithm = algorithm
+        self._token = token  # new keys are made in it when set
         # Decrypted keys (scrypt makes each decryption cost tens of ms), by (key id, GUN,
         # role): a key stored for one GUN and role never signs for another. Rotation makes a
         # new key id; a passphrase change (rekey) leaves the keys themselves unchanged.
-        self._cache: dict[tuple[str, str, str], PrivateKey] = {}
+        self._cache: dict[tuple[str, str, str], Signer] = {}
         self._used: set[str] = set()
 
     def _create(self, gun: str, role: str, gate: Callable[[], None]) -> tuple[Key, bool]:
@@ -158,10 +180,18 @@ class ServerKeys:
         if unused is not None:
             return Key(unused.algorithm, unused.public), False
         gate()
+        now = datetime.now(UTC)
+        if self._token is not None:
+            public, uri = self._token.create(gun, role)
+            self._store.add_key(
+                StoredKey(
+                    public.key_id, gun, role, public.keytype, public.public, None, now, None, uri
+                )
+            )
+            return public, True
         private = PrivateKey.generate(self._algorithm)
         key_id = private.public.key_id
         blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
-        now = datetime.now(UTC)
         self._store.add_key(
             StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
         )
@@ -198,8 +228,12 @@ class ServerKeys:
                 stored = self._stored(gun, role, key_id)
                 if stored is None:
                     continue
-                plain = self._vault.decrypt(stored.private, _context(key_id, gun, role))
-                private = self._cache.setdefault((key_id, gun, role), PrivateKey.from_pkcs8(plain))
+                loaded = (
+                    external_signer(stored, self._token)
+                    if stored.uri is not None
+                    else PrivateKey.from_pkcs8(_decrypt(self._vault, stored))
+                )
+                private = self._cache.setdefault((key_id, gun, role), loaded)
             held.append(HeldKey(key_id, private))
         return held
 

@@ -3,12 +3,17 @@ than answer every request 503 or 500 later."""
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
 from alembic.util import CommandError
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tufnotary.server import signer
 from tufnotary.server.config import Settings
+from tufnotary.server.keybackend import KeyBackendError, Pkcs11Token
 from tufnotary.server.migrate import schema_state, upgrade
 from tufnotary.server.signer import KeyDecryptionError, KeyVault
 from tufnotary.server.storage import Stores
@@ -31,20 +36,88 @@ def open_vault(settings: Settings) -> KeyVault:
         raise StartupError(f"key passphrase: {exc}") from None
 
 
-def preflight(settings: Settings, stores: Stores, vault: KeyVault) -> None:
+TOKEN_CHECK_TIMEOUT = 60.0
+"""Seconds the start-up check of the PKCS#11 token may take."""
+
+
+def open_token(settings: Settings) -> Pkcs11Token | None:
+    """The configured PKCS#11 token (key_backend 'pkcs11'), not yet contacted; else None."""
+    if settings.key_backend != "pkcs11":
+        return None
+    pin = settings.pkcs11_pin
+    if settings.pkcs11_pin_file is not None:
+        try:
+            pin = settings.pkcs11_pin_file.read_text().strip()
+        except OSError as exc:
+            reason = f"cannot read {exc.filename}: {exc.strerror}"
+            raise StartupError(f"pkcs11_pin_file: {reason}") from None
+    if not pin:
+        raise StartupError("pkcs11 PIN is empty: set pkcs11_pin or pkcs11_pin_file")
+    return Pkcs11Token(settings.pkcs11_module or "", settings.pkcs11_token_label or "", pin)
+
+
+def preflight(
+    settings: Settings, stores: Stores, vault: KeyVault, token: Pkcs11Token | None = None
+) -> None:
     """Bring SQLite (or, with ``auto_migrate``, any database) to the latest schema, then
-    require the latest schema and stored keys that decrypt with ``vault``."""
+    require the latest schema, stored keys that decrypt with ``vault``, and with ``token``: its
+    module loads, the token is found, the PIN works and the newest token keys sign."""
     _prepare_database(settings, stores)
     try:
-        signer.check_keys(stores.keys, vault)
+        if token is None:
+            signer.check_keys(stores.keys, vault)
+        else:
+            _in_child(lambda: _check_token(stores, vault, token))
     except StorageError as exc:
         raise StartupError(f"database: {exc}") from None
+    except KeyBackendError as exc:
+        raise StartupError(f"key_backend pkcs11: {exc}") from None
     except KeyDecryptionError as exc:
         raise StartupError(
             f"stored keys do not decrypt with {_passphrase_source(settings)} ({exc}): configure "
             "the passphrase they were encrypted with; to change it, run `tufnotary-server "
             "rekey --new-passphrase-file FILE` with the old one configured"
         ) from None
+
+
+def _check_token(stores: Stores, vault: KeyVault, token: Pkcs11Token) -> None:
+    stores.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+    token.check()
+    signer.check_keys(stores.keys, vault, token)
+
+
+def _in_child(check: Callable[[], None]) -> None:
+    """Run ``check`` in a forked child and raise what it raised: this process (gunicorn's
+    master) never initialises the PKCS#11 module, which its forked workers could not reuse."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_report, args=(check, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(TOKEN_CHECK_TIMEOUT):
+            raise KeyBackendError(
+                f"the token did not answer within {TOKEN_CHECK_TIMEOUT:.0f}s: check the token "
+                "and pkcs11_module"
+            )
+        failure = receive.recv()
+    except EOFError:
+        failure = KeyBackendError(f"the token check ended with exit status {child.exitcode}")
+    finally:
+        child.join(1)
+        if child.is_alive():
+            child.kill()
+    if failure is not None:
+        raise failure
+
+
+def _report(check: Callable[[], None], send: Connection) -> None:
+    try:
+        check()
+    except (KeyBackendError, KeyDecryptionError, StorageError) as exc:
+        send.send(type(exc)(str(exc)))
+    else:
+        send.send(None)
 
 
 def _prepare_database(settings: Settings, stores: Stores) -> None:

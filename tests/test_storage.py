@@ -377,8 +377,9 @@ def test_token_keys_move_to_their_table_and_back(database_url: str) -> None:
 
         downgrade(engine, "0004")
         assert "token_keys" not in sa.inspect(engine).get_table_names()
+        before_uris = [c for c in columns(ServerKeyRow, StoredKey) if c.key != "uri"]  # 0006
         with engine.connect() as connection:
-            query = sa.select(*columns(ServerKeyRow, StoredKey)).order_by(ServerKeyRow.key_id)
+            query = sa.select(*before_uris).order_by(ServerKeyRow.key_id)
             rows = [StoredKey(**row._mapping) for row in connection.execute(query)]
         assert rows == [server_key, StoredKey(**as_row)]
     finally:

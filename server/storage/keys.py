@@ -23,16 +23,18 @@ TOKEN_KEY_GUN, TOKEN_KEY_ROLE = "", "token-signing"
 
 @dataclass(frozen=True)
 class StoredKey:
-    """A server-managed key; ``private`` is opaque (encrypted by the caller)."""
+    """A server-managed key; ``private`` is opaque (encrypted by the caller), or None for a
+    key in a token or key manager, which ``uri`` names."""
 
     key_id: str
     gun: str
     role: str
     algorithm: str
     public: bytes
-    private: bytes
+    private: bytes | None
     created_at: datetime
     last_used: datetime | None
+    uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,19 @@ class ServerKeyStore:
             newest.append(TokenKey(**token._mapping).as_stored())
         return sorted(newest, key=lambda key: key.role)
 
+    def current_key_ages(self) -> dict[str, datetime]:
+        """Per role, when the oldest current key was made: a GUN's current key of a role is
+        its newest key that has signed."""
+        current = (
+            sa.select(ServerKeyRow.role, sa.func.max(ServerKeyRow.created_at).label("created"))
+            .where(ServerKeyRow.last_used.is_not(None))
+            .group_by(ServerKeyRow.gun, ServerKeyRow.role)
+            .subquery()
+        )
+        query = sa.select(current.c.role, sa.func.min(current.c.created)).group_by(current.c.role)
+        with self._db.transaction("key ages") as connection:
+            return {role: created for role, created in connection.execute(query)}
+
     def replace_private_keys(
         self, reencrypt: Callable[[StoredKey], bytes], audit: AuditEntry
     ) -> int:
@@ -154,7 +169,12 @@ class ServerKeyStore:
         with self._db.transaction("re-encryption of the keys", write=True) as connection:
             if connection.dialect.name == "postgresql":
                 connection.exec_driver_sql("LOCK TABLE server_keys, token_keys IN EXCLUSIVE MODE")
-            query = sa.select(*_KEY_COLUMNS).order_by(ServerKeyRow.key_id).with_for_update()
+            query = (
+                sa.select(*_KEY_COLUMNS)
+                .where(ServerKeyRow.private.is_not(None))  # keys in a token have no private part
+                .order_by(ServerKeyRow.key_id)
+                .with_for_update()
+            )
             keys = [StoredKey(**row._mapping) for row in connection.execute(query)]
             tokens = sa.select(*_TOKEN_COLUMNS).order_by(TokenKeyRow.key_id).with_for_update()
             keys += [TokenKey(**row._mapping).as_stored() for row in connection.execute(tokens)]

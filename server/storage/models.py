@@ -118,9 +118,10 @@ class ServerKeyRow(Base):
     role: Mapped[str] = mapped_column(ExactString(255))
     algorithm: Mapped[str] = mapped_column(sa.String(20))
     public: Mapped[bytes] = mapped_column(_BLOB)
-    private: Mapped[bytes] = mapped_column(_BLOB)
+    private: Mapped[bytes | None] = mapped_column(_BLOB)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_used: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    uri: Mapped[str | None] = mapped_column(sa.String(1024))
 
 
 class TokenKeyRow(Base):
