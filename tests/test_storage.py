@@ -367,7 +367,8 @@ def test_token_keys_move_to_their_table_and_back(database_url: str) -> None:
     try:
         upgrade(engine, "0004")
         with engine.begin() as connection:
-            for row in (as_row, dataclasses.asdict(server_key)):
+            before_uri = {k: v for k, v in dataclasses.asdict(server_key).items() if k != "uri"}
+            for row in (as_row, before_uri):
                 connection.execute(sa.insert(ServerKeyRow).values(**row))
         upgrade(engine)
         assert stores.token_keys.all() == [token]
