@@ -125,6 +125,38 @@ def _imported_top_level_modules(source: Path) -> set[str]:
     return names
 
 
+# What each part may import of the others (shared/design.md): metadata imports none of them,
+# server and client never each other, admission only the client (and metadata).
+FORBIDDEN_IMPORTS = {
+    "metadata": ("tufnotary.server", "tufnotary.client", "tufnotary.admission"),
+    "server": ("tufnotary.client", "tufnotary.admission"),
+    "client": ("tufnotary.server", "tufnotary.admission"),
+    "admission": ("tufnotary.server",),
+}
+
+
+def _imported_names(source: Path) -> set[str]:
+    """Dotted names of every absolute import in one Python file, type-checking ones included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_parts_import_only_what_the_design_allows() -> None:
+    crossings = [
+        f"{source.relative_to(ROOT)} imports {name}"
+        for part, banned in FORBIDDEN_IMPORTS.items()
+        for source in sorted((ROOT / part).rglob("*.py"))
+        for name in sorted(_imported_names(source))
+        if name.startswith(banned)
+    ]
+    assert crossings == []
+
+
 def _requirement_name(requirement: str) -> str:
     """The normalised distribution name of a PEP 508 requirement."""
     match = re.match(r"[A-Za-z0-9._-]+", requirement)
