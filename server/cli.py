@@ -66,6 +66,10 @@ def main() -> None:
     """Notary-compatible trust server."""
 
 
+for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
+    main.add_command(realm_command)
+
+
 @main.command()
 @config_option
 @click.option(
@@ -340,7 +344,3 @@ class _ServerApplication(BaseApplication):
 
 if __name__ == "__main__":
     main(prog_name=PROG)
-
-
-for command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
-    main.add_command(command)
