@@ -8,7 +8,6 @@ unreachable server skips those tests, or fails them when CI=true.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -16,6 +15,7 @@ from typing import NoReturn
 import pytest
 import sqlalchemy as sa
 
+from support.databases import scratch_database
 from support.softhsm import SoftHSM, make_token, softhsm_available
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.storage import Stores
@@ -80,14 +80,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tufnotary.db'}"
         return
-    admin, url = request.getfixturevalue(f"{request.param}_admin")
-    name = f"tufnotary_test_{secrets.token_hex(6)}"
-    admin.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        force = " WITH (FORCE)" if request.param == "postgresql" else ""
-        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+    with scratch_database(*request.getfixturevalue(f"{request.param}_admin")) as url:
+        yield url
 
 
 @pytest.fixture

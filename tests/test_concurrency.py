@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from support.api import multipart
+from support.databases import scratch_database
 from support.repo import RepoBuilder, signed_bytes
 from support.server import ServerInfo, running_server
 from tufnotary.metadata.keys import Key
@@ -68,16 +69,9 @@ def database(
         upgrade(url)
         yield url
         return
-    admin, admin_url = request.getfixturevalue(f"{request.param}_admin")
-    name = f"tufnotary_test_{secrets.token_hex(6)}"
-    admin.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        url = admin_url.set(database=name).render_as_string(hide_password=False)
+    with scratch_database(*request.getfixturevalue(f"{request.param}_admin")) as url:
         upgrade(url)
         yield url
-    finally:
-        force = " WITH (FORCE)" if request.param == "postgresql" else ""
-        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
 
 
 # Every server of this module shares its engine's database, so they share the key passphrase.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import requests
 import sqlalchemy as sa
 
 from support.api import Server, multipart
+from support.databases import scratch_database
 from support.repo import RepoBuilder
 from support.server import running_server
 from support.token_issuer import ISSUER, SERVICE, TokenPKI, repository_access
@@ -34,15 +34,9 @@ GUN = "registry.example.com/cache/app"
 @pytest.fixture
 def postgresql_url(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database."""
-    admin, url = postgresql_admin
-    name = f"tufnotary_test_{secrets.token_hex(6)}"
-    admin.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        database = url.set(database=name).render_as_string(hide_password=False)
+    with scratch_database(*postgresql_admin) as database:
         upgrade(database)
         yield database
-    finally:
-        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.engines)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import requests
 import sqlalchemy as sa
 from cryptography import x509
 
+from support.databases import scratch_database
 from support.server import (
     free_port,
     launched,
@@ -227,14 +227,8 @@ def test_version_and_short_help() -> None:
 @pytest.fixture
 def fresh_postgres(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[str]:
     """A new, empty (unmigrated) PostgreSQL database, as a postgres:// URL."""
-    admin, url = postgresql_admin
-    name = f"tufnotary_test_{secrets.token_hex(6)}"
-    admin.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        rendered = url.set(database=name).render_as_string(hide_password=False)
-        yield rendered.replace("postgresql", "postgres", 1)
-    finally:
-        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(*postgresql_admin) as url:
+        yield url.replace("postgresql", "postgres", 1)
 
 
 def assert_start_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
