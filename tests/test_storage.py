@@ -492,3 +492,30 @@ def test_dropped_connections_are_replaced(
         store.metadata.signal("x")
     assert store.metadata.signal("x") is None
     admin.dispose()
+
+
+def test_add_versions_adds_only_what_is_missing(store: Stores) -> None:
+    first = [new("root", 1), new("timestamp", 2), new("timestamp", 1), new("targets", 4)]
+    added = store.metadata.add_versions(GUN, first)
+    assert [(f.role, f.version) for f in added] == [
+        ("root", 1),
+        ("targets", 4),
+        ("timestamp", 1),
+        ("timestamp", 2),
+    ]
+    assert [c.version for c in store.metadata.changes(GUN, 0, 10)] == [1, 2]
+    # Re-running adds nothing; new versions (also below the newest stored) are added.
+    assert store.metadata.add_versions(GUN, first) == []
+    assert store.metadata.add_versions(GUN, [new("targets", 4), new("targets", 3)]) == [
+        new("targets", 3)
+    ]
+    assert versions(store) == {"root": 1, "targets": 4, "snapshot": None, "timestamp": 2}
+
+
+def test_add_versions_refuses_other_history_and_writes_nothing(store: Stores) -> None:
+    store.metadata.add_versions(GUN, [new("root", 1)])
+    with pytest.raises(VersionConflict, match="root version 1 is stored with other bytes"):
+        store.metadata.add_versions(GUN, [new("targets", 1), new("root", 1, b"other")])
+    assert versions(store)["targets"] is None
+    with pytest.raises(VersionConflict):
+        store.metadata.add_versions(GUN, [new("targets", 1), new("targets", 1)])

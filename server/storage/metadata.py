@@ -194,6 +194,56 @@ class MetadataStore:
                 if row["role"] == "timestamp"
             ]
 
+    def add_versions(
+        self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
+    ) -> list[NewFile]:
+        """Store the files whose (role, version) is not stored yet, all or none, with a
+        changefeed row per new timestamp; returns the files added, in insert order.
+
+        For imports and restores: versions may arrive in any order and below what is stored.
+        A stored version with other bytes raises :class:`VersionConflict` (history differs).
+        """
+        wanted = {(file.role, file.version): file for file in files}
+        if len(wanted) != len(files):
+            raise VersionConflict(f"import into {gun}: two files with the same role and version")
+        now = datetime.now(UTC)
+        with self._db.transaction(
+            f"import into {gun}", write=True, clash=VersionConflict
+        ) as connection:
+            stored = {
+                (row.role, row.version): row.sha256
+                for row in connection.execute(
+                    sa.select(TufFileRow.role, TufFileRow.version, TufFileRow.sha256).where(
+                        TufFileRow.gun == gun,
+                        TufFileRow.role.in_({role for role, _ in wanted}),
+                    )
+                )
+            }
+            added: list[NewFile] = []
+            rows: list[dict[str, Any]] = []
+            for key in sorted(wanted):
+                file, digest = wanted[key], hashlib.sha256(wanted[key].data).hexdigest()
+                if key in stored:
+                    if stored[key] != digest:
+                        raise VersionConflict(
+                            f"import into {gun}: {file.role} version {file.version} is stored "
+                            "with other bytes"
+                        )
+                    continue
+                added.append(file)
+                rows.append(
+                    dict(created_at=now, gun=gun, role=file.role, version=file.version)
+                    | {"sha256": digest, "data": file.data}
+                )
+            if rows:
+                connection.execute(sa.insert(TufFileRow), rows)
+            for row in rows:
+                if row["role"] == "timestamp":
+                    _append_change(connection, gun, row["version"], row["sha256"], "update", now)
+            if audit is not None:
+                append_audit(connection, audit, now)
+        return added
+
     def delete_gun(self, gun: str, audit: AuditEntry | None = None) -> int:
         """Delete every stored file of exactly this GUN (and record ``audit``); returns the
         number of rows removed."""
