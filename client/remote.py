@@ -23,6 +23,7 @@ MiB = 1024 * 1024
 TIMESTAMP_CAP = 1 * MiB
 ROOT_CAP = 100 * MiB
 KEY_CAP = 256 * 1024
+CHANGEFEED_CAP = 16 * MiB
 ERROR_CAP = 1024
 DEFAULT_TIMEOUT = 30.0
 _CHUNK = 64 * 1024
@@ -360,6 +361,25 @@ class Remote:
             return Key.from_dict(json.loads(body))
         except ValueError as exc:
             raise RemoteError(f"{role}.key: the server sent an unreadable key: {exc}") from exc
+
+    def changefeed(self, change_id: str, records: int) -> list[dict[str, Any]]:
+        """GET ``/v2/_trust/changefeed``: up to ``records`` changes to any GUN after
+        ``change_id`` ("0": from the start), oldest first (spec 1.8)."""
+        url = f"{self.url.rstrip('/')}/v2/_trust/changefeed"
+        params = {"change_id": change_id, "records": str(records)}
+        with self._request("GET", url, params=params) as response:
+            self._raise_for(response)
+            with self._talking(self._where):
+                body = response.raw.read(CHANGEFEED_CAP + 1, decode_content=True)
+        if len(body) > CHANGEFEED_CAP:
+            raise OversizedError(f"changefeed: more than {CHANGEFEED_CAP} bytes")
+        try:
+            records_found = json.loads(body)["records"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(f"the server sent an unreadable changefeed: {exc}") from exc
+        if not isinstance(records_found, list):
+            raise RemoteError("the server sent an unreadable changefeed: records is no list")
+        return records_found
 
     def upload(self, gun: str, files: Mapping[str, bytes]) -> None:
         """POST every file in one multipart request, as the Go client does."""

@@ -1,5 +1,6 @@
-"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, and the realm's commands
-(tufnotary.server.cli_realm)."""
+"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
+(tufnotary.server.cli_realm) and `import` (tufnotary.importer, the one part allowed to use both
+client and server)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
+from tufnotary.importer.cli import import_command
 from tufnotary.server import cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
@@ -68,6 +70,7 @@ def main() -> None:
 
 for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
     main.add_command(realm_command)
+main.add_command(import_command)
 
 
 @main.command()

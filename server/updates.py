@@ -61,6 +61,15 @@ NO_SNAPSHOT_KEY = (
 )
 
 
+def no_timestamp_key(gun: str) -> str:
+    """Why a publish to ``gun`` is refused when root lists no timestamp key held here (e.g.
+    the repository was imported from another notary server), and what the owner does."""
+    return (
+        "no timestamp keys exist on the server (imported repository?): the owner must rotate "
+        f"the timestamp key: notary key rotate {gun} timestamp -r"
+    )
+
+
 S = TypeVar("S", bound=Signed)
 
 
@@ -361,5 +370,5 @@ class UpdateValidator:
         )
         data = self.signer.sign(self.gun, TIMESTAMP, root, timestamp)
         if data is None:
-            raise bad_root("no timestamp keys exist on the server")
+            raise bad_root(no_timestamp_key(self.gun))
         return NewFile(TIMESTAMP, version, data)

@@ -18,6 +18,7 @@ from tufnotary.server.context import server_context
 from tufnotary.server.service import TrustService
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.metadata import NewFile
+from tufnotary.server.updates import no_timestamp_key
 
 GUN = "example.com/team/app"
 
@@ -79,7 +80,7 @@ def test_a_cached_key_never_signs_for_another_gun(tmp_path: Path) -> None:
     borrowed = RepoBuilder(other, repo.timestamp_key)
     response = server.upload(other, borrowed.first_publish())
     assert response.status_code == 400
-    assert error_of(response)["detail"]["Error"]["Msg"] == "no timestamp keys exist on the server"
+    assert error_of(response)["detail"]["Error"]["Msg"] == no_timestamp_key(other)
     assert server.get(other, "timestamp.json").status_code == 404
 
 

@@ -1,0 +1,140 @@
+"""`tufnotary-server import --from-notary URL [GUN...]`: the operator's side of
+:mod:`tufnotary.importer.notary_api` (registered on the server's command group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tufnotary.client.errors import ClientError
+from tufnotary.client.remote import DEFAULT_TIMEOUT, Remote
+from tufnotary.importer.notary_api import (
+    Failure,
+    Imported,
+    import_from_api,
+    owner_commands,
+    source_guns,
+)
+from tufnotary.server.cli_common import open_stores, say, with_settings
+from tufnotary.server.config import Settings
+
+THIS_SERVER = "https://THIS-SERVER"
+
+
+def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> list[str]:
+    if isinstance(outcome, Failure):
+        return [f"{outcome.gun}: REFUSED, nothing stored: {outcome.reason}"]
+    fetched = outcome.fetched
+    trusted = fetched.trusted
+    added = ", ".join(f"{f.role} {f.version}" for f in outcome.added) or "nothing new"
+    root_keys = " ".join(trusted.root.roles["root"].keyids)
+    lines = [
+        f"{outcome.gun}: verified {len(fetched.files)} files (root {trusted.root.version}, "
+        f"root keys {root_keys}); added: {added}",
+        f"  the imported timestamp expires at {fetched.timestamp_expires:%Y-%m-%d %H:%M:%S} "
+        "UTC: until the owner rotates, this server serves it unchanged and refuses publishes",
+        *(
+            f"  delegation {role} is skipped by clients: {why}"
+            for role, why in fetched.skipped.items()
+        ),
+        "  the owner runs:",
+        *(f"    {line}" for line in owner_commands(outcome, server_url, source_url)),
+    ]
+    return lines
+
+
+@click.command(name="import")
+@with_settings
+@click.option(
+    "--from-notary",
+    "source_url",
+    metavar="URL",
+    required=True,
+    help="A running notary-compatible server (https://host:port) to import from over its API.",
+)
+@click.option(
+    "--tlscacert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA bundle that verifies the source's certificate (default: the system's CAs).",
+)
+@click.option(
+    "--username",
+    envvar="TUFNOTARY_IMPORT_USERNAME",
+    help="User for the source's token service (env TUFNOTARY_IMPORT_USERNAME).",
+)
+@click.option(
+    "--password",
+    envvar="TUFNOTARY_IMPORT_PASSWORD",
+    help="Password for --username (env TUFNOTARY_IMPORT_PASSWORD; prefer the variable).",
+)
+@click.option(
+    "--token",
+    envvar="TUFNOTARY_IMPORT_TOKEN",
+    help="Bearer token sent to the source as is (env TUFNOTARY_IMPORT_TOKEN).",
+)
+@click.option(
+    "--token-realm-host",
+    "realm_hosts",
+    metavar="HOST",
+    multiple=True,
+    help="Also send --username/--password to a token service on HOST (repeatable).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up on a source that does not answer for this long.",
+)
+@click.option(
+    "--server-url",
+    metavar="URL",
+    default=THIS_SERVER,
+    help="The URL clients use for this server, for the owners' commands printed.",
+)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
+def import_command(
+    settings: Settings,
+    source_url: str,
+    tlscacert: Path | None,
+    username: str | None,
+    password: str | None,
+    token: str | None,
+    realm_hosts: tuple[str, ...],
+    timeout: float,
+    server_url: str,
+    guns: tuple[str, ...],
+) -> None:
+    """Import GUNs (default: every GUN the source's changefeed lists) from the notary server
+    at --from-notary: every root version, the current timestamp, snapshot, targets and
+    delegations, verified as a client verifies them, stored unchanged. Re-running adds only
+    new versions. Exits 1 if a GUN was refused (nothing of it is stored)."""
+    remote = Remote(
+        source_url,
+        verify=str(tlscacert) if tlscacert else True,
+        timeout=timeout,
+        username=username,
+        password=password,
+        token=token,
+        realm_hosts=realm_hosts,
+    )
+    with open_stores(settings) as stores:
+        if not guns:
+            try:
+                guns = tuple(source_guns(remote))
+            except ClientError as exc:
+                raise click.ClickException(f"cannot list the source's GUNs: {exc}") from None
+            say(f"the source's changefeed lists {len(guns)} GUNs")
+        with click.progressbar(
+            length=len(guns), label="importing", file=click.get_text_stream("stderr")
+        ) as bar:
+            outcomes = import_from_api(stores.metadata, remote, guns, done=lambda _: bar.update(1))
+    for outcome in outcomes:
+        click.echo("\n".join(_summary(outcome, server_url, source_url)))
+    refused = [o.gun for o in outcomes if isinstance(o, Failure)]
+    if refused:
+        raise click.ClickException(
+            f"{len(refused)} of {len(outcomes)} GUNs refused: {' '.join(refused)}"
+        )
