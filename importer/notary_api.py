@@ -167,10 +167,7 @@ def import_gun(store: MetadataStore, remote: Remote, gun: str, actor: str = "cli
         actor,
         "import",
         gun,
-        {
-            "source": remote.url,
-            "versions": {file.role: file.version for file in fetched.files},
-        },
+        {"source": remote.url, "verified": [f"{f.role} {f.version}" for f in fetched.files]},
     )
     added = store.add_versions(gun, fetched.files, audit)
     return Imported(fetched, added, _server_snapshot(remote, fetched))

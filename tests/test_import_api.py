@@ -172,6 +172,12 @@ def test_import_stores_every_root_and_the_current_roles_unchanged(world: World) 
     assert "the imported timestamp expires at" in out
     assert f"notary -s {world.ours.url} key rotate {OWNED} timestamp -r" in out
     assert f"notary -s {world.source.url} key rotate {MANAGED} snapshot\n" in out
+    with sqlite3.connect(world.ours.data_dir / "tufnotary.db") as db:
+        query = "SELECT actor, detail FROM audit_log WHERE action = 'import' AND gun = ?"
+        ((actor, detail),) = db.execute(query, (OWNED,)).fetchall()
+    assert actor == "cli"
+    assert json.loads(detail)["source"] == world.source.url
+    assert "root 3" in json.loads(detail)["verified"]
     feed = requests.get(
         f"{world.ours.url}/v2/_trust/changefeed?change_id=0&records=100",
         verify=world.ours.ca_cert,
@@ -295,9 +301,15 @@ def bad_signature(document: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
-@pytest.mark.parametrize("name", ["timestamp", "2.root"])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("timestamp", "valid signatures did not meet threshold for timestamp"),
+        ("2.root", "root version 2 is not signed by trusted root version 1"),
+    ],
+)
 def test_a_bad_signature_is_refused_and_nothing_stored(
-    world: World, name: str, tmp_path: Path
+    world: World, name: str, reason: str, tmp_path: Path
 ) -> None:
     gun = f"registry.example.com/import/tampered-{name.replace('.', '-')}"
     world.owner.run("init", "-p", gun)
@@ -306,7 +318,7 @@ def test_a_bad_signature_is_refused_and_nothing_stored(
     with tampering(world.source, replaced, tmp_path) as (url, ca):
         result = world.import_(gun, source=url, ca=ca)
     assert result.returncode == 1, describe(result)
-    assert f"{gun}: REFUSED, nothing stored" in result.stdout
+    assert f"{gun}: REFUSED, nothing stored: {reason}" in result.stdout
     assert world.rows(gun) == []
 
 
