@@ -30,8 +30,12 @@ from support.api import multipart  # noqa: E402
 from support.reference import launched_reference, require_reference_binary  # noqa: E402
 from support.repo import RepoBuilder  # noqa: E402
 from support.server import server_environment  # noqa: E402
+from tufnotary.client.remote import Remote  # noqa: E402
+from tufnotary.importer.notary_api import import_gun  # noqa: E402
 from tufnotary.metadata.keys import Key  # noqa: E402
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, FileMeta  # noqa: E402
+from tufnotary.server.migrate import upgrade  # noqa: E402
+from tufnotary.server.storage import Stores  # noqa: E402
 from tufnotary.server.tls import ensure_self_signed  # noqa: E402
 
 GUN = "bench.example.com/import/large"
@@ -85,6 +89,19 @@ def timed_import(source: str, ca: Path, data_dir: Path) -> tuple[float, str]:
     return elapsed, result.stdout.splitlines()[0]
 
 
+def in_process_import(source: str, ca: Path, database: Path) -> float:
+    """Seconds of ``import_gun`` alone (no process start), into a fresh SQLite database."""
+    url = f"sqlite:///{database}"
+    upgrade(url)
+    stores = Stores.from_url(url)
+    try:
+        start = time.perf_counter()
+        import_gun(stores.metadata, Remote(source, verify=str(ca)), GUN)
+        return time.perf_counter() - start
+    finally:
+        stores.engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tags", type=int, default=10_000)
@@ -116,6 +133,8 @@ def main() -> None:
             for run in ("first import", "re-run (nothing new)"):
                 elapsed, summary = timed_import(source.url, tls.ca_cert, base / "ours")
                 print(f"{run}: {elapsed:.2f} s  ({summary[:100]}...)")
+            elapsed = in_process_import(source.url, tls.ca_cert, base / "in-process.db")
+            print(f"first import in process (no process start): {elapsed:.2f} s")
 
 
 if __name__ == "__main__":
