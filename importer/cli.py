@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +19,8 @@ from tufnotary.importer.notary_api import (
 )
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
+from tufnotary.server.migrate import schema_state
+from tufnotary.server.storage import Stores
 
 THIS_SERVER = "https://THIS-SERVER"
 
@@ -89,6 +92,15 @@ def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> l
     help="Give up on a source that does not answer for this long.",
 )
 @click.option(
+    "--root-key-id",
+    "pins",
+    metavar="GUN=ID",
+    multiple=True,
+    callback=lambda _ctx, _param, values: _parse_pins(values),
+    help="Refuse GUN unless root key ID signs its newest root (repeatable; the ids root.json "
+    "lists, as in notary's trust_pinning). Without it, root 1 is trusted on first use.",
+)
+@click.option(
     "--server-url",
     metavar="URL",
     default=THIS_SERVER,
@@ -104,6 +116,7 @@ def import_command(
     token: str | None,
     realm_hosts: tuple[str, ...],
     timeout: float,
+    pins: dict[str, set[str]],
     server_url: str,
     guns: tuple[str, ...],
 ) -> None:
@@ -120,21 +133,55 @@ def import_command(
         token=token,
         realm_hosts=realm_hosts,
     )
+    outcomes: list[Imported | Failure] = []
     with open_stores(settings) as stores:
+        _require_latest_schema(stores)
         if not guns:
             try:
                 guns = tuple(source_guns(remote))
             except ClientError as exc:
                 raise click.ClickException(f"cannot list the source's GUNs: {exc}") from None
             say(f"the source's changefeed lists {len(guns)} GUNs")
-        with click.progressbar(
-            length=len(guns), label="importing", file=click.get_text_stream("stderr")
-        ) as bar:
-            outcomes = import_from_api(stores.metadata, remote, guns, done=lambda _: bar.update(1))
+        try:
+            with click.progressbar(length=len(guns), label="importing", file=sys.stderr) as bar:
+
+                def done(outcome: Imported | Failure) -> None:
+                    outcomes.append(outcome)
+                    bar.update(1)
+
+                import_from_api(stores.metadata, remote, guns, pins=pins, done=done)
+        except ClientError as exc:
+            stopped: str | None = str(exc)
+        else:
+            stopped = None
     for outcome in outcomes:
         click.echo("\n".join(_summary(outcome, server_url, source_url)))
+    if stopped is not None:
+        raise click.ClickException(
+            f"stopped after {len(outcomes)} of {len(guns)} GUNs: {stopped}; "
+            "the GUNs above are stored: run the same command again to go on"
+        )
     refused = [o.gun for o in outcomes if isinstance(o, Failure)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(outcomes)} GUNs refused: {' '.join(refused)}"
+        )
+
+
+def _parse_pins(values: tuple[str, ...]) -> dict[str, set[str]]:
+    pins: dict[str, set[str]] = {}
+    for value in values:
+        gun, equals, key_id = value.rpartition("=")
+        if not equals or not gun or len(key_id) != 64:
+            raise click.BadParameter(f"{value!r}: expected GUN=ID (a 64-hex key id)")
+        pins.setdefault(gun, set()).add(key_id.lower())
+    return pins
+
+
+def _require_latest_schema(stores: Stores) -> None:
+    state = schema_state(stores.engine)
+    if not state.latest:
+        raise click.ClickException(
+            f"the database is not at the latest schema (at {state.current or 'none'}): run "
+            "`tufnotary-server migrate` with the same --config/--data-dir/--database first"
         )

@@ -14,16 +14,17 @@ the operator can compare them with what the owners expect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from tufnotary.client.errors import ClientError
-from tufnotary.client.remote import ROOT_CAP, NotFoundError, Remote
+from tufnotary.client.remote import ROOT_CAP, NotFoundError, Remote, ServerUnavailable
 from tufnotary.client.trusted import TrustedSet
 from tufnotary.client.updater import RepositoryNotFound, Updater
 from tufnotary.metadata.errors import MetadataError
-from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope
+from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope, Metadata, Root
+from tufnotary.metadata.verify import verify_threshold
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import MetadataStore, NewFile
@@ -109,14 +110,34 @@ def _root_chain(remote: Remote, gun: str) -> list[bytes]:
     return roots
 
 
-def fetch_verified(remote: Remote, gun: str, stored: Mapping[str, bytes] = {}) -> Fetched:
+def _check_pinned(gun: str, root_bytes: bytes, pinned: Collection[str]) -> None:
+    """ImportFailed unless root keys of ``pinned`` ids (as root lists them, like notary's
+    ``trust_pinning`` certs) meet the threshold of this root."""
+    root = Metadata.from_bytes(root_bytes, Root)
+    role = root.signed.roles[ROOT]
+    keys = {keyid: root.signed.keys[keyid] for keyid in role.keyids if keyid in pinned}
+    try:
+        verify_threshold(root, keys, role.threshold, ROOT)
+    except MetadataError as exc:
+        raise ImportFailed(
+            f"{gun}: root version {root.signed.version} is not signed by the pinned root "
+            f"keys ({', '.join(sorted(pinned))}) at its threshold: {exc}"
+        ) from None
+
+
+def fetch_verified(
+    remote: Remote, gun: str, stored: Mapping[str, bytes] = {}, pinned: Collection[str] = ()
+) -> Fetched:
     """Fetch and verify everything the source serves for ``gun``.
 
     ``stored``: our current root, timestamp, snapshot and targets, if any. Like a client's
     cache they set the lowest versions accepted (the source may not roll back); a newer root
-    here means the owner moved the GUN to this server already.
+    here means the owner moved the GUN to this server already. ``pinned``: root key ids that
+    must sign the newest root (else the chain from root 1 is trusted on first use).
     """
     roots = _root_chain(remote, gun)
+    if pinned:
+        _check_pinned(gun, roots[-1], pinned)
     ours = Envelope.from_bytes(stored[ROOT]).version if ROOT in stored else 0
     if ours > len(roots):
         raise ImportFailed(
@@ -159,10 +180,16 @@ def _server_snapshot(remote: Remote, fetched: Fetched) -> bool | None:
     return key.key_id in fetched.trusted.root.roles[SNAPSHOT].keyids
 
 
-def import_gun(store: MetadataStore, remote: Remote, gun: str, actor: str = "cli") -> Imported:
+def import_gun(
+    store: MetadataStore,
+    remote: Remote,
+    gun: str,
+    actor: str = "cli",
+    pinned: Collection[str] = (),
+) -> Imported:
     """Verify and store one GUN (ImportFailed, a client error or a metadata refusal if not;
-    then nothing is stored)."""
-    fetched = fetch_verified(remote, gun, _stored_current(store, gun))
+    then nothing is stored). ``pinned``: see :func:`fetch_verified`."""
+    fetched = fetch_verified(remote, gun, _stored_current(store, gun), pinned)
     audit = AuditEntry(
         actor,
         "import",
@@ -201,16 +228,19 @@ def import_from_api(
     guns: Iterable[str],
     *,
     actor: str = "cli",
+    pins: Mapping[str, Collection[str]] = {},
     done: Callable[[Imported | Failure], None] = lambda _: None,
 ) -> list[Imported | Failure]:
     """Import each GUN on its own (a refused one stores nothing and does not stop the others);
-    ``done`` is told each outcome as it comes. Storage failures stop the import."""
+    ``pins``: root key ids per GUN (see :func:`fetch_verified`); ``done`` is told each outcome
+    as it comes. A source that cannot be reached or fails
+    (ServerUnavailable) and storage failures stop the import: re-running resumes it."""
     outcomes: list[Imported | Failure] = []
     for gun in guns:
         outcome: Imported | Failure
         try:
-            outcome = import_gun(store, remote, gun, actor)
-        except StorageError:
+            outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
+        except (StorageError, ServerUnavailable):
             raise
         except (ImportFailed, ClientError, MetadataError) as exc:
             outcome = Failure(gun, str(exc))

@@ -337,3 +337,27 @@ def test_a_rolled_back_timestamp_is_refused_and_nothing_stored(
     assert result.returncode == 1, describe(result)
     assert "REFUSED, nothing stored: timestamp version 1 is lower than" in result.stdout
     assert world.rows(gun) == stored
+
+
+def test_pinned_root_keys_must_sign_the_newest_root(world: World) -> None:
+    gun = "registry.example.com/import/pinned"
+    world.owner.run("init", "-p", gun)
+    (root_key,) = json.loads(fetch_bytes(world.source, gun, "root.json"))["signed"]["roles"][
+        "root"
+    ]["keyids"]
+
+    wrong = world.import_("--root-key-id", f"{gun}={'0' * 64}", gun)
+    assert wrong.returncode == 1, describe(wrong)
+    assert "is not signed by the pinned root keys" in wrong.stdout
+    assert world.rows(gun) == []
+
+    right = world.import_("--root-key-id", f"{gun}={root_key}", gun)
+    assert right.returncode == 0, describe(right)
+    assert {role for role, _, _ in world.rows(gun)} == {"root", "targets", "snapshot", "timestamp"}
+
+
+def test_an_unreachable_source_stops_the_import(world: World) -> None:
+    gun = "registry.example.com/import/unreachable"
+    result = world.import_(gun, "other/gun", source="https://127.0.0.1:1")
+    expect_failure(result, "stopped after 0 of 2 GUNs: cannot reach", "run the same command again")
+    assert world.rows(gun) == []
