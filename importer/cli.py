@@ -17,6 +17,7 @@ from tufnotary.importer.notary_api import (
     owner_commands,
     source_guns,
 )
+from tufnotary.metadata.model import ROOT
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
 from tufnotary.server.migrate import schema_state
@@ -31,7 +32,7 @@ def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> l
     fetched = outcome.fetched
     trusted = fetched.trusted
     added = ", ".join(f"{f.role} {f.version}" for f in outcome.added) or "nothing new"
-    root_keys = " ".join(trusted.root.roles["root"].keyids)
+    root_keys = " ".join(trusted.root.roles[ROOT].keyids)
     lines = [
         f"{outcome.gun}: verified {len(fetched.files)} files (root {trusted.root.version}, "
         f"root keys {root_keys}); added: {added}",

@@ -27,7 +27,7 @@ from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelop
 from tufnotary.metadata.verify import verify_threshold
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.engine import StorageError
-from tufnotary.server.storage.metadata import MetadataStore, NewFile
+from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,8 @@ def source_guns(remote: Remote) -> list[str]:
 
 @dataclass(frozen=True)
 class Failure:
+    """A GUN refused, and why; nothing of it was stored."""
+
     gun: str
     reason: str
 
@@ -231,15 +233,18 @@ def import_from_api(
     pins: Mapping[str, Collection[str]] = {},
     done: Callable[[Imported | Failure], None] = lambda _: None,
 ) -> list[Imported | Failure]:
-    """Import each GUN on its own (a refused one stores nothing and does not stop the others);
-    ``pins``: root key ids per GUN (see :func:`fetch_verified`); ``done`` is told each outcome
-    as it comes. A source that cannot be reached or fails
-    (ServerUnavailable) and storage failures stop the import: re-running resumes it."""
+    """Import each GUN on its own: a refused one (including one whose history differs from
+    what is stored here) stores nothing and does not stop the others. A source that cannot be
+    reached or fails (ServerUnavailable) and storage failures stop the import; re-running
+    resumes it. ``pins``: root key ids per GUN (see :func:`fetch_verified`); ``done`` is told
+    each outcome as it comes."""
     outcomes: list[Imported | Failure] = []
     for gun in guns:
         outcome: Imported | Failure
         try:
             outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
+        except VersionConflict as exc:
+            outcome = Failure(gun, f"{exc}: this server holds other trust data for {gun}")
         except (StorageError, ServerUnavailable):
             raise
         except (ImportFailed, ClientError, MetadataError) as exc:

@@ -361,3 +361,20 @@ def test_an_unreachable_source_stops_the_import(world: World) -> None:
     result = world.import_(gun, "other/gun", source="https://127.0.0.1:1")
     expect_failure(result, "stopped after 0 of 2 GUNs: cannot reach", "run the same command again")
     assert world.rows(gun) == []
+
+
+def test_a_gun_with_other_trust_data_here_is_refused_and_the_others_imported(
+    world: World,
+) -> None:
+    clash, fine = "registry.example.com/import/clash", "registry.example.com/import/fine"
+    world.client("ours-owner").run("init", "-p", clash)  # a repository of the same name here
+    for gun in (clash, fine):
+        world.owner.run("init", "-p", gun)
+    ours = world.rows(clash)
+
+    result = world.import_(clash, fine)
+    assert result.returncode == 1, describe(result)
+    assert f"{clash}: REFUSED, nothing stored: import into {clash}: root version 1" in result.stdout
+    assert f"this server holds other trust data for {clash}" in result.stdout
+    assert f"{fine}: verified 4 files" in result.stdout
+    assert world.rows(clash) == ours
