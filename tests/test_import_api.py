@@ -1,8 +1,9 @@
 """`tufnotary-server import --from-notary`: the reference notary-server as the source, populated
 by the real notary CLI, imported into tufnotary-server by the command as a user runs it.
 
-One source and one destination for the module; the tests run in order on the same GUNs (import,
-re-import, clients switching, owners rotating), the tampering tests on GUNs of their own.
+One source and one destination for the module: OWNED and MANAGED are imported once
+(`first_import`), then re-imported, read by switched clients and rotated by their owners, in
+the order of this file; every other test uses GUNs of its own.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class World:
     notary: str
     base: Path
 
-    def import_(self, *args: str, source: str | None = None, ca: Path | None = None):
+    def import_(
+        self, *args: str, source: str | None = None, ca: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`tufnotary-server import --from-notary SOURCE ...` into ours, as a user runs it."""
         command = [sys.executable, "-m", "tufnotary.server.cli", "import"]
         command += ["--data-dir", str(self.ours.data_dir), "--server-url", self.ours.url]
@@ -149,9 +152,18 @@ def served(server: ServerInfo, gun: str, names: list[str]) -> dict[str, bytes]:
     return {name: fetch_bytes(server, gun, f"{name}.json") for name in names}
 
 
-def test_import_stores_every_root_and_the_current_roles_unchanged(world: World) -> None:
+@pytest.fixture(scope="module")
+def first_import(world: World) -> subprocess.CompletedProcess[str]:
+    """The import of OWNED and MANAGED, once for the module."""
     result = world.import_(OWNED, MANAGED)
     assert result.returncode == 0, describe(result)
+    return result
+
+
+def test_import_stores_every_root_and_the_current_roles_unchanged(
+    world: World, first_import: subprocess.CompletedProcess[str]
+) -> None:
+    result = first_import
 
     names = ["1.root", "2.root", "3.root", "root", "timestamp", "snapshot", "targets"]
     names.append("targets/releases")
@@ -189,6 +201,7 @@ def test_import_stores_every_root_and_the_current_roles_unchanged(world: World) 
     }
 
 
+@pytest.mark.usefixtures("first_import")
 def test_re_running_adds_nothing(world: World) -> None:
     before = world.rows(OWNED) + world.rows(MANAGED)
     result = world.import_()  # every GUN of the source's changefeed
@@ -198,6 +211,7 @@ def test_re_running_adds_nothing(world: World) -> None:
     assert world.rows(OWNED) + world.rows(MANAGED) == before
 
 
+@pytest.mark.usefixtures("first_import")
 def test_clients_switch_and_the_owner_rotates_the_timestamp_key(world: World) -> None:
     owner = world.switched(world.owner)  # the source's cache, pointed at ours
     expected = {
@@ -228,6 +242,7 @@ def test_clients_switch_and_the_owner_rotates_the_timestamp_key(world: World) ->
     assert "newer than the source's 3: the owner has moved it here already" in result.stdout
 
 
+@pytest.mark.usefixtures("first_import")
 def test_server_signed_snapshot_taken_over_then_handed_to_this_server(world: World) -> None:
     owner = world.switched(world.owner)
     v2 = write(world.base, "v2", b"v2\n")
@@ -267,7 +282,9 @@ def require_docker() -> str:
 
 
 @contextmanager
-def tampering(upstream: ServerInfo, replaced: Mapping[str, bytes], tls_dir: Path):
+def tampering(
+    upstream: ServerInfo, replaced: Mapping[str, bytes], tls_dir: Path
+) -> Iterator[tuple[str, Path]]:
     """An HTTPS server passing GETs through to ``upstream`` but answering the paths (after
     ``/_trust/tuf/``, without ``.json``) in ``replaced`` with those bytes; yields (URL, CA)."""
 
