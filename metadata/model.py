@@ -134,13 +134,20 @@ def _collection(data: Any, name: str, kind: type, what: str) -> Any:
     return value
 
 
-def _map_of(data: Any, name: str, what: str, parse: Callable[[str, Any], V]) -> dict[str, V]:
-    """A map member (see :func:`_collection`), each value read by ``parse(its name, value)``."""
-    return {key: parse(key, value) for key, value in _collection(data, name, dict, what).items()}
-
-
 def _keys_from_dict(data: dict[str, Any], what: str) -> dict[str, Key]:
-    return _map_of(data, "keys", what, lambda _, value: Key.from_dict(value))
+    return {
+        keyid: Key.from_dict(value)
+        for keyid, value in _collection(data, "keys", dict, what).items()
+    }
+
+
+def _map_of(
+    data: Any, name: str, what: str, parse: Callable[[Any, str], V], label: str
+) -> dict[str, V]:
+    """A map member (see :func:`_collection`), each value read by ``parse(value, label)``
+    with its key formatted into ``label``."""
+    members = _collection(data, name, dict, what)
+    return {key: parse(value, label.format(key)) for key, value in members.items()}
 
 
 def _string_list(values: list[Any], what: str) -> list[str]:
@@ -280,9 +287,7 @@ class Root(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Root:
         version, expires = cls._common(data)
-        roles = _map_of(
-            data, "roles", "root", lambda name, value: RoleKeys.from_dict(value, f"roles.{name}")
-        )
+        roles = _map_of(data, "roles", "root", RoleKeys.from_dict, "roles.{}")
         consistent = data.get("consistent_snapshot", False)
         if not isinstance(consistent, bool):
             raise FormatError("consistent_snapshot must be a boolean")
@@ -388,12 +393,7 @@ class Targets(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Targets:
         version, expires = cls._common(data)
-        targets = _map_of(
-            data,
-            "targets",
-            "targets",
-            lambda name, meta: FileMeta.from_dict(meta, f"target {name!r}"),
-        )
+        targets = _map_of(data, "targets", "targets", FileMeta.from_dict, "target {!r}")
         return cls(version, expires, targets, Delegations.from_dict(data.get("delegations")))
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,12 +415,7 @@ class _MetaDocument(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Self:
         version, expires = cls._common(data)
-        meta = _map_of(
-            data,
-            "meta",
-            cls.TYPE.lower(),
-            lambda name, value: FileMeta.from_dict(value, f"meta {name!r}"),
-        )
+        meta = _map_of(data, "meta", cls.TYPE.lower(), FileMeta.from_dict, "meta {!r}")
         return cls(version, expires, meta)
 
     def to_dict(self) -> dict[str, Any]:
