@@ -9,7 +9,6 @@ Run: ``.venv/bin/python bench/abuse.py [--bomb-mib 60] [--concurrent-bomb-mib 16
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
@@ -17,17 +16,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
+import bench_paths  # noqa: F401 (puts tests/ on the import path)
 
-from support.abuse import (  # noqa: E402
+from support.abuse import (
     LiveRepo,
     array_bomb,
     cpu_spent,
     signature_flood,
     workers_usage,
 )
-from support.server import running_server  # noqa: E402
+from support.server import running_server
 
 GUN = "bench.example.com/abuse"
 MIB = 1024 * 1024

@@ -36,22 +36,20 @@ from typing import Any
 import psycopg
 import requests
 import sqlalchemy as sa
+from bench_paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from support.api import multipart  # noqa: E402
-from support.reference import find_reference_binary, launched_reference  # noqa: E402
-from support.repo import RepoBuilder  # noqa: E402
-from support.server import (  # noqa: E402
+from support.api import multipart
+from support.reference import find_reference_binary, launched_reference
+from support.repo import RepoBuilder
+from support.server import (
     free_port,
     launched,
     serve_command,
     wait_until_healthy,
 )
-from tufnotary.metadata.keys import Key  # noqa: E402
-from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys  # noqa: E402
-from tufnotary.server.tls import TLSFiles, ensure_self_signed  # noqa: E402
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import TARGETS, TIMESTAMP, FileMeta, RoleKeys
+from tufnotary.server.tls import TLSFiles, ensure_self_signed
 
 REF = "ref-memory"  # the reference notary-server 0.7, memory store: the baseline of every ratio
 REF_PG = "ref-postgres"  # the reference on PostgreSQL

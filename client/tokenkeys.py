@@ -30,7 +30,6 @@ from tufnotary.client.errors import ClientError
 from tufnotary.client.fileio import atomic_write
 from tufnotary.metadata.errors import FormatError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
-from tufnotary.metadata.signing import Signature
 from tufnotary.metadata.urisigning import (
     BACKENDS,
     PKCS11_MODULE_ENV,
@@ -161,23 +160,13 @@ class KeyRecord:
         return record
 
 
-class TokenKey:
-    """A :class:`~tufnotary.metadata.signing.Signer` for a key in a token or key manager."""
+class TokenKey(UriSigner):
+    """A :class:`~tufnotary.metadata.signing.Signer` for a key in a token or key manager; its
+    failures are TokenKeyErrors."""
 
     def __init__(self, record: KeyRecord, secrets: SecretsHandler) -> None:
+        super().__init__(record.uri, record.public, secrets, failure=_client_error)
         self.record = record
-        self._signer = UriSigner(record.uri, record.public, secrets)
-
-    @property
-    def public(self) -> Key:
-        return self.record.public
-
-    def sign(self, message: bytes, keyid: str | None = None) -> Signature:
-        """Sign through the backend; the result is in wire form and verified."""
-        try:
-            return self._signer.sign(message, keyid)
-        except UriSigningError as exc:
-            raise _client_error(exc) from exc.__cause__
 
 
 class TokenKeys:

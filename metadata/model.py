@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -27,6 +28,7 @@ BASE_ROLES = (ROOT, TARGETS, SNAPSHOT, TIMESTAMP)
 HASH_SIZES = {"sha256": 32, "sha512": 64}
 _DELEGATION_NAME = re.compile(r"^targets/[-a-z0-9_/]+$")
 _MAX_ROLE_NAME = 255
+V = TypeVar("V")
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})$"
 )
@@ -137,6 +139,15 @@ def _keys_from_dict(data: dict[str, Any], what: str) -> dict[str, Key]:
         keyid: Key.from_dict(value)
         for keyid, value in _collection(data, "keys", dict, what).items()
     }
+
+
+def _map_of(
+    data: Any, name: str, what: str, parse: Callable[[Any, str], V], label: str
+) -> dict[str, V]:
+    """A map member (see :func:`_collection`), each value read by ``parse(value, label)``
+    with its key formatted into ``label``."""
+    members = _collection(data, name, dict, what)
+    return {key: parse(value, label.format(key)) for key, value in members.items()}
 
 
 def _string_list(values: list[Any], what: str) -> list[str]:
@@ -276,10 +287,7 @@ class Root(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Root:
         version, expires = cls._common(data)
-        roles = {
-            name: RoleKeys.from_dict(value, f"roles.{name}")
-            for name, value in _collection(data, "roles", dict, "root").items()
-        }
+        roles = _map_of(data, "roles", "root", RoleKeys.from_dict, "roles.{}")
         consistent = data.get("consistent_snapshot", False)
         if not isinstance(consistent, bool):
             raise FormatError("consistent_snapshot must be a boolean")
@@ -385,10 +393,7 @@ class Targets(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Targets:
         version, expires = cls._common(data)
-        targets = {
-            name: FileMeta.from_dict(meta, f"target {name!r}")
-            for name, meta in _collection(data, "targets", dict, "targets").items()
-        }
+        targets = _map_of(data, "targets", "targets", FileMeta.from_dict, "target {!r}")
         return cls(version, expires, targets, Delegations.from_dict(data.get("delegations")))
 
     def to_dict(self) -> dict[str, Any]:
@@ -410,10 +415,7 @@ class _MetaDocument(Signed):
     @classmethod
     def from_dict(cls, data: Any) -> Self:
         version, expires = cls._common(data)
-        meta = {
-            name: FileMeta.from_dict(value, f"meta {name!r}")
-            for name, value in _collection(data, "meta", dict, cls.TYPE.lower()).items()
-        }
+        meta = _map_of(data, "meta", cls.TYPE.lower(), FileMeta.from_dict, "meta {!r}")
         return cls(version, expires, meta)
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,10 +48,17 @@ class SignerMismatch(UriSigningError):
 class UriSigner:
     """A :class:`~tufnotary.metadata.signing.Signer` for the key behind ``uri``."""
 
-    def __init__(self, uri: str, public: Key, secrets: SecretsHandler) -> None:
+    def __init__(
+        self,
+        uri: str,
+        public: Key,
+        secrets: SecretsHandler,
+        failure: Callable[[UriSigningError], Exception] | None = None,
+    ) -> None:
         self.uri = uri
         self.public = public
         self._secrets = secrets
+        self._failure = failure
         self._refused: Exception | None = None
         self._backend: Any = None
 
@@ -63,8 +70,17 @@ class UriSigner:
             raise
 
     def sign(self, message: bytes, keyid: str | None = None) -> Signature:
-        """Sign through the backend; the result is in wire form and verified. What
-        ``secrets`` raises passes through unchanged."""
+        """Sign through the backend; the result is in wire form and verified. A failure is a
+        UriSigningError, or what ``failure`` makes of it; what ``secrets`` raises passes
+        through unchanged."""
+        try:
+            return self._sign(message, keyid)
+        except UriSigningError as exc:
+            if self._failure is None:
+                raise
+            raise self._failure(exc) from exc.__cause__
+
+    def _sign(self, message: bytes, keyid: str | None) -> Signature:
         keyid = keyid or self.public.key_id
         public = backend_key(self.public)
         self._refused = None

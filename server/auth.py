@@ -97,10 +97,9 @@ def scope_string(access: Iterable[Access]) -> str:
     return " ".join(f"{t}:{n}:{','.join(actions)}" for (t, n), actions in groups.items())
 
 
-class Unauthorized(ServerError):
+class Unauthorized(ServerError, code="UNAUTHORIZED"):
     """401 with the ``WWW-Authenticate: Bearer`` challenge; detail = the required access."""
 
-    code, status, message = "UNAUTHORIZED", 401, "authentication required"
     INVALID_TOKEN: ClassVar[str] = "invalid_token"
     INSUFFICIENT_SCOPE: ClassVar[str] = "insufficient_scope"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +24,12 @@ from tufnotary.server.cli_common import (
     PATH_TYPE,
     PROG,
     ConfigurationFailure,
+    Record,
     config_option,
     data_dir_option,
     database_option,
     is_sqlite,
+    listing,
     load_settings,
     open_stores,
     open_vault_or_fail,
@@ -245,23 +248,30 @@ def _migrate(url: str, revision: str, *, downgrade: bool) -> None:
         raise click.ClickException(f"database: {str(cause).strip().splitlines()[0]}") from None
 
 
+def _audit_line(record: Record) -> str:
+    where = f" {record['gun']}" if record["gun"] else ""
+    return (
+        f"{record['time']}  {record['actor']}@{record['address'] or '-'}  "
+        f"{record['action']}{where}  {json.dumps(record['detail'], sort_keys=True)}"
+    )
+
+
 @main.command()
-@with_settings
+@listing(_audit_line)
 @click.option("--gun", help="Only writes to this repository.")
 @click.option("--actor", help="Only writes by this user (token subject, or 'anonymous').")
 @click.option("--since", help="Only writes at or after this ISO 8601 time (UTC if no zone).")
 @click.option("--until", help="Only writes before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(
     settings: Settings,
+    stores: Stores,
     gun: str | None,
     actor: str | None,
     since: str | None,
     until: str | None,
     limit: int,
-    as_json: bool,
-) -> None:
+) -> Iterable[Record]:
     """Show the audit log: every upload, delete and server-key change, oldest first."""
     from tufnotary.server.api import audit_json, parse_time
 
@@ -269,19 +279,10 @@ def audit(
         window = [parse_time(value) if value else None for value in (since, until)]
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO 8601 time: {exc}") from None
-    with open_stores(settings) as stores:
-        records = stores.audit.records(
-            gun=gun, actor=actor, since=window[0], until=window[1], limit=limit
-        )
-    for record in map(audit_json, records):
-        if as_json:
-            click.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            where = f" {record['gun']}" if record["gun"] else ""
-            click.echo(
-                f"{record['time']}  {record['actor']}@{record['address'] or '-'}  "
-                f"{record['action']}{where}  {json.dumps(record['detail'], sort_keys=True)}"
-            )
+    records = stores.audit.records(
+        gun=gun, actor=actor, since=window[0], until=window[1], limit=limit
+    )
+    return map(audit_json, records)
 
 
 # -- the built-in realm: users, rules, token keys --------------------------------------------------

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,30 @@ def change(settings: Settings, action: Callable[[Stores], object]) -> None:
     """Run ``change`` on the stores (see :func:`_stores`)."""
     with open_stores(settings) as stores:
         action(stores)
+
+
+Record = dict[str, Any]
+
+
+def listing(
+    line: Callable[[Record], str],
+) -> Callable[[Callable[..., Iterable[Record]]], Callable[..., None]]:
+    """A command that lists records: ``command(settings, stores, **options)`` returns them, and
+    they are printed one a line as ``line`` makes it, or with --json one JSON object a line.
+    The command also takes the settings options."""
+
+    def decorate(command: Callable[..., Iterable[Record]]) -> Callable[..., None]:
+        @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+        @functools.wraps(command)
+        def listing(settings: Settings, as_json: bool, **options: Any) -> None:
+            with open_stores(settings) as stores:
+                records = list(command(settings, stores, **options))
+            for record in records:
+                click.echo(json.dumps(record, ensure_ascii=False) if as_json else line(record))
+
+        return with_settings(listing)
+
+    return decorate
 
 
 def open_vault_or_fail(settings: Settings) -> signer.KeyVault:

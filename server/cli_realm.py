@@ -3,15 +3,24 @@ rules and token-signing keys."""
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Iterator
 
 import click
 
 from tufnotary.metadata.model import format_expires
 from tufnotary.server import realm
-from tufnotary.server.cli_common import change, open_stores, open_vault_or_fail, say, with_settings
+from tufnotary.server.cli_common import (
+    Record,
+    change,
+    listing,
+    open_stores,
+    open_vault_or_fail,
+    say,
+    with_settings,
+)
 from tufnotary.server.config import Settings
+from tufnotary.server.storage import Stores
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -82,65 +91,37 @@ def group() -> None:
     """Group memberships of the built-in realm's users (rules can name `group:NAME`)."""
 
 
-@group.command("add")
-@with_settings
-@click.argument("name")
-@click.argument("users", nargs=-1, required=True)
-def group_add(
-    settings: Settings,
-    name: str,
-    users: tuple[str, ...],
-) -> None:
-    """Make USERS (database or htpasswd users) members of group NAME."""
-    _set_members(settings, name, users, member=True)
+def _membership_command(member: bool, help: str) -> click.Command:
+    """`group add` (``member``) or `group remove`: USERS join or leave group NAME."""
+    done, unchanged = ("added to", "is already in") if member else ("removed from", "was not in")
+
+    @click.command(help=help)
+    @with_settings
+    @click.argument("name")
+    @click.argument("users", nargs=-1, required=True)
+    def command(settings: Settings, name: str, users: tuple[str, ...]) -> None:
+        with open_stores(settings) as stores:
+            for user_name in users:
+                changed = realm.set_member(stores, name, user_name, member)
+                say(f"{user_name} {done if changed else unchanged} group {name}")
+
+    return command
 
 
-@group.command("remove")
-@with_settings
-@click.argument("name")
-@click.argument("users", nargs=-1, required=True)
-def group_remove(
-    settings: Settings,
-    name: str,
-    users: tuple[str, ...],
-) -> None:
-    """Take USERS out of group NAME."""
-    _set_members(settings, name, users, member=False)
-
-
-def _set_members(
-    settings: Settings,
-    group_name: str,
-    users: tuple[str, ...],
-    *,
-    member: bool,
-) -> None:
-    with open_stores(settings) as stores:
-        for name in users:
-            changed = realm.set_member(stores, group_name, name, member)
-            if member:
-                say(f"{name} {'added to' if changed else 'is already in'} group {group_name}")
-            else:
-                say(f"{name} {'removed from' if changed else 'was not in'} group {group_name}")
+group.add_command(
+    _membership_command(True, "Make USERS (database or htpasswd users) members of group NAME."),
+    "add",
+)
+group.add_command(_membership_command(False, "Take USERS out of group NAME."), "remove")
 
 
 @user.command("list")
-@with_settings
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def user_list(settings: Settings, as_json: bool) -> None:
+@listing(lambda user: f"{user['name']}  {','.join(user['groups']) or '-'}")
+def user_list(settings: Settings, stores: Stores) -> Iterator[Record]:
     """List the database users and their groups (htpasswd users are not listed)."""
-    with open_stores(settings) as stores:
-        users = stores.realm.realm_users()
-    for entry in users:
-        if as_json:
-            record = {
-                "name": entry.name,
-                "groups": list(entry.groups),
-                "created": format_expires(entry.created_at),
-            }
-            click.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            click.echo(f"{entry.name}  {','.join(entry.groups) or '-'}")
+    for entry in stores.realm.realm_users():
+        created = format_expires(entry.created_at)
+        yield {"name": entry.name, "groups": list(entry.groups), "created": created}
 
 
 @click.group()
@@ -175,31 +156,27 @@ def rule_remove(settings: Settings, rule_id: int) -> None:
     say(f"rule {rule_id} removed")
 
 
+def _rule_line(rule: Record) -> str:
+    rule_id = rule["id"] if rule["id"] is not None else "config"
+    return f"{rule_id}  {rule['subject']}  {rule['pattern']}  {','.join(rule['actions'])}"
+
+
 @rule.command("list")
-@with_settings
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def rule_list(settings: Settings, as_json: bool) -> None:
+@listing(_rule_line)
+def rule_list(settings: Settings, stores: Stores) -> Iterator[Record]:
     """List the rules: database rules with their id, then those of the configuration."""
-    with open_stores(settings) as stores:
-        stored = stores.realm.rules()
     rows: list[tuple[int | None, str, str, str]] = [
-        (r.id, r.subject, r.pattern, r.actions) for r in stored
+        (r.id, r.subject, r.pattern, r.actions) for r in stores.realm.rules()
     ]
     rows += [(None, *configured) for configured in settings.rules]
     for rule_id, subject, pattern, actions in rows:
-        if as_json:
-            record = {
-                "id": rule_id,
-                "subject": subject,
-                "pattern": pattern,
-                "actions": actions.split(","),
-                "source": "database" if rule_id is not None else "config",
-            }
-            click.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            click.echo(
-                f"{rule_id if rule_id is not None else 'config'}  {subject}  {pattern}  {actions}"
-            )
+        yield {
+            "id": rule_id,
+            "subject": subject,
+            "pattern": pattern,
+            "actions": actions.split(","),
+            "source": "database" if rule_id is not None else "config",
+        }
 
 
 @click.group("token-key")

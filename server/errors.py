@@ -17,6 +17,30 @@ MAX_ECHO = 200
 many UTF-8 bytes."""
 
 
+CODES: dict[str, tuple[int, str]] = {
+    # code: (HTTP status, fixed message); the reference's codes first (spec 1.10)
+    "UNKNOWN": (500, "unknown error"),
+    "UNAUTHORIZED": (401, "authentication required"),
+    "METADATA_NOT_FOUND": (404, "You have requested metadata that does not exist."),
+    "INVALID_UPDATE": (400, "Update sent by the client is invalid."),
+    "VERSION": (400, "A newer version of metadata is already available."),
+    "MALFORMED_UPLOAD": (400, "The body of your request is malformed."),
+    "NO_FILENAME": (400, "No file/role name provided."),
+    "INVALID_ROLE": (400, "The role you are attempting to operate on is invalid."),
+    "MALFORMED_JSON": (400, "JSON sent by the client could not be parsed by the server"),
+    "INVALID_GUN": (400, "The server does not support actions on images of this name."),
+    "INVALID_PARAMETERS": (400, "The parameters provided are not valid."),
+    "UPDATING": (500, "An error has occurred while updating the TUF repository."),
+    # this server's own: refused by policy or limits, or the database is unreachable
+    "DENIED": (403, "You are not allowed to do this."),
+    "TOO_LARGE": (413, "The request is larger than this server accepts."),
+    "TIMEOUT": (408, "The request body arrived too slowly; send it again faster."),
+    "TOOMANYREQUESTS": (429, "too many requests, try again later"),
+    "UNAVAILABLE": (503, "The trust server's storage is unavailable; try again later."),
+}
+"""Every code a refusal may carry, with its HTTP status and default message."""
+
+
 def clip(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` UTF-8 bytes (never inside a character), "..." marking
     a cut."""
@@ -27,12 +51,22 @@ def clip(text: str, limit: int) -> str:
 
 
 class ServerError(Exception):
-    """A refusal rendered as ``{"errors":[{"code","message","detail"?}]}`` + newline."""
+    """A refusal rendered as ``{"errors":[{"code","message","detail"?}]}`` + newline.
+
+    A subclass names its code (``class X(ServerError, code="VERSION")``) and so takes its status
+    and message from :data:`CODES`; a ``message`` of its own replaces the code's.
+    """
 
     code = "UNKNOWN"
-    status = 500
-    message = "unknown error"
+    status, message = CODES[code]
     default_detail: ClassVar[Any] = NO_DETAIL
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            cls.status, message = CODES[code]
+            cls.message = cls.__dict__.get("message", message)
 
     def __init__(self, detail: Any = NO_DETAIL, log: str | None = None) -> None:
         self.detail = self.default_detail if detail is NO_DETAIL else detail
@@ -47,11 +81,13 @@ class ServerError(Exception):
         return json.dumps({"errors": [error]}, separators=(",", ":")).encode() + b"\n"
 
 
-class NoRoute(ServerError):
-    """No route matched: the catch-all 404, without ``detail``."""
+def _refusal(name: str, code: str) -> type[ServerError]:
+    """A refusal that is only its code (with that code's status and message)."""
+    return type(name, (ServerError,), {"__module__": __name__, "__qualname__": name}, code=code)
 
-    code, status = "METADATA_NOT_FOUND", 404
-    message = "You have requested metadata that does not exist."
+
+class NoRoute(ServerError, code="METADATA_NOT_FOUND"):
+    """No route matched: the catch-all 404, without ``detail``."""
 
 
 class MetadataNotFound(NoRoute):
@@ -60,8 +96,14 @@ class MetadataNotFound(NoRoute):
     default_detail: ClassVar[Any] = {}
 
 
-class InvalidUpdate(ServerError):
-    code, status, message = "INVALID_UPDATE", 400, "Update sent by the client is invalid."
+class VersionConflictError(ServerError, code="VERSION"):
+    """The stored version is newer than (or as new as) the upload."""
+
+    default_detail: ClassVar[Any] = {}
+
+
+class InvalidUpdate(ServerError, code="INVALID_UPDATE"):
+    """An upload that does not validate (see :class:`ValidationFailed` for the typed kinds)."""
 
 
 class ValidationFailed(InvalidUpdate):
@@ -89,65 +131,22 @@ def invalid(msg: str) -> ValidationFailed:
     return ValidationFailed("ErrValidation", msg)
 
 
-class VersionConflictError(ServerError):
-    code, status = "VERSION", 400
-    message = "A newer version of metadata is already available."
-    default_detail: ClassVar[Any] = {}
+MalformedUpload = _refusal("MalformedUpload", "MALFORMED_UPLOAD")
+NoFilename = _refusal("NoFilename", "NO_FILENAME")
+InvalidRole = _refusal("InvalidRole", "INVALID_ROLE")
+MalformedJSON = _refusal("MalformedJSON", "MALFORMED_JSON")
+InvalidGun = _refusal("InvalidGun", "INVALID_GUN")
+InvalidParameters = _refusal("InvalidParameters", "INVALID_PARAMETERS")
+UpdateFailed = _refusal("UpdateFailed", "UPDATING")
+Forbidden = _refusal("Forbidden", "DENIED")
+TooLarge = _refusal("TooLarge", "TOO_LARGE")
+ClientTooSlow = _refusal("ClientTooSlow", "TIMEOUT")  # the worker then closes the connection
+Unavailable = _refusal("Unavailable", "UNAVAILABLE")  # the database: retrying later may work
 
 
-class MalformedUpload(ServerError):
-    code, status, message = "MALFORMED_UPLOAD", 400, "The body of your request is malformed."
-
-
-class NoFilename(ServerError):
-    code, status, message = "NO_FILENAME", 400, "No file/role name provided."
-
-
-class InvalidRole(ServerError):
-    code, status = "INVALID_ROLE", 400
-    message = "The role you are attempting to operate on is invalid."
-
-
-class MalformedJSON(ServerError):
-    code, status = "MALFORMED_JSON", 400
-    message = "JSON sent by the client could not be parsed by the server"
-
-
-class InvalidGun(ServerError):
-    code, status = "INVALID_GUN", 400
-    message = "The server does not support actions on images of this name."
-
-
-class InvalidParameters(ServerError):
-    code, status, message = "INVALID_PARAMETERS", 400, "The parameters provided are not valid."
-
-
-class Forbidden(ServerError):
-    code, status = "DENIED", 403
-    message = "You are not allowed to do this."
-
-
-class TooLarge(ServerError):
-    code, status = "TOO_LARGE", 413
-    message = "The request is larger than this server accepts."
-
-
-class UpdateFailed(ServerError):
-    code, status = "UPDATING", 500
-    message = "An error has occurred while updating the TUF repository."
-
-
-class Unavailable(ServerError):
-    """The database cannot be reached: retrying later may work."""
-
-    code, status = "UNAVAILABLE", 503
-    message = "The trust server's storage is unavailable; try again later."
-
-
-class UploadsBusy(ServerError):
+class UploadsBusy(ServerError, code="UNAVAILABLE"):
     """Every large-upload slot is taken (max_concurrent_large_uploads): retry later."""
 
-    code, status = "UNAVAILABLE", 503
     message = "The server is busy with other large uploads; try again later."
 
     def __init__(self, retry_after: int) -> None:
@@ -155,24 +154,22 @@ class UploadsBusy(ServerError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
-class LoginFailed(ServerError):
+class LoginFailed(ServerError, code="UNAUTHORIZED"):
     """Token endpoint (auth_mode builtin): unknown user or wrong password, indistinguishably."""
 
-    code, status, message = "UNAUTHORIZED", 401, "wrong user name or password"
+    message = "wrong user name or password"
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Basic realm="tufnotary"'}
 
 
-class MetricsUnauthorized(ServerError):
+class MetricsUnauthorized(ServerError, code="UNAUTHORIZED"):
     """``/metrics`` with ``metrics_token`` set, without that bearer token."""
 
-    code, status, message = "UNAUTHORIZED", 401, "metrics need the configured bearer token"
+    message = "metrics need the configured bearer token"
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="metrics"'}
 
 
-class TooManyRequests(ServerError):
+class TooManyRequests(ServerError, code="TOOMANYREQUESTS"):
     """A rate limit is reached; ``Retry-After`` says in how many seconds to try again."""
-
-    code, status = "TOOMANYREQUESTS", 429
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(log=f"{self.message}: retry after {retry_after}s")
@@ -189,10 +186,3 @@ class TooManyKeys(TooManyRequests):
     """``GET role.key``: this client created too many server keys lately."""
 
     message = "too many new server keys from this client, try again later"
-
-
-class ClientTooSlow(ServerError):
-    """The request body did not arrive before its deadline (the worker closes the connection)."""
-
-    code, status = "TIMEOUT", 408
-    message = "The request body arrived too slowly; send it again faster."

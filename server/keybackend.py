@@ -18,11 +18,10 @@ from urllib.parse import urlencode
 from cryptography.hazmat.primitives import serialization
 
 from tufnotary.metadata.keys import Key
-from tufnotary.metadata.signing import Signature, Signer
+from tufnotary.metadata.signing import Signer
 from tufnotary.metadata.urisigning import (
     PKCS11_MODULE_ENV,
     UriSigner,
-    UriSigningError,
     describe,
 )
 
@@ -43,24 +42,7 @@ def uri_signer(uri: str, public: Key, pin: str | None) -> Signer:
             raise KeyBackendError(f"{uri} needs a {name}: set key_backend 'pkcs11' and pkcs11_pin")
         return pin
 
-    return _Checked(UriSigner(uri, public, secret))
-
-
-class _Checked:
-    """A URI signer whose failures are KeyBackendError (the server's kind)."""
-
-    def __init__(self, signer: UriSigner) -> None:
-        self._signer = signer
-
-    @property
-    def public(self) -> Key:
-        return self._signer.public
-
-    def sign(self, message: bytes, keyid: str | None = None) -> Signature:
-        try:
-            return self._signer.sign(message, keyid)
-        except UriSigningError as exc:
-            raise KeyBackendError(str(exc)) from None
+    return UriSigner(uri, public, secret, failure=lambda exc: KeyBackendError(str(exc)))
 
 
 class Pkcs11Token:

@@ -27,6 +27,7 @@ from tufnotary.metadata.model import (
 )
 from tufnotary.server.errors import (
     MetadataNotFound,
+    ServerError,
     TooManyKeys,
     Unavailable,
     UpdateFailed,
@@ -393,7 +394,7 @@ class _StoreState:
 
 
 @contextmanager
-def _storage_errors(error: type[UpdateFailed] | type[Unavailable]) -> Iterator[None]:
+def _storage_errors(error: type[ServerError]) -> Iterator[None]:
     """Turns a StorageError into the given server error (details go to the log)."""
     try:
         yield

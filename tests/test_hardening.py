@@ -153,37 +153,28 @@ def test_serve_creates_private_files_and_warns_about_loose_ones(tmp_path: Path) 
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_failed_logins_count_across_workers_on_postgresql(
-    tmp_path: Path, postgresql_admin: tuple[sa.Connection, sa.URL]
+    tmp_path: Path, store: Stores, migrated_url: str
 ) -> None:
-    admin, admin_url = postgresql_admin
-    name = f"tufnotary_test_limit_{os.getpid()}"
-    admin.exec_driver_sql(f"CREATE DATABASE {name}")
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        store = Stores.from_url(url)
-        add_user(store, "alice", "right password", rounds=4)
-        store.engine.dispose()
-        arguments = ("--database", url, "--workers", "2", "--auth-mode", "builtin")
-        with running_server(tmp_path, *arguments, env={"TUFNOTARY_BCRYPT_ROUNDS": "4"}) as server:
+    add_user(store, "alice", "right password", rounds=4)
+    arguments = ("--database", migrated_url, "--workers", "2", "--auth-mode", "builtin")
+    with running_server(tmp_path, *arguments, env={"TUFNOTARY_BCRYPT_ROUNDS": "4"}) as server:
 
-            def login(password: str) -> int:
-                response = requests.get(
-                    f"{server.url}/auth/token",
-                    params={"service": "tufnotary", "scope": f"repository:{GUN}:pull"},
-                    auth=("alice", password),
-                    verify=str(server.ca_cert),
-                    timeout=30,
-                )
-                return response.status_code
+        def login(password: str) -> int:
+            response = requests.get(
+                f"{server.url}/auth/token",
+                params={"service": "tufnotary", "scope": f"repository:{GUN}:pull"},
+                auth=("alice", password),
+                verify=str(server.ca_cert),
+                timeout=30,
+            )
+            return response.status_code
 
-            # each request on a new connection: the two workers share the work
-            assert [login("guess") for _ in range(FAILED_LOGIN_LIMIT)] == [401] * 10
-            assert login("guess") == 429
-            assert login("right password") == 429
-    finally:
-        admin.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        # each request on a new connection: the two workers share the work
+        assert [login("guess") for _ in range(FAILED_LOGIN_LIMIT)] == [401] * 10
+        assert login("guess") == 429
+        assert login("right password") == 429
 
 
 def test_serve_trusts_the_configured_proxy_hops(tmp_path: Path) -> None:
