@@ -1,5 +1,5 @@
 """`tufnotary-server serve | tls-init | migrate | audit | rekey`, and the realm's commands
-(tufnotary.server.cli_realm)."""
+(tufnotary.server.cli_realm) and backups (tufnotary.server.cli_archive)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
-from tufnotary.server import cli_realm, signer
+from tufnotary.server import cli_archive, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -68,6 +68,8 @@ def main() -> None:
 
 for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
     main.add_command(realm_command)
+for archive_command in cli_archive.COMMANDS:
+    main.add_command(archive_command)
 
 
 @main.command()

@@ -136,3 +136,18 @@ class Database:
             raise StorageError(_describe(action, error)) from error
         except SQLAlchemyError as error:
             raise StorageError(_describe(action, error)) from error
+
+    @contextmanager
+    def snapshot(self, action: str) -> Iterator[Connection]:
+        """A read-only transaction whose reads all see the database as of its first read
+        (REPEATABLE READ; a deferred BEGIN on SQLite), without blocking writers."""
+        try:
+            with self.engine.connect() as connection:
+                if self.engine.dialect.name == "sqlite":
+                    connection = connection.execution_options(**{_SQLITE_READ: True})
+                    connection.exec_driver_sql("BEGIN")
+                else:
+                    connection = connection.execution_options(isolation_level="REPEATABLE READ")
+                yield connection
+        except SQLAlchemyError as error:
+            raise StorageError(_describe(action, error)) from error
