@@ -75,8 +75,12 @@ def export(
             "schema_revision": schema_state(stores.engine).current,
         }
         spool_parent = None if output == STDIO else Path(output).resolve().parent
-        with tempfile.TemporaryDirectory(prefix=".tufnotary-export-", dir=spool_parent) as spool:
-            writer = ArchiveWriter(Path(spool))
+        try:
+            spool = tempfile.TemporaryDirectory(prefix=".tufnotary-export-", dir=spool_parent)
+        except OSError as exc:
+            raise click.ClickException(f"{output}: cannot write next to it: {exc}") from None
+        with spool:
+            writer = ArchiveWriter(Path(spool.name))
             store.export(
                 [(section.table, section.columns) for section in chosen.values()],
                 guns or None,
@@ -197,10 +201,22 @@ def _input(archive: str) -> Iterator[Path]:
         yield Path(spooled.name)
 
 
+_LABELS = {
+    "tuf_files": "metadata versions",
+    "changefeed": "changefeed records",
+    "server_keys": "server keys",
+    "token_keys": "token-signing keys",
+    "realm_users": "users",
+    "realm_group_members": "group memberships",
+    "realm_rules": "rules",
+    "audit_log": "audit records",
+}
+
+
 def _summary(manifest: Manifest) -> str:
     records = manifest.records()
-    parts = ", ".join(f"{count} {table}" for table, count in records.items())
-    return f"{parts} (archive format {manifest.format_version}, {_time(manifest)})"
+    parts = ", ".join(f"{count} {_LABELS[table]}" for table, count in records.items())
+    return f"{parts} (archive format {manifest.format_version} of {_time(manifest)})"
 
 
 COMMANDS = (export, restore)

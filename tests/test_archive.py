@@ -310,6 +310,8 @@ def test_notary_repository_restored_elsewhere_is_served_and_signed(
     gun = "example.com/archive/app"
     payload = tmp_path / "payload"
     payload.write_bytes(b"first release\n")
+    for directory in ("source", "restored"):
+        (tmp_path / directory).mkdir()
     with running_server(tmp_path / "source", env=env) as origin:
         owner = NotaryCLI(origin.url, origin.ca_cert, tmp_path / "owner", notary)
         owner.run("init", "-p", gun)
