@@ -58,6 +58,8 @@ def export(
     (docs/archive-format.md). It holds encrypted private keys and, with the realm, password
     hashes: keep it like the database. Writing spools the members next to FILE first.
     """
+    if output == STDIO and sys.stdout.isatty():
+        raise click.UsageError("-o -: stdout is a terminal; redirect it or write to a file")
     with_realm = not guns if realm is None else realm
     chosen = {
         section.table: section

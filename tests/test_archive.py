@@ -35,6 +35,7 @@ from tufnotary.server import realm
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.signer import KeyVault
 from tufnotary.server.storage import Stores
+from tufnotary.server.storage.archive import ArchiveStore
 from tufnotary.server.storage.keys import StoredKey
 from tufnotary.server.storage.metadata import NewFile
 from tufnotary.server.storage.models import Base
@@ -260,6 +261,11 @@ def test_round_trip_sqlite_postgresql_mariadb_is_byte_identical(
 def test_stdout_and_stdin_and_named_guns(source: tuple[str, Path], tmp_path: Path) -> None:
     url, _ = source
     streamed = server_cli("export", "--database", url, "-o", "-", GUNS[1]).stdout
+    recorded = dump(url)["audit_log"][-1]
+    assert (recorded["action"], json.loads(recorded["detail"])["guns"]) == (
+        "archive-export",
+        [GUNS[1]],
+    )
     archive = tmp_path / "one-gun.tar"
     archive.write_bytes(streamed)
     found = members(archive)
@@ -429,3 +435,22 @@ def test_an_occupied_database_is_refused(
     before = dump(migrated_url)
     refused(migrated_url, source[1], "the database holds rows in tuf_files, changefeed")
     assert dump(migrated_url) == before
+
+
+def test_an_export_reads_one_snapshot_while_others_publish(store: Stores) -> None:
+    """A publish committed while the export runs is in none of its tables."""
+    gun = GUNS[0]
+    store.metadata.update_many(gun, [NewFile("timestamp", 1, b"one")])
+    seen: dict[str, list[dict[str, Any]]] = {}
+    publishes = [[NewFile("timestamp", 2, b"two")]]
+
+    def sink(table: str, rows: Iterator[dict[str, Any]]) -> None:
+        seen[table] = list(rows)
+        if table == "tuf_files" and publishes:
+            store.metadata.update_many(gun, publishes.pop())
+
+    tables = [("tuf_files", ("version",)), ("changefeed", ("version",))]
+    ArchiveStore(store.database).export(tables, None, sink)
+    assert seen == {"tuf_files": [{"version": 1}], "changefeed": [{"version": 1}]}
+    ArchiveStore(store.database).export(tables, None, sink)
+    assert seen["changefeed"] == [{"version": 1}, {"version": 2}]
