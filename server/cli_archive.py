@@ -56,7 +56,7 @@ def export(
 
     The archive is a tar of a manifest and JSON-lines members with their SHA-256 checksums
     (docs/archive-format.md). It holds encrypted private keys and, with the realm, password
-    hashes: keep it like the database. Writing spools the members next to FILE first.
+    hashes: keep it like the database. Members are spooled next to FILE (stdout: in $TMPDIR) first.
     """
     if output == STDIO and sys.stdout.isatty():
         raise click.UsageError("-o -: stdout is a terminal; redirect it or write to a file")
@@ -76,20 +76,19 @@ def export(
             "engine": stores.engine.dialect.name,
             "schema_revision": schema_state(stores.engine).current,
         }
-        spool_parent = None if output == STDIO else Path(output).resolve().parent
+        spool_dir = None if output == STDIO else Path(output).resolve().parent
         try:
-            spool = tempfile.TemporaryDirectory(prefix=".tufnotary-export-", dir=spool_parent)
+            with tempfile.TemporaryDirectory(prefix=".tufnotary-export-", dir=spool_dir) as spool:
+                writer = ArchiveWriter(Path(spool))
+                store.export(
+                    [(section.table, section.columns) for section in chosen.values()],
+                    guns or None,
+                    lambda table, rows: writer.add(chosen[table], rows),
+                )
+                with _output(output) as stream:
+                    manifest = writer.write(stream, scope, source)
         except OSError as exc:
-            raise click.ClickException(f"{output}: cannot write next to it: {exc}") from None
-        with spool:
-            writer = ArchiveWriter(Path(spool.name))
-            store.export(
-                [(section.table, section.columns) for section in chosen.values()],
-                guns or None,
-                lambda table, rows: writer.add(chosen[table], rows),
-            )
-            with _output(output) as stream:
-                manifest = writer.write(stream, scope, source)
+            raise click.ClickException(f"export to {output} failed: {exc}") from None
         detail: dict[str, Any] = {"output": output, **scope, "records": manifest.records()}
         stores.audit.record(AuditEntry("cli", "archive-export", None, detail))
     say(f"exported {_summary(manifest)} to {'stdout' if output == STDIO else output}")
@@ -111,8 +110,6 @@ def _output(output: str) -> Iterator[BinaryIO]:
             out.flush()
             os.fsync(out.fileno())
         draft.replace(target)
-    except OSError as exc:
-        raise click.ClickException(f"{output}: {exc.strerror or exc}") from None
     finally:
         draft.unlink(missing_ok=True)
 
