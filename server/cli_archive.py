@@ -91,7 +91,8 @@ def export(
             raise click.ClickException(f"export to {output} failed: {exc}") from None
         detail: dict[str, Any] = {"output": output, **scope, "records": manifest.records()}
         stores.audit.record(AuditEntry("cli", "archive-export", None, detail))
-    say(f"exported {_summary(manifest)} to {'stdout' if output == STDIO else output}")
+    where = "stdout" if output == STDIO else output
+    say(f"exported {_summary(manifest.records(), manifest)} to {where}")
 
 
 @contextmanager
@@ -121,8 +122,13 @@ def _output(output: str) -> Iterator[BinaryIO]:
     is_flag=True,
     help="Verify the archive (manifest and every checksum) and write nothing.",
 )
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Add to the trust data stored already: only versions and server keys not stored yet.",
+)
 @click.argument("archive", metavar="FILE")
-def restore(settings: Settings, verify_only: bool, archive: str) -> None:
+def restore(settings: Settings, verify_only: bool, merge: bool, archive: str) -> None:
     """Restore an archive of `export` (- reads stdin) into an empty database.
 
     The whole archive is verified first; then everything is written in one transaction, so a
@@ -130,19 +136,24 @@ def restore(settings: Settings, verify_only: bool, archive: str) -> None:
     must hold no versions, changefeed or server keys (nor realm data, if the archive has the
     realm); its audit log gains the archive's records and this restore. Start the server with
     the key passphrase the keys were encrypted with.
+
+    With --merge the database may hold trust data: versions and server keys it lacks are
+    added (each added timestamp gets a new changefeed record), identical ones are skipped, and
+    one stored with other bytes refuses the whole restore. The realm is never merged.
     """
     try:
         with _input(archive) as path:
             if verify_only:
-                say(f"{archive}: intact: {_summary(verify(path))}")
+                manifest = verify(path)
+                say(f"{archive}: intact: {_summary(manifest.records(), manifest)}")
                 return
             with open_stores(settings) as stores:
                 try:
-                    manifest = _restore(settings, stores, path, archive)
+                    manifest, added = _restore(settings, stores, path, archive, merge)
                 except StorageError as exc:
                     hint = (
-                        ": restore writes into an empty database only (run `tufnotary-server "
-                        "migrate` on a new one)"
+                        ": restore writes into an empty database (run `tufnotary-server "
+                        "migrate` on a new one), or merges trust data with --merge"
                         if isinstance(exc, DatabaseNotEmpty)
                         else ""
                     )
@@ -151,35 +162,40 @@ def restore(settings: Settings, verify_only: bool, archive: str) -> None:
         raise click.ClickException(f"{exc}; nothing was restored") from None
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    say(f"restored {_summary(manifest)} from {archive}")
+    say(f"{'merged' if merge else 'restored'} {_summary(added, manifest)} from {archive}")
 
 
-def _restore(settings: Settings, stores: Stores, path: Path, archive: str) -> Manifest:
-    """Check the database is empty, verify the archive, then write it in one transaction."""
+def _restore(
+    settings: Settings, stores: Stores, path: Path, archive: str, merge: bool
+) -> tuple[Manifest, dict[str, int]]:
+    """Check the database can take the archive, verify the archive, then write it in one
+    transaction; the manifest and the rows added per table."""
     prepare_database(settings, stores)
     store = ArchiveStore(stores.database)
     with ArchiveReader(path) as reader:
         assert reader.manifest is not None
         tables = list(reader.manifest.records())
-    occupied = store.occupied(tables)
+    occupied = store.occupied(tables, merge)
     if occupied:
         raise DatabaseNotEmpty(f"the database holds rows in {', '.join(occupied)}")
     manifest = verify(path)
-    detail = {
+    detail: dict[str, Any] = {
         "archive": archive,
         "created_at": _time(manifest),
         "tool_version": manifest.tool_version,
         "records": manifest.records(),
+        "merge": merge,
     }
     with ArchiveReader(path) as reader:
         if reader.manifest != manifest:
             raise ArchiveError(f"{archive} changed while it was being restored")
-        store.restore(
+        added = store.restore(
             ((section.table, records) for section, records in reader.sections()),
             tables,
             AuditEntry("cli", "archive-restore", None, detail),
+            merge=merge,
         )
-    return manifest
+    return manifest, added
 
 
 def _time(manifest: Manifest) -> str:
@@ -212,8 +228,7 @@ _LABELS = {
 }
 
 
-def _summary(manifest: Manifest) -> str:
-    records = manifest.records()
+def _summary(records: dict[str, int], manifest: Manifest) -> str:
     parts = ", ".join(f"{count} {_LABELS[table]}" for table, count in records.items())
     return f"{parts} (archive format {manifest.format_version} of {_time(manifest)})"
 

@@ -454,3 +454,53 @@ def test_an_export_reads_one_snapshot_while_others_publish(store: Stores) -> Non
     assert seen == {"tuf_files": [{"version": 1}], "changefeed": [{"version": 1}]}
     ArchiveStore(store.database).export(tables, None, sink)
     assert seen["changefeed"] == [{"version": 1}, {"version": 2}]
+
+
+def test_merge_brings_back_a_deleted_repository(migrated_url: str, tmp_path: Path) -> None:
+    """A GUN deleted by mistake comes back from an archive of it with --merge, next to what
+    was published since; merging again adds nothing; a history that differs is refused."""
+    populate(migrated_url)
+    archive = export(migrated_url, tmp_path / "nightly.tar", GUNS[0])
+    before = dump(migrated_url)
+    stores = Stores.from_url(migrated_url)
+    try:
+        stores.metadata.delete_gun(GUNS[0])
+        stores.metadata.update_many(GUNS[1], [NewFile("timestamp", 4, b"later")])
+        merged = server_cli("restore", "--merge", "--database", migrated_url, str(archive))
+        assert "merged 15 metadata versions, 0 changefeed records, 0 server keys" in (
+            merged.stderr.decode()
+        )
+        after = dump(migrated_url)
+
+        def of(gun: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [row for row in rows if row["gun"] == gun]
+
+        assert of(GUNS[0], after["tuf_files"]) == of(GUNS[0], before["tuf_files"])
+        assert of(GUNS[1], after["tuf_files"])[-1]["data"] == b"later"
+        assert after["server_keys"] == before["server_keys"]
+        restored = [(row["gun"], row["version"], row["category"]) for row in after["changefeed"]]
+        assert restored[-5:] == [
+            (GUNS[0], 0, "deletion"),
+            (GUNS[1], 4, "update"),
+            *((GUNS[0], version, "update") for version in (1, 2, 3)),
+        ]
+
+        again = server_cli("restore", "--merge", "--database", migrated_url, str(archive))
+        assert "merged 0 metadata versions" in again.stderr.decode()
+        assert without_audit(dump(migrated_url)) == without_audit(after)
+
+        stores.metadata.delete_gun(GUNS[0])
+        stores.metadata.update_many(GUNS[0], [NewFile("root", 1, b"another root")])
+        unchanged = dump(migrated_url)
+        result = server_cli(
+            "restore", "--merge", "--database", migrated_url, str(archive), check=False
+        )
+        assert result.returncode == 1
+        assert f"{GUNS[0]}: root version 1 is stored with other bytes" in result.stderr.decode()
+        assert dump(migrated_url) == unchanged
+    finally:
+        stores.engine.dispose()
+
+
+def without_audit(tables: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {name: rows for name, rows in tables.items() if name != "audit_log"}

@@ -50,11 +50,15 @@ def make_engine(url: str) -> Engine:
 
 def _create_private(database: str | None) -> None:
     """Create a missing SQLite file with mode 0600: it holds password hashes and encrypted keys,
-    and SQLite gives its WAL and shared-memory files the database file's mode."""
+    and SQLite gives its WAL and shared-memory files the database file's mode.
+
+    An existing file is never opened: closing a descriptor of it would drop the POSIX locks
+    SQLite holds on it through another engine of this process (then "disk I/O error").
+    """
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    with suppress(OSError):  # a missing directory is reported by SQLite on connect
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    with suppress(OSError):  # exists already; a missing directory is reported on connect
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
