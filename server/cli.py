@@ -1,6 +1,6 @@
 """`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
-(tufnotary.server.cli_realm) and `import` (tufnotary.importer, the one part allowed to use both
-client and server)."""
+(tufnotary.server.cli_realm), backups (tufnotary.server.cli_archive) and `import`
+(tufnotary.importer, the one part allowed to use both client and server)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
 from tufnotary.importer.cli import import_command
-from tufnotary.server import cli_realm, signer
+from tufnotary.server import cli_archive, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -74,6 +74,8 @@ def main() -> None:
 for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
     main.add_command(realm_command)
 main.add_command(import_command)
+for archive_command in cli_archive.COMMANDS:
+    main.add_command(archive_command)
 
 
 @main.command()

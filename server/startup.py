@@ -62,7 +62,7 @@ def preflight(
     """Bring SQLite (or, with ``auto_migrate``, any database) to the latest schema, then
     require the latest schema, stored keys that decrypt with ``vault``, and with ``token``: its
     module loads, the token is found, the PIN works and the newest token keys sign."""
-    _prepare_database(settings, stores)
+    prepare_database(settings, stores)
     try:
         if token is None:
             signer.check_keys(stores.keys, vault)
@@ -120,7 +120,9 @@ def _report(check: Callable[[], None], send: Connection) -> None:
         send.send(None)
 
 
-def _prepare_database(settings: Settings, stores: Stores) -> None:
+def prepare_database(settings: Settings, stores: Stores) -> None:
+    """Bring SQLite (or, with ``auto_migrate``, any database) to the latest schema; StartupError
+    unless the database then is at it."""
     engine = stores.engine
     shown = make_url(settings.effective_database_url).render_as_string(hide_password=True)
     try:

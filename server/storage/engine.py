@@ -50,11 +50,15 @@ def make_engine(url: str) -> Engine:
 
 def _create_private(database: str | None) -> None:
     """Create a missing SQLite file with mode 0600: it holds password hashes and encrypted keys,
-    and SQLite gives its WAL and shared-memory files the database file's mode."""
+    and SQLite gives its WAL and shared-memory files the database file's mode.
+
+    An existing file is never opened: closing a descriptor of it would drop the POSIX locks
+    SQLite holds on it through another engine of this process (then "disk I/O error").
+    """
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    with suppress(OSError):  # a missing directory is reported by SQLite on connect
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    with suppress(OSError):  # exists already; a missing directory is reported on connect
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -134,5 +138,20 @@ class Database:
             if clash is not None and _is_unique_violation(error):
                 raise clash(f"{action}: a concurrent writer stored it first") from error
             raise StorageError(_describe(action, error)) from error
+        except SQLAlchemyError as error:
+            raise StorageError(_describe(action, error)) from error
+
+    @contextmanager
+    def snapshot(self, action: str) -> Iterator[Connection]:
+        """A read-only transaction whose reads all see the database as of its first read
+        (REPEATABLE READ; a deferred BEGIN on SQLite), without blocking writers."""
+        try:
+            with self.engine.connect() as connection:
+                if self.engine.dialect.name == "sqlite":
+                    connection = connection.execution_options(**{_SQLITE_READ: True})
+                    connection.exec_driver_sql("BEGIN")
+                else:
+                    connection = connection.execution_options(isolation_level="REPEATABLE READ")
+                yield connection
         except SQLAlchemyError as error:
             raise StorageError(_describe(action, error)) from error
