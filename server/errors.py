@@ -191,6 +191,13 @@ class TooManyKeys(TooManyRequests):
     message = "too many new server keys from this client, try again later"
 
 
+class NoServerKey(ServerError):
+    """key_backend 'uri': no registered key is left to hand out for the GUN's role."""
+
+    code, status = "UNKNOWN", 500
+    message = "The server has no key to hand out for this role: its operator must register one."
+
+
 class ClientTooSlow(ServerError):
     """The request body did not arrive before its deadline (the worker closes the connection)."""
 

@@ -92,13 +92,14 @@ class ServerKeyStore:
         return self._keys("keys_for", query)
 
     def unused_key(self, gun: str, role: str, algorithm: str) -> StoredKey | None:
-        """The newest key of a GUN's role with this algorithm that was never used."""
+        """The newest key of a GUN's role that was never used, with this algorithm or in a
+        token or key manager (of any algorithm: an operator registered it)."""
         query = (
             sa.select(*_KEY_COLUMNS)
             .where(
                 ServerKeyRow.gun == gun,
                 ServerKeyRow.role == role,
-                ServerKeyRow.algorithm == algorithm,
+                sa.or_(ServerKeyRow.algorithm == algorithm, ServerKeyRow.uri.is_not(None)),
                 ServerKeyRow.last_used.is_(None),
             )
             .order_by(ServerKeyRow.created_at.desc(), ServerKeyRow.key_id.desc())
