@@ -1,5 +1,5 @@
-"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, and the realm's commands
-(tufnotary.server.cli_realm)."""
+"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
+(tufnotary.server.cli_realm) and the server keys' (tufnotary.server.cli_keys)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
-from tufnotary.server import cli_realm, signer
+from tufnotary.server import cli_keys, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -66,8 +66,8 @@ def main() -> None:
     """Notary-compatible trust server."""
 
 
-for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
-    main.add_command(realm_command)
+for command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key, cli_keys.key):
+    main.add_command(command)
 
 
 @main.command()
@@ -83,6 +83,7 @@ for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm
 @click.option("--tls-key", type=PATH_TYPE, help="PEM private key (with --tls-cert).")
 @click.option("--workers", type=int, help="Number of worker processes.")
 @click.option("--key-algorithm", help="Algorithm of server-held keys: ecdsa or ed25519.")
+@cli_keys.key_backend_options
 @click.option("--log-level", help="debug, info, warning, error or critical.")
 @click.option("--auth-mode", help="none (default), token or builtin (own token service).")
 @click.option("--token-realm", metavar="URL", help="Token service URL for the 401 challenge.")
