@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import format_expires
@@ -83,9 +84,15 @@ def key_add(settings: Settings, gun: str, role: str, uri: str, public_key: Path 
 
 def _read_public_key(path: Path) -> Key:
     try:
-        return Key.from_public_key(serialization.load_pem_public_key(path.read_bytes()))  # type: ignore[arg-type]
-    except (ValueError, TypeError) as exc:
+        public = serialization.load_pem_public_key(path.read_bytes())
+    except ValueError as exc:
         raise click.BadParameter(f"{path}: {exc}", param_hint="--public-key") from None
+    if not isinstance(
+        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+    ):
+        kind = type(public).__name__
+        raise click.BadParameter(f"{path}: unsupported {kind}", param_hint="--public-key")
+    return Key.from_public_key(public)
 
 
 @key.command("list")

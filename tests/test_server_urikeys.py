@@ -1,5 +1,8 @@
 """Server keys an operator registers (`tufnotary-server key add`), held outside the database.
 
+With the default key_backend a registered key is handed out before a new one is made (on
+every engine).
+
 With key_backend 'uri' (set by `serve` flags, with the PKCS#11 flags for hsm: keys) the server
 hands out only registered keys: an EC key in a SoftHSM2 token and an Ed25519 key behind
 securesystemslib's file2: scheme. The real notary CLI publishes, rotates onto them and
@@ -21,6 +24,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from support.api import Server
 from support.clients import (
     NOTARY_HINT,
     NotaryCLI,
@@ -33,6 +37,11 @@ from support.clients import (
 )
 from support.server import running_server, server_environment
 from support.softhsm import MODULE, SoftHSM
+from tufnotary.metadata.keys import Key
+from tufnotary.metadata.model import ROOT, SNAPSHOT, TIMESTAMP, Metadata, Timestamp
+from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server import keyregistry
+from tufnotary.server.context import server_context
 
 pytestmark = pytest.mark.e2e
 
@@ -221,3 +230,39 @@ def test_key_backend_flags_are_settings(tmp_path: Path) -> None:
         *("--pkcs11-token-label", "signing", "--pkcs11-pin-file", str(tmp_path / "no-pin")),
     )
     expect_failure(missing, "pkcs11_pin_file: cannot read", str(tmp_path / "no-pin"))
+
+
+def test_a_registered_key_is_handed_out_before_a_new_one(database_url: str, tmp_path: Path) -> None:
+    """key_backend 'database' (the default): a rotation hands out the registered file2: key
+    (Ed25519 while the server makes ECDSA keys), which then signs the timestamp."""
+    server = Server.start(tmp_path / "data", database_url)
+    stores = server_context(server.app).stores
+    repo = server.new_repo(GUN)
+    uri, public_file, _ = _file_key(tmp_path)
+    public = Key.from_public_key(serialization.load_pem_public_key(public_file.read_bytes()))
+    with pytest.raises(keyregistry.RegistryError, match=r"public key of .* is needed"):
+        keyregistry.register(stores, GUN, "timestamp", uri, None, None)
+    with pytest.raises(keyregistry.RegistryError, match="only snapshot and timestamp"):
+        keyregistry.register(stores, GUN, "targets", uri, public, None)
+    registered = keyregistry.register(stores, GUN, "timestamp", uri, public, None)
+    with pytest.raises(keyregistry.RegistryError, match="already a timestamp key of"):
+        keyregistry.register(stores, f"{GUN}-2", "timestamp", uri, public, None)
+
+    rotated = server.server_key(GUN, "timestamp", method="POST")
+    assert rotated == public and registered.key_id == public.key_id
+    assert server.server_key(GUN, "timestamp", method="POST") == public  # until it signs
+    repo.root.keys[public.key_id] = public
+    repo.root.roles[TIMESTAMP].keyids = [public.key_id]
+    repo.root.version += 1
+    files = {ROOT: repo.root_bytes(), SNAPSHOT: repo.snapshot_bytes()}
+    assert server.upload(GUN, files).status_code == 200
+    timestamp = Metadata.from_bytes(server.get(GUN, "timestamp.json").data, Timestamp)
+    verify_threshold(timestamp, {public.key_id: public}, 1, TIMESTAMP)
+    assert timestamp.signatures[0].method == "eddsa"
+    new = server.server_key(GUN, "timestamp", method="POST")  # used: a new key is made
+    assert new.keytype == "ecdsa"
+    with pytest.raises(keyregistry.RegistryError, match="current root lists key"):
+        keyregistry.remove(stores, public.key_id)
+    assert keyregistry.remove(stores, new.key_id).key_id == new.key_id
+    actions = [record.action for record in stores.audit.records(gun=GUN)]
+    assert actions.count("key-add") == 1 and actions.count("key-remove") == 1
