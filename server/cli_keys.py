@@ -77,8 +77,8 @@ def key_add(settings: Settings, gun: str, role: str, uri: str, public_key: Path 
     except (keyregistry.RegistryError, KeyBackendError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
     say(
-        f"{role} key {stored.key_id} of {gun} registered ({uri}); it is handed out at the next "
-        f"rotation: tufnotary key rotate {gun} {role}"
+        f"{role} key {stored.key_id} of {gun} registered ({uri}); the next rotation hands it "
+        f"out (tufnotary key rotate {gun} {role}), or the first publish of {gun}"
     )
 
 
