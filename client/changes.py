@@ -68,8 +68,10 @@ class StagedChange:
         return cls(ADD_DELEGATION, parent_role(name), name, data)
 
     @classmethod
-    def remove_delegation(cls, name: str) -> StagedChange:
-        return cls(REMOVE_DELEGATION, parent_role(name), name)
+    def remove_delegation(cls, name: str, keyids: Collection[str] = ()) -> StagedChange:
+        """Remove delegation ``name``, or with ``keyids`` only those keys of it."""
+        data = {"keyids": list(keyids)} if keyids else {}
+        return cls(REMOVE_DELEGATION, parent_role(name), name, data)
 
     def apply(self, targets: Targets) -> None:
         """Apply to the role's ``signed`` object (a fresh copy owned by the publisher)."""
@@ -79,11 +81,32 @@ class StagedChange:
             targets.targets.pop(self.name, None)
         elif self.action == REMOVE_DELEGATION:
             delegations = targets.delegations
-            delegations.roles = [r for r in delegations.roles if r.name != self.name]
+            if self.data.get("keyids"):
+                self._remove_keys(targets)
+            else:
+                delegations.roles = [r for r in delegations.roles if r.name != self.name]
             used = {keyid for role in delegations.roles for keyid in role.keyids}
             delegations.keys = {k: v for k, v in delegations.keys.items() if k in used}
         else:
             self._add_delegation(targets)
+
+    def _remove_keys(self, targets: Targets) -> None:
+        """Drop keys from delegation ``name``: each must be listed, and enough must be left
+        for its threshold."""
+        entry = targets.delegations.role(self.name)
+        if entry is None:
+            raise ChangeError(f"{self.role} delegates no role {self.name}")
+        removed = self.data["keyids"]
+        unknown = [keyid for keyid in removed if keyid not in entry.keyids]
+        if unknown:
+            raise ChangeError(f"{self.name} lists no key {', '.join(unknown)}")
+        left = [keyid for keyid in entry.keyids if keyid not in removed]
+        if len(left) < max(entry.threshold, 1):
+            raise ChangeError(
+                f"{self.name} needs {entry.threshold} signatures; removing these keys would leave "
+                f"{len(left)}: add keys first, or remove the whole delegation"
+            )
+        entry.keyids = left
 
     def _add_delegation(self, targets: Targets) -> None:
         keys = [Key.from_dict(key) for key in self.data["keys"]]

@@ -3,13 +3,15 @@
 A key's age is counted from its key file's modification time (key files are written once),
 from a token key's registration (``key import --uri``), or for a root key from its
 certificate's notBefore. Keys not held here are the server's for timestamp and snapshot (as
-the publisher assumes: without a snapshot key it lets the server sign), else someone else's;
-their age is not known here.
+the publisher assumes: without a snapshot key it lets the server sign), aged by when the server
+says it made them (a tufnotary server's ``X-Tufnotary-Key-Created``; unknown from notary-server),
+else someone else's, of unknown age.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,9 +22,14 @@ from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Signed
 
 DEFAULT_MAX_AGE = timedelta(days=365)
+DEFAULT_SERVER_MAX_AGE = timedelta(days=90)
 EXPIRY_WARNING = timedelta(days=30)
 FILE, TOKEN, SERVER, ELSEWHERE = "file", "token", "server", "elsewhere"
 _SERVER_ROLES = frozenset({SNAPSHOT, TIMESTAMP})
+
+ServerKeyDates = Callable[[str], tuple[str, datetime | None] | None]
+"""For a role, the id of the key the server holds for it and when it was made (None if the
+server cannot say)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,13 @@ def key_status(
     gun: str,
     *,
     max_age: timedelta = DEFAULT_MAX_AGE,
+    server_max_age: timedelta = DEFAULT_SERVER_MAX_AGE,
+    server_keys: ServerKeyDates | None = None,
     now: datetime | None = None,
 ) -> list[RoleState]:
-    """The state of every role of the trusted repository: base roles, then delegations."""
+    """The state of every role of the trusted repository: base roles, then delegations.
+    ``server_keys`` ages the server's keys; keys over ``max_age`` (``server_max_age`` for the
+    server's) are to be rotated."""
     now = now or datetime.now(UTC)
     held = {info.key_id: info for info in trustdir.list_keys()}
     root = trusted.root
@@ -96,9 +107,11 @@ def key_status(
     states = []
     for role, keyids, threshold, keys in entries:
         found = [_key_state(role, keyid, keys.get(keyid), held, trustdir) for keyid in keyids]
+        if server_keys is not None and any(key.location == SERVER for key in found):
+            found = _aged_by_server(found, server_keys(role))
         document = documents.get(role)
         state = RoleState(role, threshold, document.expires_at if document else None, found)
-        state.warnings.extend(_warnings(state, gun, max_age, now))
+        state.warnings.extend(_warnings(state, gun, max_age, server_max_age, now))
         states.append(state)
     order = {role: index for index, role in enumerate((ROOT, TARGETS, SNAPSHOT, TIMESTAMP))}
     return sorted(states, key=lambda state: (order.get(state.role, len(order)), state.role))
@@ -125,15 +138,31 @@ def _key_state(
     return KeyState(key_id, FILE, str(info.path), created or mtime)
 
 
-def _warnings(state: RoleState, gun: str, max_age: timedelta, now: datetime) -> list[str]:
+def _aged_by_server(
+    keys: list[KeyState], server_key: tuple[str, datetime | None] | None
+) -> list[KeyState]:
+    """``keys`` with the server's key dated by the server (if it holds that key)."""
+    if server_key is None or server_key[1] is None:
+        return keys
+    key_id, created = server_key
+    return [
+        replace(key, created=created) if key.location == SERVER and key.key_id == key_id else key
+        for key in keys
+    ]
+
+
+def _warnings(
+    state: RoleState, gun: str, max_age: timedelta, server_max_age: timedelta, now: datetime
+) -> list[str]:
     """What to do about the role: old keys to rotate, metadata about to expire."""
     warnings = []
     for key in state.keys:
         age = key.age(now)
-        if state.role != ROOT and age is not None and age > max_age:
+        limit = server_max_age if key.location == SERVER else max_age
+        if state.role != ROOT and age is not None and age > limit:
             warnings.append(
-                f"key {key.key_id[:12]} is {age.days} days old (over {max_age.days}): "
-                f"rotate it ({_rotate_command(state.role, gun)})"
+                f"key {key.key_id[:12]} is {age.days} days old (over {limit.days}): "
+                f"rotate it ({_rotate_command(state.role, gun, key.location == SERVER)})"
             )
     server_signed = state.role in _SERVER_ROLES and all(k.location == SERVER for k in state.keys)
     left = state.expires - now if state.expires else None
@@ -147,7 +176,7 @@ def _warnings(state: RoleState, gun: str, max_age: timedelta, now: datetime) -> 
     return warnings
 
 
-def _rotate_command(role: str, gun: str) -> str:
+def _rotate_command(role: str, gun: str, server: bool) -> str:
     if role in (TARGETS, SNAPSHOT, TIMESTAMP):
-        return f"tufnotary key rotate {gun} {role}"
+        return f"tufnotary key rotate {gun} {role}" + (" -r" if server else "")
     return f"add a new key with tufnotary delegation add {gun} {role} NEW.pem"

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -17,7 +18,7 @@ import requests
 import urllib3
 
 from tufnotary.client.errors import ClientError, ErrorContext
-from tufnotary.metadata.keys import Key
+from tufnotary.metadata.keys import KEY_CREATED_HEADER, Key
 
 MiB = 1024 * 1024
 TIMESTAMP_CAP = 1 * MiB
@@ -349,18 +350,27 @@ class Remote:
 
     def server_key(self, gun: str, role: str, *, rotate: bool = False) -> Key:
         """GET (or, to rotate, POST) ``<role>.key``: a key the server holds for ``role``."""
+        return self.server_key_created(gun, role, rotate=rotate)[0]
+
+    def server_key_created(
+        self, gun: str, role: str, *, rotate: bool = False
+    ) -> tuple[Key, datetime | None]:
+        """:meth:`server_key`, and when the server made the key if it says so (tufnotary
+        servers do, in KEY_CREATED_HEADER)."""
         url = self._url(gun, f"{role}.key")
         response = self._request("POST" if rotate else "GET", url)
         with response:
             self._raise_for(response)
             with self._talking(self._where):
                 body = response.raw.read(KEY_CAP + 1, decode_content=True)
+            created = response.headers.get(KEY_CREATED_HEADER)
         if len(body) > KEY_CAP:
             raise OversizedError(f"{role}.key: more than {KEY_CAP} bytes")
         try:
-            return Key.from_dict(json.loads(body))
+            key = Key.from_dict(json.loads(body))
         except ValueError as exc:
             raise RemoteError(f"{role}.key: the server sent an unreadable key: {exc}") from exc
+        return key, _utc_time(created)
 
     def changefeed(self, change_id: str, records: int) -> list[dict[str, Any]]:
         """GET ``/v2/_trust/changefeed``: up to ``records`` changes to any GUN after
@@ -401,3 +411,12 @@ class Remote:
         """DELETE the whole trust collection of ``gun`` on the server."""
         with self._request("DELETE", self._url(gun, "")) as response:
             self._raise_for(response)
+
+
+def _utc_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time with a zone, as UTC; None if absent or unreadable."""
+    try:
+        when = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return when.astimezone(UTC) if when and when.tzinfo else None

@@ -17,7 +17,7 @@ cache, with every check (expiry included); ``cached_at`` says how old it is.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -168,8 +168,9 @@ class Repository:
     ) -> None:
         self.publisher.stage(StagedChange.add_delegation(role, keys, paths, threshold))
 
-    def remove_delegation(self, role: str) -> None:
-        self.publisher.stage(StagedChange.remove_delegation(role))
+    def remove_delegation(self, role: str, keyids: Collection[str] = ()) -> None:
+        """Stage the removal of delegation ``role``, or with ``keyids`` of those keys of it."""
+        self.publisher.stage(StagedChange.remove_delegation(role, keyids))
 
     def staged(self) -> list[StagedChange]:
         return self.publisher.changelist.load()

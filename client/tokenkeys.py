@@ -21,10 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlparse
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tufnotary.client.errors import ClientError
 from tufnotary.client.fileio import atomic_write
@@ -39,7 +35,7 @@ from tufnotary.metadata.urisigning import (
     UriSigner,
     UriSigningError,
     backend_key,
-    describe,
+    hsm_public_key,
 )
 
 TOKEN_KEYS_DIR = "token_keys"
@@ -226,22 +222,10 @@ class TokenKeys:
 
     def _token_public_key(self, uri: str) -> Key:
         """The public key of the ``hsm:`` URI's key, read from the token."""
-        parsed = urlparse(uri)
         try:
-            from securesystemslib.signer import HSMSigner
-
-            hsm_keyid = int(parsed.path) if parsed.path else HSMSigner.SCHEME_KEYID
-            label = dict(parse_qsl(parsed.query)).get("label")
-            _, found = HSMSigner.import_(hsm_keyid, label, self.secrets)
-            pem = found.keyval["public"].encode()
-            crypto = serialization.load_pem_public_key(pem)
-        except TokenKeyError:
-            raise
-        except Exception as exc:  # python-pkcs11 raises its own kinds
-            raise TokenFailure(f"cannot read the public key of {uri}: {describe(exc)}") from exc
-        if not isinstance(crypto, ec.EllipticCurvePublicKey):
-            raise UnsupportedKeyURI(f"{uri} is not an ECDSA key")
-        return Key.from_public_key(crypto)
+            return hsm_public_key(uri, self.secrets)
+        except UriSigningError as exc:
+            raise _client_error(exc) from exc.__cause__
 
 
 def _backend_key(public: Key) -> Any:

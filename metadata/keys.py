@@ -27,6 +27,9 @@ RSA_X509 = "rsa-x509"
 ED25519 = "ed25519"
 X509_TYPES = frozenset({ECDSA_X509, RSA_X509})
 MIN_RSA_BITS = 2048
+KEY_CREATED_HEADER = "X-Tufnotary-Key-Created"
+"""Response header of ``GET``/``POST {role}.key``: when the server made (or was given) the key,
+RFC 3339 UTC; notary clients ignore it, ``tufnotary key status`` ages the key by it."""
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlparse
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tufnotary.metadata.keys import Key
@@ -98,6 +100,35 @@ class UriSigner:
         if not verify_signature(self.public, signature, message):
             raise SignerMismatch(f"{self.uri} signs as another key than {keyid}")
         return signature
+
+
+def hsm_public_key(uri: str, secrets: SecretsHandler) -> Key:
+    """The public key of the key behind the ``hsm:`` URI, read from its token (ECDSA only).
+    What ``secrets`` raises passes through unchanged."""
+    parsed = urlparse(uri)
+    refused: list[Exception] = []
+
+    def secret(name: str) -> str:
+        try:
+            return secrets(name)
+        except Exception as exc:
+            refused.append(exc)
+            raise
+
+    try:
+        from securesystemslib.signer import HSMSigner
+
+        hsm_keyid = int(parsed.path) if parsed.path else HSMSigner.SCHEME_KEYID
+        label = dict(parse_qsl(parsed.query)).get("label")
+        _, found = HSMSigner.import_(hsm_keyid, label, secret)
+        crypto = serialization.load_pem_public_key(found.keyval["public"].encode())
+    except Exception as exc:  # python-pkcs11 and PyKCS11 raise their own kinds
+        if refused:
+            raise refused[0] from None
+        raise SignerFailure(f"cannot read the public key of {uri}: {describe(exc)}") from exc
+    if not isinstance(crypto, ec.EllipticCurvePublicKey):
+        raise UnsupportedKey(f"{uri} is not an ECDSA key")
+    return Key.from_public_key(crypto)
 
 
 def backend_key(public: Key) -> Any:

@@ -26,6 +26,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import http_date
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from tufnotary.metadata.keys import KEY_CREATED_HEADER
 from tufnotary.metadata.model import TIMESTAMP, format_expires
 from tufnotary.server.auth import required_access
 from tufnotary.server.config import Settings
@@ -45,6 +46,7 @@ from tufnotary.server.errors import (
 )
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
+from tufnotary.server.signer import ServedKey
 from tufnotary.server.slots import UploadSlots
 from tufnotary.server.storage.audit import AuditRecord
 from tufnotary.server.storage.engine import StorageError
@@ -108,14 +110,18 @@ def _metadata(file: StoredFile, current: bool) -> Response:
     return response
 
 
-def _key(key_json: dict[str, Any]) -> Response:
-    """A public key the way Go's encoder writes it: keytype, then keyval{public, private}."""
-    return _json(
+def _key(served: ServedKey) -> Response:
+    """A public key the way Go's encoder writes it: keytype, then keyval{public, private};
+    when it was made in a header that notary clients ignore."""
+    key_json = served.key.to_dict()
+    response = _json(
         {
             "keytype": key_json["keytype"],
             "keyval": {"public": key_json["keyval"]["public"], "private": None},
         }
     )
+    response.headers[KEY_CREATED_HEADER] = format_expires(served.created_at.replace(microsecond=0))
+    return response
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -256,11 +262,11 @@ def _requester() -> Requester:
 
 
 def get_key(gun: str, role: str) -> Response:
-    return _key(_service().server_key(gun, role, _requester()).to_dict())
+    return _key(_service().server_key(gun, role, _requester()))
 
 
 def rotate_key(gun: str, role: str) -> Response:
-    return _key(_service().rotate_key(gun, role, _requester()).to_dict())
+    return _key(_service().rotate_key(gun, role, _requester()))
 
 
 def delete(gun: str) -> Response:

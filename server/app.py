@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     service = TrustService(
         stores.metadata,
         stores.audit,
-        ServerKeys(stores.keys, vault, settings.key_algorithm, token),
+        ServerKeys(stores.keys, vault, settings.key_algorithm, token, settings.key_backend),
         limits,
         refresh_margin=timedelta(seconds=max(settings.cache_max_age_current, 60)),
         key_creations=RateLimit(

@@ -1,6 +1,7 @@
 """`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
-(tufnotary.server.cli_realm), backups (tufnotary.server.cli_archive) and `import`
-(tufnotary.importer, the one part allowed to use both client and server)."""
+(tufnotary.server.cli_realm), the server keys' (tufnotary.server.cli_keys), backups
+(tufnotary.server.cli_archive) and `import` (tufnotary.importer, the one part allowed to use both
+client and server)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
 from tufnotary.importer.cli import import_command
-from tufnotary.server import cli_archive, cli_realm, signer
+from tufnotary.server import cli_archive, cli_keys, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -71,11 +72,16 @@ def main() -> None:
     """Notary-compatible trust server."""
 
 
-for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
-    main.add_command(realm_command)
-main.add_command(import_command)
-for archive_command in cli_archive.COMMANDS:
-    main.add_command(archive_command)
+for command in (
+    cli_realm.user,
+    cli_realm.group,
+    cli_realm.rule,
+    cli_realm.token_key,
+    cli_keys.key,
+    import_command,
+    *cli_archive.COMMANDS,
+):
+    main.add_command(command)
 
 
 @main.command()
@@ -91,6 +97,7 @@ for archive_command in cli_archive.COMMANDS:
 @click.option("--tls-key", type=PATH_TYPE, help="PEM private key (with --tls-cert).")
 @click.option("--workers", type=int, help="Number of worker processes.")
 @click.option("--key-algorithm", help="Algorithm of server-held keys: ecdsa or ed25519.")
+@cli_keys.key_backend_options
 @click.option("--log-level", help="debug, info, warning, error or critical.")
 @click.option("--auth-mode", help="none (default), token or builtin (own token service).")
 @click.option("--token-realm", metavar="URL", help="Token service URL for the 401 challenge.")

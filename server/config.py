@@ -17,7 +17,7 @@ from typing import Any
 ENV_PREFIX = "TUFNOTARY_"
 CONFIG_ENV = "TUFNOTARY_CONFIG"
 KEY_ALGORITHMS = ("ecdsa", "ed25519")
-KEY_BACKENDS = ("database", "pkcs11")
+KEY_BACKENDS = ("database", "pkcs11", "uri")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 AUTH_MODES = ("none", "token", "builtin")
 FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
@@ -155,22 +155,25 @@ def _check_key_backend(
     settings: Settings, raw: Mapping[str, tuple[object, str, Path | None]]
 ) -> None:
     """`pkcs11` needs the module, the token label and one of the PIN settings, and makes
-    ECDSA keys only."""
-    if settings.key_backend != "pkcs11":
+    ECDSA keys only; with `uri` (keys registered by `tufnotary-server key add`) the PKCS#11
+    settings are optional, for ``hsm:`` keys, but all or none."""
+    if settings.key_backend == "database":
+        return
+    names = ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin", "pkcs11_pin_file")
+    if settings.key_backend == "uri" and all(getattr(settings, name) is None for name in names):
         return
     source = raw["key_backend"][1]
-    missing = [
-        name
-        for name in ("pkcs11_module", "pkcs11_token_label")
-        if getattr(settings, name) in (None, "")
-    ]
+    missing = [name for name in names[:2] if getattr(settings, name) in (None, "")]
     if (settings.pkcs11_pin is None) == (settings.pkcs11_pin_file is None):
         missing.append("exactly one of pkcs11_pin, pkcs11_pin_file")
     if missing:
-        raise ConfigError(
-            f"{', '.join(missing)}: required with key_backend 'pkcs11' (from {source})"
+        needed = (
+            "required with key_backend 'pkcs11'"
+            if settings.key_backend == "pkcs11"
+            else "required with key_backend 'uri' once one PKCS#11 setting is given (hsm: keys)"
         )
-    if settings.key_algorithm != "ecdsa":
+        raise ConfigError(f"{', '.join(missing)}: {needed} (from {source})")
+    if settings.key_backend == "pkcs11" and settings.key_algorithm != "ecdsa":
         raise ConfigError(
             f"key_algorithm: key_backend 'pkcs11' makes ecdsa keys, not "
             f"{settings.key_algorithm} (from {raw['key_algorithm'][1]})"

@@ -186,3 +186,9 @@ class TooManyKeys(TooManyRequests):
     """``GET role.key``: this client created too many server keys lately."""
 
     message = "too many new server keys from this client, try again later"
+
+
+class NoServerKey(ServerError, code="UNKNOWN"):
+    """key_backend 'uri': no registered key is left to hand out for the GUN's role."""
+
+    message = "The server has no key to hand out for this role: its operator must register one."

@@ -2,10 +2,11 @@
 securesystemslib's Signer API.
 
 A key made here never leaves its token (sensitive, not extractable); the database keeps its
-public key and its ``hsm:`` URI. Stored keys of any securesystemslib scheme (``hsm:``, and the
-key managers ``awskms:``, ``gcpkms:``, ``azurekms:``, ``hv:``) sign through the same adapter as
-the client's, which returns notary's wire form (ECDSA raw r||s) and checks each signature
-against the stored public key.
+public key and its ``hsm:`` URI. Stored keys of any securesystemslib scheme (``hsm:``, the
+key managers ``awskms:``, ``gcpkms:``, ``azurekms:``, ``hv:``, and for tests private key
+files, ``file2:``), made here or registered by `tufnotary-server key add`, sign through the
+same adapter as the client's, which returns notary's wire form (ECDSA raw r||s) and checks
+each signature against the stored public key.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from tufnotary.metadata.signing import Signer
 from tufnotary.metadata.urisigning import (
     PKCS11_MODULE_ENV,
     UriSigner,
+    UriSigningError,
     describe,
+    hsm_public_key,
 )
 
 PROBE = b"tufnotary-server: does this key sign?"
@@ -39,7 +42,10 @@ def uri_signer(uri: str, public: Key, pin: str | None) -> Signer:
 
     def secret(name: str) -> str:
         if pin is None:
-            raise KeyBackendError(f"{uri} needs a {name}: set key_backend 'pkcs11' and pkcs11_pin")
+            raise KeyBackendError(
+                f"{uri} needs a {name}: set pkcs11_module, pkcs11_token_label and pkcs11_pin "
+                "(or pkcs11_pin_file), with key_backend 'pkcs11' or 'uri'"
+            )
         return pin
 
     return UriSigner(uri, public, secret, failure=lambda exc: KeyBackendError(str(exc)))
@@ -119,3 +125,10 @@ class Pkcs11Token:
 
     def signer(self, uri: str, public: Key) -> Signer:
         return uri_signer(uri, public, self._pin)
+
+    def public_key(self, uri: str) -> Key:
+        """The public key of the token key behind the ``hsm:`` URI."""
+        try:
+            return hsm_public_key(uri, lambda _name: self._pin)
+        except UriSigningError as exc:
+            raise KeyBackendError(str(exc)) from None

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from tufnotary.metadata.errors import MetadataError
-from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,
@@ -27,6 +26,7 @@ from tufnotary.metadata.model import (
 )
 from tufnotary.server.errors import (
     MetadataNotFound,
+    NoServerKey,
     ServerError,
     TooManyKeys,
     Unavailable,
@@ -34,7 +34,7 @@ from tufnotary.server.errors import (
     VersionConflictError,
 )
 from tufnotary.server.ratelimit import RateLimit
-from tufnotary.server.signer import ServerKeys
+from tufnotary.server.signer import NoRegisteredKey, ServedKey, ServerKeys
 from tufnotary.server.storage.audit import AuditEntry, AuditLog, AuditRecord
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import (
@@ -330,19 +330,20 @@ class TrustService:
         root_file = self.current_file(gun, ROOT)
         return self._parse(root_file, Root) if root_file else None
 
-    def server_key(self, gun: str, role: str, by: Requester) -> Key:
+    def server_key(self, gun: str, role: str, by: Requester) -> ServedKey:
         """GET ``role.key``; a key created now is recorded in the audit log."""
-        with _storage_errors(UpdateFailed):
-            key, created = self.keys.get_or_create(gun, role, self._root(gun), self._gate(by))
-            if created:
-                self.audit.record(by.entry("key-create", gun, role=role, key_id=key.key_id))
-        return key
+        with _storage_errors(UpdateFailed), _registered_keys():
+            served = self.keys.get_or_create(gun, role, self._root(gun), self._gate(by))
+            if served.new:
+                key_id = served.key.key_id
+                self.audit.record(by.entry("key-create", gun, role=role, key_id=key_id))
+        return served
 
-    def rotate_key(self, gun: str, role: str, by: Requester) -> Key:
-        with _storage_errors(UpdateFailed):
-            key, _ = self.keys.rotate(gun, role, self._gate(by))
-            self.audit.record(by.entry("key-rotate", gun, role=role, key_id=key.key_id))
-        return key
+    def rotate_key(self, gun: str, role: str, by: Requester) -> ServedKey:
+        with _storage_errors(UpdateFailed), _registered_keys():
+            served = self.keys.rotate(gun, role, self._gate(by))
+            self.audit.record(by.entry("key-rotate", gun, role=role, key_id=served.key.key_id))
+        return served
 
     def _gate(self, by: Requester) -> Callable[[], None]:
         """Counts a key creation against ``key_creations`` per client address; TooManyKeys
@@ -391,6 +392,16 @@ class _StoreState:
     def signed(self, role: str, signed_class: type[S]) -> S | None:
         found = self._file(role)
         return self._service._parse(found, signed_class) if found else None
+
+
+@contextmanager
+def _registered_keys() -> Iterator[None]:
+    """NoRegisteredKey (key_backend 'uri') as the server error, the fix in its detail."""
+    try:
+        yield
+    except NoRegisteredKey as exc:
+        log.error("%s", exc)
+        raise NoServerKey(str(exc), log=str(exc)) from None
 
 
 @contextmanager

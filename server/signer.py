@@ -153,6 +153,20 @@ class HeldKey:
     private: Signer
 
 
+@dataclass(frozen=True)
+class ServedKey:
+    """A key handed out on ``role.key``: when it was made (or registered), and whether it
+    was made now."""
+
+    key: Key
+    created_at: datetime
+    new: bool = False
+
+
+class NoRegisteredKey(LookupError):
+    """key_backend 'uri': no key registered for the GUN's role is left to hand out."""
+
+
 class ServerKeys:
     """The timestamp and snapshot keys the server holds for each GUN."""
 
@@ -162,33 +176,42 @@ class ServerKeys:
         vault: KeyVault,
         algorithm: str,
         token: Pkcs11Token | None = None,
+        backend: str = "database",
     ) -> None:
         self._store = store
         self._vault = vault
         self._algorithm = algorithm
-        self._token = token  # new keys are made in it when set
+        self._token = token  # signs hsm: keys; new keys are made in it with backend pkcs11
+        self._backend = backend
         # Decrypted keys (scrypt makes each decryption cost tens of ms), by (key id, GUN,
         # role): a key stored for one GUN and role never signs for another. Rotation makes a
         # new key id; a passphrase change (rekey) leaves the keys themselves unchanged.
         self._cache: dict[tuple[str, str, str], Signer] = {}
         self._used: set[str] = set()
 
-    def _create(self, gun: str, role: str, gate: Callable[[], None]) -> tuple[Key, bool]:
-        """A key for ``role`` that never signed: one created earlier, else a new one (then
-        ``True``) once ``gate`` (which may raise to refuse) returned."""
+    def _create(self, gun: str, role: str, gate: Callable[[], None]) -> ServedKey:
+        """A key for ``role`` that never signed: one registered or created earlier, else a new
+        one once ``gate`` (which may raise to refuse) returned; NoRegisteredKey if the backend
+        makes none ('uri')."""
         unused = self._store.unused_key(gun, role, self._algorithm)
         if unused is not None:
-            return Key(unused.algorithm, unused.public), False
+            return ServedKey(Key(unused.algorithm, unused.public), unused.created_at)
+        if self._backend == "uri":
+            raise NoRegisteredKey(
+                f"no unused {role} key is registered for {gun} (key_backend 'uri'): register "
+                f"one with `tufnotary-server key add --gun {gun} --role {role} --uri URI`"
+            )
         gate()
         now = datetime.now(UTC)
-        if self._token is not None:
+        if self._backend == "pkcs11":
+            assert self._token is not None
             public, uri = self._token.create(gun, role)
             self._store.add_key(
                 StoredKey(
                     public.key_id, gun, role, public.keytype, public.public, None, now, None, uri
                 )
             )
-            return public, True
+            return ServedKey(public, now, new=True)
         private = PrivateKey.generate(self._algorithm)
         key_id = private.public.key_id
         blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
@@ -196,7 +219,7 @@ class ServerKeys:
             StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
         )
         self._cache[key_id, gun, role] = private
-        return private.public, True
+        return ServedKey(private.public, now, new=True)
 
     def _stored(self, gun: str, role: str, key_id: str) -> StoredKey | None:
         stored = self._store.get_key(key_id)
@@ -204,18 +227,17 @@ class ServerKeys:
 
     def get_or_create(
         self, gun: str, role: str, root: Root | None, gate: Callable[[], None] = lambda: None
-    ) -> tuple[Key, bool]:
+    ) -> ServedKey:
         """GET ``role.key``: the key current root lists for ``role`` if held, else a key that
-        never signed; ``True`` if it was created now (``gate`` is called first)."""
+        never signed (``gate`` is called before one is made)."""
         if root is not None and role in root.roles:
             for key_id in root.roles[role].keyids:
-                if self._stored(gun, role, key_id) is not None:
-                    return root.keys[key_id], False
+                stored = self._stored(gun, role, key_id)
+                if stored is not None:
+                    return ServedKey(root.keys[key_id], stored.created_at)
         return self._create(gun, role, gate)
 
-    def rotate(
-        self, gun: str, role: str, gate: Callable[[], None] = lambda: None
-    ) -> tuple[Key, bool]:
+    def rotate(self, gun: str, role: str, gate: Callable[[], None] = lambda: None) -> ServedKey:
         """POST ``role.key``: a key the client can list in its next root."""
         return self._create(gun, role, gate)
 

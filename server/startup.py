@@ -37,12 +37,13 @@ def open_vault(settings: Settings) -> KeyVault:
 
 
 TOKEN_CHECK_TIMEOUT = 60.0
-"""Seconds the start-up check of the PKCS#11 token may take."""
+"""Seconds the start-up check of the PKCS#11 token and key managers may take."""
 
 
 def open_token(settings: Settings) -> Pkcs11Token | None:
-    """The configured PKCS#11 token (key_backend 'pkcs11'), not yet contacted; else None."""
-    if settings.key_backend != "pkcs11":
+    """The configured PKCS#11 token (key_backend 'pkcs11', or 'uri' with the PKCS#11
+    settings), not yet contacted; else None."""
+    if settings.key_backend == "database" or not settings.pkcs11_module:
         return None
     pin = settings.pkcs11_pin
     if settings.pkcs11_pin_file is not None:
@@ -61,17 +62,18 @@ def preflight(
 ) -> None:
     """Bring SQLite (or, with ``auto_migrate``, any database) to the latest schema, then
     require the latest schema, stored keys that decrypt with ``vault``, and with ``token``: its
-    module loads, the token is found, the PIN works and the newest token keys sign."""
+    module loads, the token is found and the PIN works; the newest keys held in a token or key
+    manager sign there (checked in a child process)."""
     prepare_database(settings, stores)
     try:
-        if token is None:
+        if token is None and not any(key.uri for key in stores.keys.newest_keys()):
             signer.check_keys(stores.keys, vault)
         else:
-            _in_child(lambda: _check_token(stores, vault, token))
+            _in_child(lambda: _check_external(stores, vault, token))
     except StorageError as exc:
         raise StartupError(f"database: {exc}") from None
     except KeyBackendError as exc:
-        raise StartupError(f"key_backend pkcs11: {exc}") from None
+        raise StartupError(f"key_backend {settings.key_backend}: {exc}") from None
     except KeyDecryptionError as exc:
         raise StartupError(
             f"stored keys do not decrypt with {_passphrase_source(settings)} ({exc}): configure "
@@ -80,15 +82,17 @@ def preflight(
         ) from None
 
 
-def _check_token(stores: Stores, vault: KeyVault, token: Pkcs11Token) -> None:
+def _check_external(stores: Stores, vault: KeyVault, token: Pkcs11Token | None) -> None:
     stores.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
-    token.check()
+    if token is not None:
+        token.check()
     signer.check_keys(stores.keys, vault, token)
 
 
 def _in_child(check: Callable[[], None]) -> None:
     """Run ``check`` in a forked child and raise what it raised: this process (gunicorn's
-    master) never initialises the PKCS#11 module, which its forked workers could not reuse."""
+    master) never initialises the PKCS#11 module or a key manager's client, which its forked
+    workers could not reuse."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_report, args=(check, send), daemon=True)
@@ -97,12 +101,12 @@ def _in_child(check: Callable[[], None]) -> None:
     try:
         if not receive.poll(TOKEN_CHECK_TIMEOUT):
             raise KeyBackendError(
-                f"the token did not answer within {TOKEN_CHECK_TIMEOUT:.0f}s: check the token "
-                "and pkcs11_module"
+                f"the token or key manager did not answer within {TOKEN_CHECK_TIMEOUT:.0f}s: "
+                "check it, and pkcs11_module"
             )
         failure = receive.recv()
     except EOFError:
-        failure = KeyBackendError(f"the token check ended with exit status {child.exitcode}")
+        failure = KeyBackendError(f"the key check ended with exit status {child.exitcode}")
     finally:
         child.join(1)
         if child.is_alive():

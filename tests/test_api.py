@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from support.api import Server, error_of, multipart
 from support.repo import RepoBuilder, expires_in, signed_bytes
+from tufnotary.metadata.keys import KEY_CREATED_HEADER, Key
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,
@@ -538,6 +540,26 @@ def test_server_keys_are_kept_and_rotated(tmp_path: Path) -> None:
     timestamp = Metadata.from_bytes(restarted.get(GUN, "timestamp.json").data, Timestamp)
     verify_threshold(timestamp, {rotated.key_id: rotated}, 1, TIMESTAMP)
     assert restarted.server_key(GUN, "timestamp") == rotated
+
+
+def test_key_responses_say_when_the_key_was_made(server: Server) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    made = server.client.get(server.tuf(GUN, "timestamp.key"))
+    stored = server_context(server.app).stores.keys.get_key(Key.from_dict(made.json).key_id)
+    # the notary body is unchanged; the header is extra (RFC 3339 UTC, whole seconds)
+    public = made.json["keyval"]["public"]
+    assert made.data == b'{"keytype":"ecdsa","keyval":{"public":"%s","private":null}}' % (
+        public.encode()
+    )
+    assert made.content_type == "application/json"
+    created = made.headers[KEY_CREATED_HEADER]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+    assert datetime.fromisoformat(created) == stored.created_at.replace(microsecond=0)
+    assert before <= datetime.fromisoformat(created) <= datetime.now(UTC)
+    again = server.client.get(server.tuf(GUN, "timestamp.key"))
+    assert again.headers[KEY_CREATED_HEADER] == created  # the same unused key, the same time
+    rotated = server.client.post(server.tuf(GUN, "snapshot.key"))
+    assert KEY_CREATED_HEADER in rotated.headers
 
 
 def test_private_keys_are_encrypted_at_rest(server: Server) -> None:

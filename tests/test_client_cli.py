@@ -306,6 +306,42 @@ def test_key_generate_export_import(server: ServerInfo, tool: Tool, tmp_path: Pa
     tool("key", "export", generated["key_id"], expect=1)
 
 
+def test_delegation_key_removal_verified_by_notary(
+    server: ServerInfo, tool: Tool, tmp_path: Path
+) -> None:
+    """`delegation remove GUN ROLE KEYID`: staged, published, and the key is gone for notary."""
+    notary_binary = require_cli("notary", NOTARY_HINT)
+    gun = "example.com/cli/delegation-keys"
+    tool("init", gun)
+    first_key, first = public_key_pem(tmp_path / "first.pub")
+    _, second = public_key_pem(tmp_path / "second.pub")
+    tool("delegation", "add", gun, RELEASES, str(first), str(second), "--all-paths", "-p")
+    (entry,) = tool("--json", "delegation", "list", gun).json()
+    gone, kept = entry["keyids"]
+    unknown = tool("delegation", "remove", gun, RELEASES, "ab" * 32, "-p", expect=1)
+    assert f"{RELEASES} lists no key {'ab' * 32}" in unknown.stderr
+    tool("reset", gun)
+    every = tool("delegation", "remove", gun, RELEASES, gone, kept, "-p", expect=1)
+    assert "would leave 0" in every.stderr and "remove the whole delegation" in every.stderr
+    tool("reset", gun)
+
+    staged = tool("delegation", "remove", gun, RELEASES, gone)
+    assert f"Removal of keys {gone} from delegation {RELEASES} staged" in staged.stdout
+    assert f"Published {gun} (targets" in tool("publish", gun).stdout
+    (entry,) = tool("--json", "delegation", "list", gun).json()
+    assert entry["keyids"] == [kept] and entry["paths"] == [""]
+    notary = NotaryCLI.for_server(server, tmp_path / "notary", notary_binary)
+    assert notary.delegations(gun)[RELEASES].key_ids == (kept,)
+    # the removed key no longer counts for the role: its holder cannot sign for it
+    holder = Tool(server, tmp_path / "holder")
+    holder("key", "import", str(first_key), "--role", RELEASES)
+    (tmp_path / "build").write_bytes(b"build 8")
+    refused = holder("add", gun, "b8", str(tmp_path / "build"), "-r", RELEASES, "-p", expect=1)
+    assert f"cannot sign {RELEASES}: it needs 1 key(s) and this trust directory holds 0" in (
+        refused.stderr
+    )
+
+
 def test_verify_image_deploy_gate(server: ServerInfo, tool: Tool, tmp_path: Path) -> None:
     """The README flow: CI signs a manifest digest, the deploy step verifies it."""
     gun = "registry.example.com/team/app"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,3 +224,23 @@ def test_key_status_warns_about_old_keys(server: ServerInfo, tmp_path: Path) -> 
     assert "is 3 days old (over 1)" in warning and f"key rotate {gun} targets" in warning
     assert status["snapshot"]["keys"][0]["location"] == "server"
     assert status["snapshot"]["warnings"] == status["root"]["warnings"] == []
+    # the server's keys are aged by what the server says (X-Tufnotary-Key-Created)
+    for role in ("snapshot", "timestamp"):
+        (held,) = status[role]["keys"]
+        assert held["location"] == "server" and held["age_days"] == 0 and held["created"]
+    with sqlite3.connect(server.data_dir / "tufnotary.db") as database:
+        database.execute(
+            "UPDATE server_keys SET created_at = datetime(created_at, '-100 days') WHERE gun = ?",
+            (gun,),
+        )
+    status = {role["role"]: role for role in tool("key", "status", gun)["roles"]}
+    for role in ("snapshot", "timestamp"):
+        assert status[role]["keys"][0]["age_days"] == 100
+        (warning,) = status[role]["warnings"]
+        assert "is 100 days old (over 90)" in warning
+        assert f"tufnotary key rotate {gun} {role} -r" in warning
+    assert status["targets"]["warnings"] == []  # 3 days: under the default 365
+    status = {r["role"]: r for r in tool("key", "status", gun, "--max-server-age", "101")["roles"]}
+    assert status["timestamp"]["warnings"] == []
+    offline = {r["role"]: r for r in tool("key", "status", gun, "--offline")["roles"]}
+    assert offline["timestamp"]["keys"][0]["age_days"] is None  # the server is not asked

@@ -354,6 +354,17 @@ def test_server_keys(store: Stores) -> None:
     with pytest.raises(StorageError):
         store.keys.add_key(older)
 
+    # a key registered by URI is handed out whatever its algorithm; the audit goes with it
+    registered = dataclasses.replace(
+        key("f", 5, algorithm="rsa"), private=None, uri="awskms:arn:aws:kms:key/f"
+    )
+    store.keys.add_key(registered, AuditEntry("cli", "key-add", GUN, {"key_id": "f" * 64}))
+    assert store.keys.unused_key(GUN, "timestamp", "ecdsa") == registered
+    assert [record.action for record in store.audit.records(gun=GUN)] == ["key-add"]
+    listed = [stored.key_id for stored in store.keys.all_keys(GUN)]
+    assert listed == [k.key_id for k in (snapshot, older, newer, ed25519, registered)]
+    assert store.keys.all_keys() == [other_gun, *store.keys.all_keys(GUN)]  # by GUN
+
 
 def test_token_keys_move_to_their_table_and_back(database_url: str) -> None:
     """Revision 0005 moves the realm's token-signing keys (GUN '', role 'token-signing') from

@@ -98,17 +98,19 @@ def delegation_add(
 @delegation.command(name="remove")
 @click.argument("gun", type=GUN)
 @click.argument("role", type=TARGETS_ROLE)
+@click.argument("keyids", nargs=-1, metavar="[KEYID]...")
 @publish_option
 @global_options
-def delegation_remove(gun: str, role: str, publish_now: bool) -> None:
-    """Stage the removal of delegation ROLE (and its targets) from GUN."""
+def delegation_remove(gun: str, role: str, keyids: tuple[str, ...], publish_now: bool) -> None:
+    """Stage the removal of delegation ROLE (and its targets) from GUN; with KEYIDs (as
+    `delegation list` shows them), the removal of only those keys of ROLE."""
     if role == TARGETS:
         raise click.BadParameter("delegations are named targets/<name>", param_hint="ROLE")
     repo = current().repository(gun)
-    repo.remove_delegation(role)
-    report_staged(
-        repo, [StagedChange.remove_delegation(role)], publish_now, f"Removal of delegation {role}"
-    )
+    repo.remove_delegation(role, keyids)
+    what = f"keys {', '.join(keyids)} from delegation {role}" if keyids else f"delegation {role}"
+    change = StagedChange.remove_delegation(role, keyids)
+    report_staged(repo, [change], publish_now, f"Removal of {what}")
 
 
 @delegation.command(name="list")

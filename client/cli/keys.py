@@ -28,7 +28,9 @@ from tufnotary.client.cli.output import (
     utc,
 )
 from tufnotary.client.cli.progress import progress
-from tufnotary.client.keystatus import DEFAULT_MAX_AGE, key_status
+from tufnotary.client.errors import ClientError
+from tufnotary.client.keystatus import DEFAULT_MAX_AGE, DEFAULT_SERVER_MAX_AGE, key_status
+from tufnotary.client.repository import Repository
 from tufnotary.client.trustdir import KeyFileError
 from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key, PublicKey
 from tufnotary.metadata.model import BASE_ROLES, SNAPSHOT, TARGETS, TIMESTAMP
@@ -121,14 +123,23 @@ def key_list() -> None:
     metavar="DAYS",
     help="Warn about targets, snapshot and delegation keys held here older than this.",
 )
+@click.option(
+    "--max-server-age",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SERVER_MAX_AGE.days,
+    show_default=True,
+    metavar="DAYS",
+    help="Warn about the server's timestamp and snapshot keys older than this.",
+)
 @offline_option
 @global_options
-def key_status_command(gun: str, max_age: int, offline: bool) -> None:
+def key_status_command(gun: str, max_age: int, max_server_age: int, offline: bool) -> None:
     """For each role of GUN: its key ids, where each key lives (file, token, server or
     elsewhere), its age, when the role's metadata expires, and what to rotate or renew.
 
-    Ages count from a key file's time, a token key's registration, or a root certificate's
-    notBefore; the server's keys are not aged here (its metrics say how old they are).
+    Ages count from a key file's time, a token key's registration, a root certificate's
+    notBefore, or for the server's keys from when a tufnotary server says it made them
+    (notary-server does not say; nor is it asked --offline).
     """
     settings = current()
     repo = settings.repository(gun, offline=offline)
@@ -136,7 +147,15 @@ def key_status_command(gun: str, max_age: int, offline: bool) -> None:
         trusted = repo.refresh()
     offline_note(repo)
     now = datetime.now(UTC)
-    states = key_status(trusted, repo.trustdir, gun, max_age=timedelta(days=max_age), now=now)
+    states = key_status(
+        trusted,
+        repo.trustdir,
+        gun,
+        max_age=timedelta(days=max_age),
+        server_max_age=timedelta(days=max_server_age),
+        server_keys=None if repo.offline else lambda role: _server_key_date(repo, role),
+        now=now,
+    )
     data = {"gun": gun, "roles": [state.to_dict(now) for state in states]}
 
     def human() -> None:
@@ -157,6 +176,16 @@ def key_status_command(gun: str, max_age: int, offline: bool) -> None:
                 click.echo(f"warning: {state.role}: {warning}")
 
     emit(data, human)
+
+
+def _server_key_date(repo: Repository, role: str) -> tuple[str, datetime | None] | None:
+    """The id of the key the server holds for ``role`` and when it made it; None if the server
+    does not answer (a pull-only user may not ask for server keys)."""
+    try:
+        public, created = repo.remote.server_key_created(repo.gun, role)
+    except ClientError:
+        return None
+    return public.key_id, created
 
 
 @key.command(name="rotate")

@@ -68,9 +68,9 @@ class ServerKeyStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def add_key(self, key: StoredKey) -> None:
-        """Store a new server key."""
-        _insert(self._db, ServerKeyRow, key)
+    def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
+        """Store a new server key (and record ``audit``)."""
+        _insert(self._db, ServerKeyRow, key, audit)
 
     def _keys(self, action: str, query: sa.Select[Any]) -> list[StoredKey]:
         with self._db.transaction(action) as connection:
@@ -91,14 +91,24 @@ class ServerKeyStore:
         )
         return self._keys("keys_for", query)
 
+    def all_keys(self, gun: str | None = None) -> list[StoredKey]:
+        """Every server key (of ``gun``), by GUN, role and age."""
+        query = sa.select(*_KEY_COLUMNS).order_by(
+            ServerKeyRow.gun, ServerKeyRow.role, ServerKeyRow.created_at, ServerKeyRow.key_id
+        )
+        if gun is not None:
+            query = query.where(ServerKeyRow.gun == gun)
+        return self._keys("all_keys", query)
+
     def unused_key(self, gun: str, role: str, algorithm: str) -> StoredKey | None:
-        """The newest key of a GUN's role with this algorithm that was never used."""
+        """The newest key of a GUN's role that was never used, with this algorithm or in a
+        token or key manager (of any algorithm: an operator registered it)."""
         query = (
             sa.select(*_KEY_COLUMNS)
             .where(
                 ServerKeyRow.gun == gun,
                 ServerKeyRow.role == role,
-                ServerKeyRow.algorithm == algorithm,
+                sa.or_(ServerKeyRow.algorithm == algorithm, ServerKeyRow.uri.is_not(None)),
                 ServerKeyRow.last_used.is_(None),
             )
             .order_by(ServerKeyRow.created_at.desc(), ServerKeyRow.key_id.desc())
@@ -220,10 +230,15 @@ class TokenKeyStore:
 
 
 def _insert(
-    database: Database, model: type[ServerKeyRow] | type[TokenKeyRow], key: StoredKey | TokenKey
+    database: Database,
+    model: type[ServerKeyRow] | type[TokenKeyRow],
+    key: StoredKey | TokenKey,
+    audit: AuditEntry | None = None,
 ) -> None:
     with database.transaction(f"add key {key.key_id}", write=True) as connection:
         connection.execute(sa.insert(model).values(**dataclasses.asdict(key)))
+        if audit is not None:
+            append_audit(connection, audit, datetime.now(UTC))
 
 
 def _delete(
