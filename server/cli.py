@@ -14,6 +14,7 @@ from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
+from tufnotary.importer import cli_db
 from tufnotary.server import cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
@@ -68,6 +69,7 @@ def main() -> None:
 
 for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
     main.add_command(realm_command)
+main.add_command(cli_db.import_db)
 
 
 @main.command()

@@ -1,0 +1,1 @@
+"""Imports from Notary deployments into tufnotary-server's storage."""

@@ -1,0 +1,114 @@
+"""`tufnotary-server import --from-notary-db URL --signer-db URL`: a self-hosted Notary's
+metadata and server keys, read from its databases (tufnotary.importer.db_import)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from tufnotary.importer import db_import
+from tufnotary.importer.notary_db import (
+    NotaryDatabaseError,
+    connected,
+    read_files,
+    read_guns,
+    read_signer_keys,
+)
+from tufnotary.importer.signer_keys import SignerKeyError, passphrases_for
+from tufnotary.server.cli_common import open_stores, open_vault_or_fail, say, with_settings
+from tufnotary.server.config import Settings
+from tufnotary.server.startup import StartupError, preflight
+from tufnotary.server.storage.metadata import VersionConflict
+
+
+def _passphrases(values: tuple[str, ...]) -> dict[str, str]:
+    given = {}
+    for value in values:
+        alias, separator, secret = value.partition("=")
+        if not separator or not alias or not secret:
+            raise click.BadParameter("expected ALIAS=SECRET", param_hint="--signer-passphrase")
+        given[alias] = secret
+    return given
+
+
+@click.command("import")
+@with_settings
+@click.option(
+    "--from-notary-db",
+    "notary_db",
+    required=True,
+    metavar="URL",
+    help="notary-server's database: a SQLAlchemy URL, or notary's storage.db_url.",
+)
+@click.option(
+    "--signer-db",
+    required=True,
+    metavar="URL",
+    help="notary-signer's database: a SQLAlchemy URL, or notary-signer's storage.db_url.",
+)
+@click.option(
+    "--signer-passphrase",
+    "signer_passphrases",
+    multiple=True,
+    metavar="ALIAS=SECRET",
+    help="Passphrase of a notary-signer key alias (repeatable); default: $NOTARY_SIGNER_<ALIAS>, "
+    "as notary-signer reads it.",
+)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
+def import_db(
+    settings: Settings,
+    notary_db: str,
+    signer_db: str,
+    signer_passphrases: tuple[str, ...],
+    guns: tuple[str, ...],
+) -> None:
+    """Import every GUN (or the GUNs given) of a self-hosted Notary from its databases, with
+    notary-signer's timestamp and snapshot keys re-encrypted under this server's passphrase.
+
+    Clients notice nothing: the same keys keep signing. Nothing is written unless every key
+    decrypts; a re-run adds only what is missing.
+    """
+    given = _passphrases(signer_passphrases)
+    vault = open_vault_or_fail(settings)
+    results: list[db_import.GunResult] = []
+    with open_stores(settings) as stores:
+        try:
+            preflight(settings, stores, vault)
+            with connected(signer_db, "notary-signer database") as signer:
+                keys = read_signer_keys(signer, list(guns) or None)
+            passphrases = passphrases_for(keys, given, os.environ)
+            sealed = db_import.new_keys(stores, keys, passphrases, vault)
+            with connected(notary_db, "notary-server database") as source:
+                available = read_guns(source)
+                unknown = sorted(set(guns) - set(available))
+                if unknown:
+                    raise click.ClickException(f"notary-server holds no GUN {', '.join(unknown)}")
+                db_import.store_keys(stores, sealed)
+                say(f"server keys: {len(sealed)} imported, {len(keys) - len(sealed)} already held")
+                with click.progressbar(
+                    list(guns) or available,
+                    label="importing",
+                    item_show_func=lambda gun: gun,
+                    file=click.get_text_stream("stderr"),
+                ) as progress:
+                    for gun in progress:
+                        files = read_files(source, gun)
+                        results.append(db_import.import_gun(stores, gun, files, keys))
+        except (StartupError, NotaryDatabaseError, SignerKeyError, VersionConflict) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            for result in results:
+                click.echo(_summary(result))
+
+
+def _summary(result: db_import.GunResult) -> str:
+    held = result.server_keys
+    timestamp = (
+        f"timestamp key {held['timestamp']}"
+        if "timestamp" in held
+        else f"timestamp key NOT held: run `notary key rotate {result.gun} timestamp -r`"
+    )
+    snapshot = f"snapshot key {held['snapshot']}" if "snapshot" in held else "owner signs snapshot"
+    added = f"{result.added} of {result.files} versions added"
+    return f"{result.gun}: {added}; {timestamp}; {snapshot}"

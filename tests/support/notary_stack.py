@@ -1,0 +1,176 @@
+"""A self-hosted Notary: the reference notary-server with its trust service remote to the
+reference notary-signer (gRPC over TLS), both on SQL databases (PostgreSQL or MariaDB).
+
+Notary 0.7 ships its schema as SQL migrations outside the Debian package, and neither binary
+creates its tables; ``create_notary_tables`` makes them as spec 5.1 and 5.2 describe them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from support.reference import launched_reference, reference_environment, require_reference_binary
+from support.server import ServerInfo, free_port, launched
+from tufnotary.server.storage.engine import make_engine
+from tufnotary.server.tls import TLSFiles
+
+SIGNER_BINARY = "/usr/bin/notary-signer"
+SIGNER_ENV_PREFIX = "NOTARY_SIGNER_"  # its passphrases (one per alias) and config overrides
+STARTUP_TIMEOUT = 30.0
+
+_POSTGRES = (
+    "CREATE TABLE tuf_files (id serial PRIMARY KEY, created_at timestamp, updated_at timestamp,"
+    " deleted_at timestamp, gun varchar(255) NOT NULL, role varchar(255) NOT NULL,"
+    " version integer NOT NULL, data bytea NOT NULL, sha256 char(64),"
+    " UNIQUE (gun, role, version))",
+    "CREATE INDEX tuf_files_sha256_idx ON tuf_files (sha256)",
+    "CREATE TABLE changefeed (id serial PRIMARY KEY, created_at timestamp DEFAULT now(),"
+    " gun varchar(255) NOT NULL, version integer NOT NULL, sha256 char(64),"
+    " category varchar(20) NOT NULL DEFAULT 'update')",
+    "CREATE INDEX idx_changefeed_gun ON changefeed (gun)",
+)
+_MYSQL = (
+    "CREATE TABLE tuf_files (id int AUTO_INCREMENT PRIMARY KEY, created_at datetime NULL,"
+    " updated_at datetime NULL, deleted_at datetime NULL, gun varchar(255) NOT NULL,"
+    " role varchar(255) NOT NULL, version int NOT NULL, data longblob NOT NULL,"
+    " sha256 char(64), UNIQUE KEY idx_gun (gun, role, version), KEY idx_sha256 (sha256))",
+    "CREATE TABLE changefeed (id int AUTO_INCREMENT PRIMARY KEY,"
+    " created_at datetime DEFAULT CURRENT_TIMESTAMP, gun varchar(255) NOT NULL,"
+    " version int NOT NULL, sha256 char(64), category varchar(20) NOT NULL DEFAULT 'update',"
+    " KEY idx_changefeed_gun (gun))",
+)
+_SIGNER_TABLE = (
+    "CREATE TABLE private_keys (id {serial} PRIMARY KEY, created_at {time} NULL,"
+    " updated_at {time} NULL, deleted_at {time} NULL, key_id varchar(255) NOT NULL,"
+    " encryption_alg varchar(255) NOT NULL, keywrap_alg varchar(255) NOT NULL,"
+    " algorithm varchar(50) NOT NULL, passphrase_alias varchar(50) NOT NULL,"
+    " public {blob} NOT NULL, private {blob} NOT NULL, gun varchar(255) NOT NULL,"
+    " role varchar(255) NOT NULL, last_used {time} NULL DEFAULT NULL,"
+    " UNIQUE (key_id), UNIQUE (key_id, algorithm))"
+)
+_TYPES = {
+    "postgresql": {"serial": "serial", "time": "timestamp", "blob": "bytea"},
+    "mysql": {"serial": "int AUTO_INCREMENT", "time": "datetime", "blob": "blob"},
+}
+
+
+def create_notary_tables(server_url: str, signer_url: str) -> None:
+    """notary-server's tables in ``server_url``, notary-signer's in ``signer_url``."""
+    for url, signer in ((server_url, False), (signer_url, True)):
+        engine = make_engine(url)
+        try:
+            with engine.begin() as connection:
+                postgres = connection.dialect.name == "postgresql"
+                if signer:
+                    types = _TYPES["postgresql" if postgres else "mysql"]
+                    statements: tuple[str, ...] = (_SIGNER_TABLE.format(**types),)
+                else:
+                    statements = _POSTGRES if postgres else _MYSQL
+                for statement in statements:
+                    connection.exec_driver_sql(statement)
+        finally:
+            engine.dispose()
+
+
+def go_storage(url: str) -> dict[str, str]:
+    """The notary storage settings (backend, Go DSN) of a SQLAlchemy database URL."""
+    parsed = sa.make_url(url)
+    user = parsed.username or ""
+    if parsed.password:
+        user += f":{parsed.password}"
+    if parsed.get_backend_name() == "postgresql":
+        dsn = f"postgres://{user}@{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+        return {"backend": "postgres", "db_url": dsn + "?sslmode=disable"}
+    dsn = f"{user}@tcp({parsed.host}:{parsed.port or 3306})/{parsed.database}?parseTime=True"
+    return {"backend": "mysql", "db_url": dsn}
+
+
+@dataclass(frozen=True)
+class NotaryStack:
+    """A running notary-server (``server``) backed by notary-signer at ``signer_port``."""
+
+    server: ServerInfo
+    signer_port: int
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], process_log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"notary-signer not listening on {port}:\n{process_log.read_text()}"
+                ) from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def running_notary_stack(
+    directory: Path,
+    tls: TLSFiles,
+    server_url: str,
+    signer_url: str,
+    passphrases: Mapping[str, str],
+    *,
+    default_alias: str,
+    key_algorithm: str = "ecdsa",
+) -> Iterator[NotaryStack]:
+    """notary-signer (keys in ``signer_url``, encrypted under ``passphrases[default_alias]``)
+    and notary-server (metadata in ``server_url``, trust service remote to that signer over
+    TLS, new server keys of ``key_algorithm``), both with the TLS files ``tls``; the tables
+    must exist. Skips without the binaries (fails when CI=true)."""
+    binary = require_reference_binary()
+    if not os.access(SIGNER_BINARY, os.X_OK):
+        import pytest
+
+        pytest.fail(f"{SIGNER_BINARY} is missing: install the Debian package notary")
+    directory.mkdir(parents=True, exist_ok=True)
+    signer_port = free_port()
+    signer_config = directory / "signer-config.json"
+    signer_config.write_text(
+        json.dumps(
+            {
+                "server": {
+                    "grpc_addr": f"127.0.0.1:{signer_port}",
+                    "tls_cert_file": str(tls.cert),
+                    "tls_key_file": str(tls.key),
+                },
+                "storage": go_storage(signer_url) | {"default_alias": default_alias},
+                "logging": {"level": "info"},
+            }
+        )
+    )
+    signer_env = {k: v for k, v in os.environ.items() if not k.startswith(SIGNER_ENV_PREFIX)}
+    signer_env |= {f"{SIGNER_ENV_PREFIX}{alias.upper()}": p for alias, p in passphrases.items()}
+    signer_log = directory / "notary-signer.log"
+    trust_service = {
+        "type": "remote",
+        "hostname": "127.0.0.1",
+        "port": str(signer_port),
+        "key_algorithm": key_algorithm,
+        "tls_ca_file": str(tls.ca_cert),
+    }
+    with launched([SIGNER_BINARY, "-config", str(signer_config)], signer_log, signer_env) as p:
+        _wait_for_port(signer_port, p, signer_log)
+        with launched_reference(
+            directory,
+            tls,
+            binary=binary,
+            env=reference_environment(),
+            storage=go_storage(server_url),
+            trust_service=trust_service,
+        ) as server:
+            yield NotaryStack(server, signer_port)
