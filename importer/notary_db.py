@@ -138,7 +138,9 @@ def read_signer_keys(connection: Connection, guns: Sequence[str] | None) -> list
     if guns is not None:
         query = query.where(columns.gun.in_(guns))
     return [
-        SignerKey(**row._mapping | {"public": bytes(row.public), "private": _text(row.private)})
+        SignerKey(
+            **dict(row._mapping) | {"public": bytes(row.public), "private": _text(row.private)}
+        )
         for row in connection.execute(query)
     ]
 

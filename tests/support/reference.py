@@ -89,7 +89,9 @@ def launched_reference(
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = directory / f"notary-server-{port}.json"
-    config.write_text(json.dumps(reference_config(port, tls, log_level, storage, trust_service), indent=2))
+    config.write_text(
+        json.dumps(reference_config(port, tls, log_level, storage, trust_service), indent=2)
+    )
     log = directory / f"notary-server-{port}.log"
     url = f"https://127.0.0.1:{port}"
     command = [

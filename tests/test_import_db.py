@@ -1,0 +1,236 @@
+"""`tufnotary-server import --from-notary-db --signer-db`: a self-hosted Notary (the real
+notary-server with its trust service remote to the real notary-signer, on PostgreSQL or
+MariaDB), populated by the real notary CLI, moves to tufnotary-server, and the same notary
+client, pointed at it, keeps working: same targets, and new timestamps (and server-managed
+snapshots) signed by the SAME keys, so no rotation is needed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from test_e2e_notary import generate_ec_key
+
+from support.clients import NotaryCLI, fetch_json, require_cli
+from support.databases import scratch_database
+from support.notary_stack import create_notary_tables, running_notary_stack
+from support.server import running_server, server_environment
+from tufnotary.server.migrate import upgrade
+from tufnotary.server.storage.engine import make_engine
+from tufnotary.server.storage.models import AuditRow, ServerKeyRow, TufFileRow
+from tufnotary.server.tls import ensure_self_signed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engines]
+
+ALIAS, SIGNER_PASSPHRASE = "current", "notary-signer passphrase"
+OUR_PASSPHRASE = "tufnotary key passphrase"
+APP = "registry.example.com/imported/app"  # owner signs the snapshot; a delegation
+MANAGED = "registry.example.com/imported/managed"  # server-managed snapshot
+GONE = "registry.example.com/imported/gone"  # soft-deleted rows only
+
+
+def _write(directory: Path, name: str, content: bytes) -> Path:
+    path = directory / name
+    path.write_bytes(content)
+    return path
+
+
+def _populate(owner: NotaryCLI, tmp_path: Path) -> None:
+    """Two GUNs as the real notary CLI publishes them (one with a delegation, one with a
+    server-managed snapshot), plus a soft-deleted file of a third."""
+    owner.run("init", "-p", APP)
+    owner.run("add", "-p", APP, "v1", str(_write(tmp_path, "v1", b"version one\n")))
+    key_pem, pub_pem, _ = generate_ec_key(tmp_path)
+    owner.run("key", "import", str(key_pem), "--role", "targets/releases")
+    owner.run("delegation", "add", "-p", APP, "targets/releases", str(pub_pem), "--all-paths")
+    release = _write(tmp_path, "release", b"a release\n")
+    owner.run("add", "-p", APP, "release", str(release), "--roles", "targets/releases")
+
+    owner.run("init", "-p", MANAGED)
+    owner.run("key", "rotate", MANAGED, "snapshot", "-r")
+    owner.run("add", "-p", MANAGED, "v1", str(_write(tmp_path, "m1", b"managed one\n")))
+
+
+def _soft_delete_rows(notary_url: str, signer_url: str) -> None:
+    """A soft-deleted file (of a GUN that has no other) and a soft-deleted signer key under an
+    alias no passphrase is given for: Notary no longer sees them, nor may the import."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for url, statement, values in (
+        (
+            notary_url,
+            "INSERT INTO tuf_files (created_at, deleted_at, gun, role, version, data, sha256)"
+            " VALUES (:now, :now, :gun, 'root', 1, :data, '')",
+            {"gun": GONE, "data": b"{}"},
+        ),
+        (
+            signer_url,
+            "INSERT INTO private_keys (created_at, deleted_at, key_id, encryption_alg,"
+            " keywrap_alg, algorithm, passphrase_alias, public, private, gun, role)"
+            " VALUES (:now, :now, 'retired', 'A256GCM', 'PBES2-HS256+A128KW', 'ecdsa',"
+            " 'retired', :data, :data, :gun, 'timestamp')",
+            {"gun": GONE, "data": b"x"},
+        ),
+    ):
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(sa.text(statement), values | {"now": now})
+        engine.dispose()
+
+
+def _server_keys(root: dict[str, object], role: str) -> list[str]:
+    return root["signed"]["roles"][role]["keyids"]  # type: ignore[index]
+
+
+def _import(
+    url: str, notary_url: str, signer_url: str, *extra: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`tufnotary-server import` into ``url``; ``extra`` are more options."""
+    command = [
+        sys.executable,
+        "-m",
+        "tufnotary.server.cli",
+        "import",
+        "--database",
+        url,
+        "--from-notary-db",
+        notary_url,
+        "--signer-db",
+        signer_url,
+        *extra,
+    ]
+    return subprocess.run(
+        command,
+        env=server_environment({"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE} | env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _counts(url: str) -> tuple[int, int, int]:
+    """Stored files, server keys and audit records."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        counts = tuple(
+            connection.scalar(sa.select(sa.func.count()).select_from(model))
+            for model in (TufFileRow, ServerKeyRow, AuditRow)
+        )
+    engine.dispose()
+    return counts  # type: ignore[return-value]
+
+
+@pytest.fixture(params=[("postgresql", "ecdsa"), ("mariadb", "ed25519")], ids=lambda p: p[0])
+def databases(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str, str]]:
+    """(key algorithm, notary-server DB, notary-signer DB, our migrated DB) on one engine."""
+    engine_id, algorithm = request.param
+    admin = request.getfixturevalue(f"{engine_id}_admin")
+    with (
+        scratch_database(*admin) as notary_url,
+        scratch_database(*admin) as signer_url,
+        scratch_database(*admin) as our_url,
+    ):
+        create_notary_tables(notary_url, signer_url)
+        upgrade(our_url)
+        yield algorithm, notary_url, signer_url, our_url
+
+
+def test_self_hosted_notary_moves_over_with_its_keys(
+    databases: tuple[str, str, str, str], tmp_path: Path
+) -> None:
+    require_cli("notary", "install the Debian package notary")
+    algorithm, notary_url, signer_url, our_url = databases
+    tls = ensure_self_signed(tmp_path)
+    with running_notary_stack(
+        tmp_path / "notary",
+        tls,
+        notary_url,
+        signer_url,
+        {ALIAS: SIGNER_PASSPHRASE},
+        default_alias=ALIAS,
+        key_algorithm=algorithm,
+    ) as stack:
+        owner = NotaryCLI(stack.server.url, tls.ca_cert, tmp_path / "trust")
+        _populate(owner, tmp_path)
+        listed = {gun: owner.list_targets(gun) for gun in (APP, MANAGED)}
+        delegated = owner.list_targets(APP, "--roles", "targets/releases")
+    _soft_delete_rows(notary_url, signer_url)
+    roots = {gun: owner.cached(gun, "root") for gun in (APP, MANAGED)}
+    (timestamp_key,) = _server_keys(roots[APP], "timestamp")
+    (managed_timestamp_key,) = _server_keys(roots[MANAGED], "timestamp")
+    (managed_snapshot_key,) = _server_keys(roots[MANAGED], "snapshot")
+
+    # A missing or wrong passphrase refuses the import, naming the alias; nothing is written.
+    missing = _import(our_url, notary_url, signer_url, env={})
+    assert missing.returncode == 1, missing.stderr
+    assert f"alias {ALIAS!r}" in missing.stderr and "NOTARY_SIGNER_CURRENT" in missing.stderr
+    wrong = _import(
+        our_url, notary_url, signer_url, "--signer-passphrase", f"{ALIAS}=wrong", env={}
+    )
+    assert wrong.returncode == 1, wrong.stderr
+    assert "does not decrypt" in wrong.stderr and f"alias {ALIAS!r}" in wrong.stderr
+    assert _counts(our_url) == (0, 0, 0)
+
+    # The passphrase from notary-signer's own variable.
+    done = _import(
+        our_url, notary_url, signer_url, env={"NOTARY_SIGNER_CURRENT": SIGNER_PASSPHRASE}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "server keys: 3 imported, 0 already held" in done.stderr
+    assert GONE not in done.stdout
+    assert f"{APP}: " in done.stdout and f"timestamp key {timestamp_key}" in done.stdout
+    assert f"snapshot key {managed_snapshot_key}" in done.stdout
+    files, keys, _ = _counts(our_url)
+    assert keys == 3
+    notary = make_engine(notary_url)
+    with notary.connect() as connection:
+        live = connection.scalar(sa.text("SELECT count(*) FROM tuf_files WHERE deleted_at IS NULL"))
+    notary.dispose()
+    assert files == live
+
+    # A re-run adds nothing.
+    again = _import(
+        our_url,
+        notary_url,
+        signer_url,
+        "--signer-passphrase",
+        f"{ALIAS}={SIGNER_PASSPHRASE}",
+        env={},
+    )
+    assert again.returncode == 0, again.stderr
+    assert "server keys: 0 imported, 3 already held" in again.stderr
+    assert f"{APP}: 0 of " in again.stdout and f"{MANAGED}: 0 of " in again.stdout
+    assert _counts(our_url)[:2] == (files, keys)
+
+    # The same client, pointed at tufnotary-server, sees the same data and publishes; the new
+    # timestamps (and the server-managed snapshot) are signed by the very same keys.
+    with running_server(
+        tmp_path,
+        "--database",
+        our_url,
+        "--tls-cert",
+        str(tls.cert),
+        "--tls-key",
+        str(tls.key),
+        env={"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE},
+        ca_cert=tls.ca_cert,
+    ) as ours:
+        client = NotaryCLI(ours.url, tls.ca_cert, tmp_path / "trust")
+        assert {gun: client.list_targets(gun) for gun in (APP, MANAGED)} == listed
+        assert client.list_targets(APP, "--roles", "targets/releases") == delegated
+        for gun in (APP, MANAGED):
+            client.run("add", "-p", gun, "v2", str(_write(tmp_path, "v2", gun.encode())))
+            assert "v2" in client.list_targets(gun)
+        app = fetch_json(ours, APP, "timestamp.json")
+        assert [s["keyid"] for s in app["signatures"]] == [timestamp_key]
+        assert app["signed"]["version"] > roots[APP]["signed"]["version"]
+        managed = fetch_json(ours, MANAGED, "timestamp.json")
+        assert [s["keyid"] for s in managed["signatures"]] == [managed_timestamp_key]
+        snapshot = fetch_json(ours, MANAGED, "snapshot.json")
+        assert [s["keyid"] for s in snapshot["signatures"]] == [managed_snapshot_key]
+        assert _server_keys(client.cached(APP, "root"), "timestamp") == [timestamp_key]
