@@ -25,8 +25,9 @@ from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.storage.metadata import NewFile
 
 # A Go MySQL DSN as notary's storage.db_url holds it: user[:password]@tcp(host[:port])/db[?...]
+# (the password is literal, up to the last "@tcp(")
 _GO_MYSQL = re.compile(
-    r"(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@tcp\((?P<address>[^)]*)\)/(?P<db>[^?]+)"
+    r"(?P<user>[^:@/]*)(?::(?P<password>.*))?@tcp\((?P<address>[^)]*)\)/(?P<db>[^?]+)"
 )
 
 _TUF_FILES = sa.table(

@@ -21,6 +21,7 @@ from support.clients import NotaryCLI, fetch_json, require_cli
 from support.databases import scratch_database
 from support.notary_stack import create_notary_tables, running_notary_stack
 from support.server import running_server, server_environment
+from tufnotary.importer.notary_db import sqlalchemy_url
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.storage.models import AuditRow, ServerKeyRow, TufFileRow
@@ -234,3 +235,23 @@ def test_self_hosted_notary_moves_over_with_its_keys(
         snapshot = fetch_json(ours, MANAGED, "snapshot.json")
         assert [s["keyid"] for s in snapshot["signatures"]] == [managed_snapshot_key]
         assert _server_keys(client.cached(APP, "root"), "timestamp") == [timestamp_key]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "server@tcp(mysql:3306)/notaryserver?parseTime=True",
+            "mysql://server@mysql:3306/notaryserver",
+        ),
+        ("u:p@ss@tcp(db)/notarysigner", "mysql://u:p%40ss@db/notarysigner"),
+        (
+            "postgres://server@db:5432/notaryserver?sslmode=disable",
+            "postgresql://server@db:5432/notaryserver?sslmode=disable",
+        ),
+        ("mariadb://root@127.0.0.1:3306/notary", "mariadb://root@127.0.0.1:3306/notary"),
+    ],
+)
+def test_notary_storage_urls_are_accepted(given: str, expected: str) -> None:
+    """notary's own storage.db_url (Go MySQL DSN, postgres://) works as well as SQLAlchemy's."""
+    assert sqlalchemy_url(given) == expected

@@ -27,7 +27,7 @@ import tufnotary.server
 from support.server import free_port, launched, server_environment, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("metadata", "server", "client", "admission", "migrations")
+SOURCE_DIRS = ("metadata", "server", "client", "admission", "importer", "migrations")
 GUN = "registry.example.com/packaging/app"
 
 
@@ -126,12 +126,19 @@ def _imported_top_level_modules(source: Path) -> set[str]:
 
 
 # What each part may import of the others (shared/design.md): metadata imports none of them,
-# server and client never each other, admission only the client (and metadata).
+# server and client never each other, admission only the client (and metadata), the importer
+# metadata, server and client; only server/cli.py imports the importer (its commands).
 FORBIDDEN_IMPORTS = {
-    "metadata": ("tufnotary.server", "tufnotary.client", "tufnotary.admission"),
+    "metadata": (
+        "tufnotary.server",
+        "tufnotary.client",
+        "tufnotary.admission",
+        "tufnotary.importer",
+    ),
     "server": ("tufnotary.client", "tufnotary.admission"),
-    "client": ("tufnotary.server", "tufnotary.admission"),
-    "admission": ("tufnotary.server",),
+    "client": ("tufnotary.server", "tufnotary.admission", "tufnotary.importer"),
+    "admission": ("tufnotary.server", "tufnotary.importer"),
+    "importer": ("tufnotary.admission",),
 }
 
 
@@ -155,6 +162,15 @@ def test_parts_import_only_what_the_design_allows() -> None:
         if name.startswith(banned)
     ]
     assert crossings == []
+
+
+def test_only_the_server_cli_imports_the_importer() -> None:
+    importing = [
+        str(source.relative_to(ROOT))
+        for source in sorted((ROOT / "server").rglob("*.py"))
+        if any(name.startswith("tufnotary.importer") for name in _imported_names(source))
+    ]
+    assert importing == ["server/cli.py"]
 
 
 def _requirement_name(requirement: str) -> str:
