@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from test_e2e_notary import generate_ec_key
 
 from support.clients import NotaryCLI, fetch_json, require_cli
 from support.databases import scratch_database
-from support.notary_stack import create_notary_tables, running_notary_stack
+from support.notary_stack import NotaryStack, create_notary_tables, running_notary_stack
 from support.server import running_server, server_environment
 from tufnotary.importer.notary_db import sqlalchemy_url
 from tufnotary.server.migrate import upgrade
@@ -29,7 +30,9 @@ from tufnotary.server.tls import ensure_self_signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engines]
 
-ALIAS, SIGNER_PASSPHRASE = "current", "notary-signer passphrase"
+# notary-signer's passphrase aliases: APP's keys were made under OLD, MANAGED's under CURRENT
+OLD, OLD_PASSPHRASE = "old", "the passphrase notary-signer used first"
+CURRENT, CURRENT_PASSPHRASE = "current", "the passphrase notary-signer uses now"
 OUR_PASSPHRASE = "tufnotary key passphrase"
 APP = "registry.example.com/imported/app"  # owner signs the snapshot; a delegation
 MANAGED = "registry.example.com/imported/managed"  # server-managed snapshot
@@ -42,9 +45,9 @@ def _write(directory: Path, name: str, content: bytes) -> Path:
     return path
 
 
-def _populate(owner: NotaryCLI, tmp_path: Path) -> None:
-    """Two GUNs as the real notary CLI publishes them (one with a delegation, one with a
-    server-managed snapshot), plus a soft-deleted file of a third."""
+def _publish_app(owner: NotaryCLI, tmp_path: Path) -> None:
+    """APP as the real notary CLI publishes it: a target, a delegation and a delegated target;
+    the owner signs the snapshot."""
     owner.run("init", "-p", APP)
     owner.run("add", "-p", APP, "v1", str(_write(tmp_path, "v1", b"version one\n")))
     key_pem, pub_pem, _ = generate_ec_key(tmp_path)
@@ -53,6 +56,9 @@ def _populate(owner: NotaryCLI, tmp_path: Path) -> None:
     release = _write(tmp_path, "release", b"a release\n")
     owner.run("add", "-p", APP, "release", str(release), "--roles", "targets/releases")
 
+
+def _publish_managed(owner: NotaryCLI, tmp_path: Path) -> None:
+    """MANAGED: the server signs its snapshot."""
     owner.run("init", "-p", MANAGED)
     owner.run("key", "rotate", MANAGED, "snapshot", "-r")
     owner.run("add", "-p", MANAGED, "v1", str(_write(tmp_path, "m1", b"managed one\n")))
@@ -114,6 +120,14 @@ def _import(
     )
 
 
+def _scalar(url: str, query: str) -> object:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        value = connection.scalar(sa.text(query))
+    engine.dispose()
+    return value
+
+
 def _counts(url: str) -> tuple[int, int, int]:
     """Stored files, server keys and audit records."""
     engine = make_engine(url)
@@ -147,40 +161,47 @@ def test_self_hosted_notary_moves_over_with_its_keys(
     require_cli("notary", "install the Debian package notary")
     algorithm, notary_url, signer_url, our_url = databases
     tls = ensure_self_signed(tmp_path)
-    with running_notary_stack(
-        tmp_path / "notary",
-        tls,
-        notary_url,
-        signer_url,
-        {ALIAS: SIGNER_PASSPHRASE},
-        default_alias=ALIAS,
-        key_algorithm=algorithm,
-    ) as stack:
-        owner = NotaryCLI(stack.server.url, tls.ca_cert, tmp_path / "trust")
-        _populate(owner, tmp_path)
+    trust = tmp_path / "trust"
+
+    def notary_stack(default_alias: str) -> AbstractContextManager[NotaryStack]:
+        return running_notary_stack(
+            tmp_path / f"notary-{default_alias}",
+            tls,
+            notary_url,
+            signer_url,
+            {OLD: OLD_PASSPHRASE, CURRENT: CURRENT_PASSPHRASE},
+            default_alias=default_alias,
+            key_algorithm=algorithm,
+        )
+
+    # notary-signer makes APP's keys under alias OLD, then, restarted with a new default alias
+    # (the old passphrase still set), MANAGED's under CURRENT.
+    with notary_stack(OLD) as first:
+        _publish_app(NotaryCLI(first.server.url, tls.ca_cert, trust), tmp_path)
+    with notary_stack(CURRENT) as second:
+        owner = NotaryCLI(second.server.url, tls.ca_cert, trust)
+        _publish_managed(owner, tmp_path)
         listed = {gun: owner.list_targets(gun) for gun in (APP, MANAGED)}
         delegated = owner.list_targets(APP, "--roles", "targets/releases")
     _soft_delete_rows(notary_url, signer_url)
     roots = {gun: owner.cached(gun, "root") for gun in (APP, MANAGED)}
+    before = owner.cached(APP, "timestamp")
     (timestamp_key,) = _server_keys(roots[APP], "timestamp")
     (managed_timestamp_key,) = _server_keys(roots[MANAGED], "timestamp")
     (managed_snapshot_key,) = _server_keys(roots[MANAGED], "snapshot")
 
     # A missing or wrong passphrase refuses the import, naming the alias; nothing is written.
-    missing = _import(our_url, notary_url, signer_url, env={})
+    current = {"NOTARY_SIGNER_CURRENT": CURRENT_PASSPHRASE}  # as notary-signer reads it
+    missing = _import(our_url, notary_url, signer_url, env=current)
     assert missing.returncode == 1, missing.stderr
-    assert f"alias {ALIAS!r}" in missing.stderr and "NOTARY_SIGNER_CURRENT" in missing.stderr
-    wrong = _import(
-        our_url, notary_url, signer_url, "--signer-passphrase", f"{ALIAS}=wrong", env={}
-    )
+    assert f"alias {OLD!r}" in missing.stderr and "NOTARY_SIGNER_OLD" in missing.stderr
+    wrong = _import(our_url, notary_url, signer_url, "--signer-passphrase", "old=x", env=current)
     assert wrong.returncode == 1, wrong.stderr
-    assert "does not decrypt" in wrong.stderr and f"alias {ALIAS!r}" in wrong.stderr
+    assert "does not decrypt" in wrong.stderr and f"alias {OLD!r}" in wrong.stderr
     assert _counts(our_url) == (0, 0, 0)
 
-    # The passphrase from notary-signer's own variable.
-    done = _import(
-        our_url, notary_url, signer_url, env={"NOTARY_SIGNER_CURRENT": SIGNER_PASSPHRASE}
-    )
+    given = ("--signer-passphrase", f"{OLD}={OLD_PASSPHRASE}")
+    done = _import(our_url, notary_url, signer_url, *given, env=current)
     assert done.returncode == 0, done.stderr
     assert "server keys: 3 imported, 0 already held" in done.stderr
     assert GONE not in done.stdout
@@ -188,21 +209,12 @@ def test_self_hosted_notary_moves_over_with_its_keys(
     assert f"snapshot key {managed_snapshot_key}" in done.stdout
     files, keys, _ = _counts(our_url)
     assert keys == 3
-    notary = make_engine(notary_url)
-    with notary.connect() as connection:
-        live = connection.scalar(sa.text("SELECT count(*) FROM tuf_files WHERE deleted_at IS NULL"))
-    notary.dispose()
-    assert files == live
+    assert files == _scalar(notary_url, "SELECT count(*) FROM tuf_files WHERE deleted_at IS NULL")
+    assert _scalar(our_url, "SELECT count(*) FROM server_keys WHERE last_used IS NULL") == 0
 
     # A re-run adds nothing.
-    again = _import(
-        our_url,
-        notary_url,
-        signer_url,
-        "--signer-passphrase",
-        f"{ALIAS}={SIGNER_PASSPHRASE}",
-        env={},
-    )
+    both = (*given, "--signer-passphrase", f"{CURRENT}={CURRENT_PASSPHRASE}")
+    again = _import(our_url, notary_url, signer_url, *both, env={})
     assert again.returncode == 0, again.stderr
     assert "server keys: 0 imported, 3 already held" in again.stderr
     assert f"{APP}: 0 of " in again.stdout and f"{MANAGED}: 0 of " in again.stdout
@@ -229,7 +241,7 @@ def test_self_hosted_notary_moves_over_with_its_keys(
             assert "v2" in client.list_targets(gun)
         app = fetch_json(ours, APP, "timestamp.json")
         assert [s["keyid"] for s in app["signatures"]] == [timestamp_key]
-        assert app["signed"]["version"] > roots[APP]["signed"]["version"]
+        assert app["signed"]["version"] > before["signed"]["version"]
         managed = fetch_json(ours, MANAGED, "timestamp.json")
         assert [s["keyid"] for s in managed["signatures"]] == [managed_timestamp_key]
         snapshot = fetch_json(ours, MANAGED, "snapshot.json")
