@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from test_e2e_notary import generate_ec_key
 
-from support.clients import NotaryCLI, fetch_json, require_cli
+from support.clients import NotaryCLI, fetch_json, key_id, require_cli, server_key
 from support.databases import scratch_database
 from support.notary_stack import NotaryStack, create_notary_tables, running_notary_stack
 from support.server import running_server, server_environment
@@ -206,7 +206,8 @@ def test_self_hosted_notary_moves_over_with_its_keys(
     assert "server keys: 3 imported, 0 already held" in done.stderr
     assert GONE not in done.stdout
     assert f"{APP}: " in done.stdout and f"timestamp key {timestamp_key}" in done.stdout
-    assert f"snapshot key {managed_snapshot_key}" in done.stdout
+    assert f"{MANAGED}: " in done.stdout and f"snapshot key {managed_snapshot_key}" in done.stdout
+    assert "owner signs snapshot" in next(line for line in done.stdout.splitlines() if APP in line)
     files, keys, _ = _counts(our_url)
     assert keys == 3
     assert files == _scalar(notary_url, "SELECT count(*) FROM tuf_files WHERE deleted_at IS NULL")
@@ -239,6 +240,7 @@ def test_self_hosted_notary_moves_over_with_its_keys(
         for gun in (APP, MANAGED):
             client.run("add", "-p", gun, "v2", str(_write(tmp_path, "v2", gun.encode())))
             assert "v2" in client.list_targets(gun)
+        assert key_id(server_key(ours, APP, "timestamp")) == timestamp_key
         app = fetch_json(ours, APP, "timestamp.json")
         assert [s["keyid"] for s in app["signatures"]] == [timestamp_key]
         assert app["signed"]["version"] > before["signed"]["version"]
