@@ -1,5 +1,6 @@
 """A self-hosted Notary: the reference notary-server with its trust service remote to the
-reference notary-signer (gRPC over TLS), both on SQL databases (PostgreSQL or MariaDB).
+reference notary-signer (gRPC over TLS), both on PostgreSQL or MariaDB (Debian's binaries lack
+the sqlite3 driver).
 
 Notary 0.7 ships its schema as SQL migrations outside the Debian package, and neither binary
 creates its tables; ``create_notary_tables`` makes them as spec 5.1 and 5.2 describe them.
@@ -49,6 +50,7 @@ _MYSQL = (
     " version int NOT NULL, sha256 char(64), category varchar(20) NOT NULL DEFAULT 'update',"
     " KEY idx_changefeed_gun (gun))",
 )
+_SERVER_TABLES = {"postgresql": _POSTGRES, "mysql": _MYSQL, "mariadb": _MYSQL}
 _SIGNER_TABLE = (
     "CREATE TABLE private_keys (id {serial} PRIMARY KEY, created_at {time} NULL,"
     " updated_at {time} NULL, deleted_at {time} NULL, key_id varchar(255) NOT NULL,"
@@ -61,6 +63,7 @@ _SIGNER_TABLE = (
 _TYPES = {
     "postgresql": {"serial": "serial", "time": "timestamp", "blob": "bytea"},
     "mysql": {"serial": "int AUTO_INCREMENT", "time": "datetime", "blob": "blob"},
+    "mariadb": {"serial": "int AUTO_INCREMENT", "time": "datetime", "blob": "blob"},
 }
 
 
@@ -70,12 +73,12 @@ def create_notary_tables(server_url: str, signer_url: str) -> None:
         engine = make_engine(url)
         try:
             with engine.begin() as connection:
-                postgres = connection.dialect.name == "postgresql"
-                if signer:
-                    types = _TYPES["postgresql" if postgres else "mysql"]
-                    statements: tuple[str, ...] = (_SIGNER_TABLE.format(**types),)
-                else:
-                    statements = _POSTGRES if postgres else _MYSQL
+                dialect = connection.dialect.name
+                statements = (
+                    (_SIGNER_TABLE.format(**_TYPES[dialect]),)
+                    if signer
+                    else _SERVER_TABLES[dialect]
+                )
                 for statement in statements:
                     connection.exec_driver_sql(statement)
         finally:
