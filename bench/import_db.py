@@ -25,14 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import serialization
-from jwcrypto import jwe, jwk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from support.databases import scratch_database  # noqa: E402
-from support.notary_stack import create_notary_tables  # noqa: E402
+from support.notary_stack import create_notary_tables, signer_ciphertext  # noqa: E402
 from support.repo import RepoBuilder, expires_in, signed_bytes  # noqa: E402
 from tufnotary.metadata.model import SNAPSHOT, FileMeta, Timestamp  # noqa: E402
 from tufnotary.metadata.signing import PrivateKey  # noqa: E402
@@ -88,13 +86,6 @@ def fill_notary(
         ]
         connection.execute(sa.table("changefeed", *map(sa.column, changes[0])).insert(), changes)
     engine.dispose()
-    sec1 = key.crypto_key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    token = jwe.JWE(sec1, protected={"alg": "PBES2-HS256+A128KW", "enc": "A256GCM"})
-    token.add_recipient(jwk.JWK.from_password(PASSPHRASE))
     now = datetime.now(UTC).replace(tzinfo=None)
     engine = make_engine(signer_url)
     with engine.begin() as connection:
@@ -107,7 +98,7 @@ def fill_notary(
             "algorithm": "ecdsa",
             "passphrase_alias": ALIAS,
             "public": key.public.public,
-            "private": token.serialize(compact=True).encode(),
+            "private": signer_ciphertext(key, PASSPHRASE).encode(),
             "gun": GUN,
             "role": "timestamp",
             "last_used": now,

@@ -20,10 +20,21 @@ from test_e2e_notary import generate_ec_key
 
 from support.clients import NotaryCLI, fetch_json, key_id, require_cli, server_key
 from support.databases import scratch_database
-from support.notary_stack import NotaryStack, create_notary_tables, running_notary_stack
+from support.notary_stack import (
+    NotaryStack,
+    create_notary_tables,
+    running_notary_stack,
+    signer_ciphertext,
+)
 from support.server import running_server, server_environment
+from tufnotary.importer.db_import import new_keys, store_keys
 from tufnotary.importer.notary_db import sqlalchemy_url
+from tufnotary.importer.signer_keys import SignerKey, SignerKeyError
+from tufnotary.metadata.model import RoleKeys, Root
+from tufnotary.metadata.signing import PrivateKey
 from tufnotary.server.migrate import upgrade
+from tufnotary.server.signer import KeyVault, ServerKeys
+from tufnotary.server.storage import Stores
 from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.storage.models import AuditRow, ServerKeyRow, TufFileRow
 from tufnotary.server.tls import ensure_self_signed
@@ -269,3 +280,45 @@ def test_self_hosted_notary_moves_over_with_its_keys(
 def test_notary_storage_urls_are_accepted(given: str, expected: str) -> None:
     """notary's own storage.db_url (Go MySQL DSN, postgres://) works as well as SQLAlchemy's."""
     assert sqlalchemy_url(given) == expected
+
+
+def _signer_key(private: PrivateKey, gun: str, passphrase: str = "signer") -> SignerKey:
+    public = private.public
+    ciphertext = signer_ciphertext(private, passphrase)
+    return SignerKey(
+        public.key_id,
+        gun,
+        "timestamp",
+        public.keytype,
+        public.public,
+        ciphertext,
+        "alias",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["ecdsa", "ed25519"])
+def test_signer_keys_are_resealed_once_and_never_for_another_gun(
+    store: Stores, algorithm: str
+) -> None:
+    """In-process: a key comes back under our passphrase with its id, once; the same key id
+    for another GUN, or a wrong passphrase, is refused."""
+    private, vault = PrivateKey.generate(algorithm), KeyVault(b"ours")
+    key = _signer_key(private, APP)
+    sealed = new_keys(store, [key], {"alias": "signer"}, vault)
+    store_keys(store, sealed)
+    keys = ServerKeys(store.keys, vault, "ecdsa")
+    root = Root(
+        1,
+        "2030-01-01T00:00:00Z",
+        {key.key_id: private.public},
+        {"timestamp": RoleKeys([key.key_id], 1)},
+    )
+    (held,) = keys.held(APP, "timestamp", root)
+    assert held.key_id == key.key_id and held.private.public == private.public
+    assert new_keys(store, [key], {"alias": "signer"}, vault) == []
+    with pytest.raises(SignerKeyError, match="already held here for timestamp"):
+        new_keys(store, [_signer_key(private, MANAGED)], {"alias": "signer"}, vault)
+    with pytest.raises(SignerKeyError, match="does not decrypt with the passphrase of alias"):
+        new_keys(store, [key], {"alias": "wrong"}, vault)

@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from jwcrypto import jwe, jwk
 
 from support.reference import launched_reference, reference_environment, require_reference_binary
 from support.server import ServerInfo, free_port, launched
+from tufnotary.metadata.signing import PrivateKey
 from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.tls import TLSFiles
 
@@ -65,6 +69,26 @@ _TYPES = {
     "mysql": {"serial": "int AUTO_INCREMENT", "time": "datetime", "blob": "blob"},
     "mariadb": {"serial": "int AUTO_INCREMENT", "time": "datetime", "blob": "blob"},
 }
+
+
+def signer_ciphertext(private: PrivateKey, passphrase: str) -> str:
+    """``private`` as notary-signer stores it (spec 5.2): SEC1 DER (ECDSA) or public || seed ||
+    public (Ed25519), in a JWE compact serialization (PBES2-HS256+A128KW, A256GCM)."""
+    key = private.crypto_key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = serialization.Encoding.Raw
+        seed = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        public = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+        plaintext = public + seed + public
+    else:
+        plaintext = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    token = jwe.JWE(plaintext, protected={"alg": "PBES2-HS256+A128KW", "enc": "A256GCM"})
+    token.add_recipient(jwk.JWK.from_password(passphrase))
+    return token.serialize(compact=True)
 
 
 def create_notary_tables(server_url: str, signer_url: str) -> None:
