@@ -1,5 +1,5 @@
-"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, and the realm's commands
-(tufnotary.server.cli_realm)."""
+"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
+(tufnotary.server.cli_realm) and `import` (tufnotary.importer)."""
 
 from __future__ import annotations
 

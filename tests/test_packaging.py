@@ -56,6 +56,7 @@ def test_wheel_contains_packages_and_migrations(wheel: Path) -> None:
         "tufnotary/server/app.py",
         "tufnotary/client/__init__.py",
         "tufnotary/admission/app.py",
+        "tufnotary/importer/__init__.py",
         "tufnotary/migrations/env.py",
         "tufnotary/migrations/script.py.mako",
     }
