@@ -14,14 +14,12 @@ Run: ``.venv/bin/python bench/import_db.py [--tags 10000] [--versions 100]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -30,9 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from support.databases import scratch_database  # noqa: E402
-from support.notary_stack import create_notary_tables, signer_ciphertext  # noqa: E402
-from support.repo import RepoBuilder, expires_in, signed_bytes  # noqa: E402
-from tufnotary.metadata.model import SNAPSHOT, FileMeta, Timestamp  # noqa: E402
+from support.notary_stack import (  # noqa: E402
+    create_notary_tables,
+    published_files,
+    write_notary_rows,
+)
 from tufnotary.metadata.signing import PrivateKey  # noqa: E402
 from tufnotary.server.migrate import upgrade  # noqa: E402
 from tufnotary.server.storage.engine import make_engine  # noqa: E402
@@ -42,69 +42,6 @@ ALIAS, PASSPHRASE = "bench", "bench signer passphrase"
 ADMIN_URL = os.environ.get(
     "TUFNOTARY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-def notary_rows(tags: int, versions: int) -> tuple[list[dict[str, object]], PrivateKey]:
-    """tuf_files rows of the repository, and its timestamp key."""
-    timestamp_key = PrivateKey.generate()
-    repo = RepoBuilder(GUN, timestamp_key.public)
-    now = datetime.now(UTC).replace(tzinfo=None)
-    rows = []
-
-    def row(role: str, version: int, data: bytes) -> None:
-        digest = hashlib.sha256(data).hexdigest()
-        rows.append(
-            {"created_at": now, "updated_at": now, "gun": GUN, "role": role}
-            | {"version": version, "data": data, "sha256": digest}
-        )
-
-    row("root", 1, repo.root_bytes())
-    per_version = tags // versions
-    for version in range(1, versions + 1):
-        for tag in range(per_version):
-            name = f"v{version}.{tag}"
-            repo.add_target(name, name.encode())
-        targets = repo.targets_bytes()
-        row("targets", repo.targets["targets"].version, targets)
-        snapshot = repo.snapshot_bytes()
-        row("snapshot", repo.snapshot.version, snapshot)
-        timestamp = Timestamp(version, expires_in(14), meta={SNAPSHOT: FileMeta.of(snapshot)})
-        row("timestamp", version, signed_bytes(timestamp, (timestamp_key, None)))
-    return rows, timestamp_key
-
-
-def fill_notary(
-    server_url: str, signer_url: str, rows: list[dict[str, object]], key: PrivateKey
-) -> None:
-    engine = make_engine(server_url)
-    with engine.begin() as connection:
-        connection.execute(sa.table("tuf_files", *map(sa.column, rows[0])).insert(), rows)
-        changes = [
-            {"gun": GUN, "version": r["version"], "sha256": r["sha256"], "category": "update"}
-            for r in rows
-            if r["role"] == "timestamp"
-        ]
-        connection.execute(sa.table("changefeed", *map(sa.column, changes[0])).insert(), changes)
-    engine.dispose()
-    now = datetime.now(UTC).replace(tzinfo=None)
-    engine = make_engine(signer_url)
-    with engine.begin() as connection:
-        key_row = {
-            "created_at": now,
-            "updated_at": now,
-            "key_id": key.public.key_id,
-            "encryption_alg": "A256GCM",
-            "keywrap_alg": "PBES2-HS256+A128KW",
-            "algorithm": "ecdsa",
-            "passphrase_alias": ALIAS,
-            "public": key.public.public,
-            "private": signer_ciphertext(key, PASSPHRASE).encode(),
-            "gun": GUN,
-            "role": "timestamp",
-            "last_used": now,
-        }
-        connection.execute(sa.table("private_keys", *map(sa.column, key_row)).insert(), key_row)
-    engine.dispose()
 
 
 def timed_import(our_url: str, server_url: str, signer_url: str) -> tuple[float, str]:
@@ -145,18 +82,23 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=100)
     args = parser.parse_args()
     started = time.perf_counter()
-    rows, key = notary_rows(args.tags, args.versions)
-    size = sum(len(r["data"]) for r in rows)  # type: ignore[arg-type]
-    print(f"built {len(rows)} files, {size / 1e6:.1f} MB, in {time.perf_counter() - started:.0f} s")
+    key = PrivateKey.generate()
+    files = published_files(GUN, key, args.versions, args.tags // args.versions)
+    size = sum(len(file.data) for file in files)
+    print(
+        f"built {len(files)} files, {size / 1e6:.1f} MB, in {time.perf_counter() - started:.0f} s"
+    )
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with databases() as (server_url, signer_url, our_url):
         create_notary_tables(server_url, signer_url)
-        fill_notary(server_url, signer_url, rows, key)
+        write_notary_rows(server_url, signer_url, GUN, files, key, (ALIAS, PASSPHRASE))
         upgrade(our_url)
         first, summary = timed_import(our_url, server_url, signer_url)
         again, _ = timed_import(our_url, server_url, signer_url)
     print(summary)
-    print(f"import: {first:.1f} s ({len(rows) / first:.0f} files/s, {size / 1e6 / first:.1f} MB/s)")
+    print(
+        f"import: {first:.1f} s ({len(files) / first:.0f} files/s, {size / 1e6 / first:.1f} MB/s)"
+    )
     print(f"re-run (nothing to add): {again:.1f} s")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

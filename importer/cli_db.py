@@ -4,11 +4,13 @@ metadata and server keys, read from its databases (tufnotary.importer.db_import)
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
 from tufnotary.importer import db_import
 from tufnotary.importer.notary_db import (
+    BadNotaryFile,
     NotaryDatabaseError,
     connected,
     read_files,
@@ -67,11 +69,12 @@ def import_db(
     notary-signer's timestamp and snapshot keys re-encrypted under this server's passphrase.
 
     Clients notice nothing: the same keys keep signing. Nothing is written unless every key
-    decrypts; a re-run adds only what is missing.
+    decrypts; a GUN whose files fail their checks or differ from what is stored here is refused
+    alone; a re-run adds only what is missing.
     """
     given = _passphrases(signer_passphrases)
     vault = open_vault_or_fail(settings)
-    results: list[db_import.GunResult] = []
+    results: list[db_import.GunResult | db_import.Refused] = []
     with open_stores(settings) as stores:
         try:
             preflight(settings, stores, vault)
@@ -90,19 +93,30 @@ def import_db(
                     list(guns) or available,
                     label="importing",
                     item_show_func=lambda gun: gun,
-                    file=click.get_text_stream("stderr"),
+                    file=sys.stderr,
                 ) as progress:
                     for gun in progress:
-                        files = read_files(source, gun)
-                        results.append(db_import.import_gun(stores, gun, files, keys))
-        except (StartupError, NotaryDatabaseError, SignerKeyError, VersionConflict) as exc:
+                        try:
+                            files = read_files(source, gun)
+                            results.append(db_import.import_gun(stores, gun, files, keys))
+                        except (BadNotaryFile, VersionConflict) as exc:
+                            results.append(db_import.Refused(gun, str(exc)))
+        except (StartupError, NotaryDatabaseError, SignerKeyError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             for result in results:
                 click.echo(_summary(result))
+    refused = [result.gun for result in results if isinstance(result, db_import.Refused)]
+    if refused:
+        raise click.ClickException(
+            f"{len(refused)} of {len(results)} GUNs refused (nothing stored for them): "
+            + " ".join(refused)
+        )
 
 
-def _summary(result: db_import.GunResult) -> str:
+def _summary(result: db_import.GunResult | db_import.Refused) -> str:
+    if isinstance(result, db_import.Refused):
+        return f"{result.gun}: refused: {result.reason}"
     held = result.server_keys
     timestamp = (
         f"timestamp key {held['timestamp']}"

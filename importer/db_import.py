@@ -37,6 +37,14 @@ class GunResult:
     server_keys: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A GUN not imported (nothing stored for it), and why."""
+
+    gun: str
+    reason: str
+
+
 def _utc(when: datetime | None) -> datetime | None:
     return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 

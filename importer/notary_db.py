@@ -58,6 +58,10 @@ class NotaryDatabaseError(Exception):
     """A Notary database cannot be read, or holds something Notary would not have written."""
 
 
+class BadNotaryFile(NotaryDatabaseError):
+    """A stored file fails its checks (SHA-256, JSON, version): its GUN cannot be imported."""
+
+
 def sqlalchemy_url(url: str) -> str:
     """A SQLAlchemy URL for ``url``, which may also be notary's own ``storage.db_url`` (a Go
     MySQL DSN, or ``postgres://``)."""
@@ -117,13 +121,13 @@ def read_files(connection: Connection, gun: str) -> list[NewFile]:
         data = bytes(data)
         what = f"notary-server {gun} {role} version {version}"
         if sha256 and sha256.strip() != hashlib.sha256(data).hexdigest():
-            raise NotaryDatabaseError(f"{what}: its bytes do not match the stored SHA-256")
+            raise BadNotaryFile(f"{what}: its bytes do not match the stored SHA-256")
         try:
             stated = json.loads(data)["signed"]["version"]
         except (ValueError, TypeError, KeyError) as exc:
-            raise NotaryDatabaseError(f"{what}: not TUF metadata ({exc!r})") from None
+            raise BadNotaryFile(f"{what}: not TUF metadata ({exc!r})") from None
         if stated != version:
-            raise NotaryDatabaseError(f"{what}: the file says version {stated}")
+            raise BadNotaryFile(f"{what}: the file says version {stated}")
         files.append(NewFile(role, version, data))
     return files
 

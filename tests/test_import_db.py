@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from test_e2e_notary import generate_ec_key
 
 from support.clients import NotaryCLI, fetch_json, key_id, require_cli, server_key
@@ -23,8 +24,10 @@ from support.databases import scratch_database
 from support.notary_stack import (
     NotaryStack,
     create_notary_tables,
+    published_files,
     running_notary_stack,
     signer_ciphertext,
+    write_notary_rows,
 )
 from support.server import running_server, server_environment
 from tufnotary.importer.db_import import new_keys, store_keys
@@ -32,6 +35,7 @@ from tufnotary.importer.notary_db import sqlalchemy_url
 from tufnotary.importer.signer_keys import SignerKey, SignerKeyError
 from tufnotary.metadata.model import RoleKeys, Root
 from tufnotary.metadata.signing import PrivateKey
+from tufnotary.server.cli import main
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.storage import Stores
@@ -322,3 +326,55 @@ def test_signer_keys_are_resealed_once_and_never_for_another_gun(
         new_keys(store, [_signer_key(private, MANAGED)], {"alias": "signer"}, vault)
     with pytest.raises(SignerKeyError, match="does not decrypt with the passphrase of alias"):
         new_keys(store, [key], {"alias": "wrong"}, vault)
+
+
+CORRUPT = "registry.example.com/imported/corrupt"
+
+
+def test_a_repository_failing_its_checks_is_refused_alone(
+    postgresql_admin: tuple[sa.Connection, sa.URL],
+) -> None:
+    """Rows as notary-server and notary-signer write them (checked against the real binaries
+    above): a GUN whose stored file does not match its SHA-256 is refused with nothing stored,
+    the others are imported; a GUN named but not held refuses the whole import."""
+    with (
+        scratch_database(*postgresql_admin) as notary_url,
+        scratch_database(*postgresql_admin) as signer_url,
+        scratch_database(*postgresql_admin) as our_url,
+    ):
+        create_notary_tables(notary_url, signer_url)
+        upgrade(our_url)
+        for gun in (APP, CORRUPT):
+            key = PrivateKey.generate()
+            files = published_files(gun, key, 2, 3)
+            write_notary_rows(notary_url, signer_url, gun, files, key, (OLD, OLD_PASSPHRASE))
+        engine = make_engine(notary_url)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE tuf_files SET sha256 = :zero WHERE gun = :gun AND version = 2"),
+                {"zero": "0" * 64, "gun": CORRUPT},
+            )
+        engine.dispose()
+        runner = CliRunner(
+            env={"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE, "NOTARY_SIGNER_OLD": OLD_PASSPHRASE}
+        )
+        command = ["import", "--database", our_url, "--from-notary-db", notary_url]
+        command += ["--signer-db", signer_url]
+
+        unknown = runner.invoke(main, [*command, APP, "registry.example.com/imported/none"])
+        assert unknown.exit_code == 1
+        assert "notary-server holds no GUN registry.example.com/imported/none" in unknown.output
+        assert _counts(our_url) == (0, 0, 0)
+
+        done = runner.invoke(main, command)
+        assert done.exit_code == 1, done.output
+        assert f"{APP}: 7 of 7 versions added" in done.output
+        assert f"{CORRUPT}: refused: notary-server {CORRUPT} " in done.output
+        assert "do not match the stored SHA-256" in done.output
+        assert f"1 of 2 GUNs refused (nothing stored for them): {CORRUPT}" in done.output
+        stored = f"SELECT count(*) FROM tuf_files WHERE gun = '{CORRUPT}'"
+        assert _counts(our_url)[:2] == (7, 2) and _scalar(our_url, stored) == 0
+
+        only = runner.invoke(main, [*command, APP])
+        assert only.exit_code == 0, only.output
+        assert f"{APP}: 0 of 7 versions added" in only.output and CORRUPT not in only.output

@@ -8,14 +8,16 @@ creates its tables; ``create_notary_tables`` makes them as spec 5.1 and 5.2 desc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,9 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwcrypto import jwe, jwk
 
 from support.reference import launched_reference, reference_environment, require_reference_binary
+from support.repo import RepoBuilder, expires_in, signed_bytes
 from support.server import ServerInfo, free_port, launched
+from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, FileMeta, Timestamp
 from tufnotary.metadata.signing import PrivateKey
 from tufnotary.server.storage.engine import make_engine
+from tufnotary.server.storage.metadata import NewFile
 from tufnotary.server.tls import TLSFiles
 
 SIGNER_BINARY = "/usr/bin/notary-signer"
@@ -89,6 +94,68 @@ def signer_ciphertext(private: PrivateKey, passphrase: str) -> str:
     token = jwe.JWE(plaintext, protected={"alg": "PBES2-HS256+A128KW", "enc": "A256GCM"})
     token.add_recipient(jwk.JWK.from_password(passphrase))
     return token.serialize(compact=True)
+
+
+def published_files(
+    gun: str, timestamp_key: PrivateKey, publishes: int, tags_per_publish: int
+) -> list[NewFile]:
+    """The files notary-server stores for ``gun`` after ``publishes`` publishes that each add
+    ``tags_per_publish`` tags (new targets, snapshot and timestamp versions, signed as the Go
+    client and the server sign them; the owner holds the snapshot key)."""
+    repo = RepoBuilder(gun, timestamp_key.public)
+    files = [NewFile(ROOT, 1, repo.root_bytes())]
+    for version in range(1, publishes + 1):
+        for tag in range(tags_per_publish):
+            name = f"v{version}.{tag}"
+            repo.add_target(name, name.encode())
+        targets = repo.targets_bytes()
+        files.append(NewFile(TARGETS, repo.targets[TARGETS].version, targets))
+        snapshot = repo.snapshot_bytes()
+        files.append(NewFile(SNAPSHOT, repo.snapshot.version, snapshot))
+        timestamp = Timestamp(version, expires_in(14), meta={SNAPSHOT: FileMeta.of(snapshot)})
+        data = signed_bytes(timestamp, (timestamp_key, None))
+        files.append(NewFile(TIMESTAMP, version, data))
+    return files
+
+
+def write_notary_rows(
+    server_url: str,
+    signer_url: str,
+    gun: str,
+    files: Sequence[NewFile],
+    timestamp_key: PrivateKey,
+    passphrases: tuple[str, str],
+) -> None:
+    """Store ``files`` as notary-server does (``tuf_files``, a ``changefeed`` row per
+    timestamp) and ``timestamp_key`` as notary-signer does, under ``passphrases`` (alias,
+    passphrase)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        {"created_at": now, "updated_at": now, "gun": gun, "role": f.role, "version": f.version}
+        | {"data": f.data, "sha256": hashlib.sha256(f.data).hexdigest()}
+        for f in files
+    ]
+    changes = [
+        {"gun": gun, "version": row["version"], "sha256": row["sha256"], "category": "update"}
+        for row in rows
+        if row["role"] == TIMESTAMP
+    ]
+    alias, passphrase = passphrases
+    public = timestamp_key.public
+    key = {"created_at": now, "updated_at": now, "key_id": public.key_id, "gun": gun}
+    key |= {"encryption_alg": "A256GCM", "keywrap_alg": "PBES2-HS256+A128KW"}
+    key |= {"algorithm": public.keytype, "passphrase_alias": alias, "public": public.public}
+    key |= {"private": signer_ciphertext(timestamp_key, passphrase).encode()}
+    key |= {"role": TIMESTAMP, "last_used": now}
+    for url, table, values in (
+        (server_url, "tuf_files", rows),
+        (server_url, "changefeed", changes),
+        (signer_url, "private_keys", [key]),
+    ):
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(sa.table(table, *map(sa.column, values[0])).insert(), values)
+        engine.dispose()
 
 
 def create_notary_tables(server_url: str, signer_url: str) -> None:
