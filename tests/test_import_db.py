@@ -11,7 +11,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,13 @@ from support.server import running_server, server_environment
 from tufnotary.importer.db_import import new_keys, store_keys
 from tufnotary.importer.notary_db import sqlalchemy_url
 from tufnotary.importer.signer_keys import SignerKey, SignerKeyError
-from tufnotary.metadata.model import RoleKeys, Root
+from tufnotary.metadata.model import TIMESTAMP, Metadata, RoleKeys, Root, Timestamp
 from tufnotary.metadata.signing import PrivateKey
+from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server.app import create_app
 from tufnotary.server.cli import main
+from tufnotary.server.config import Settings
+from tufnotary.server.context import server_context
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.storage import Stores
@@ -331,12 +336,34 @@ def test_signer_keys_are_resealed_once_and_never_for_another_gun(
 CORRUPT = "registry.example.com/imported/corrupt"
 
 
-def test_a_repository_failing_its_checks_is_refused_alone(
-    postgresql_admin: tuple[sa.Connection, sa.URL],
-) -> None:
-    """Rows as notary-server and notary-signer write them (checked against the real binaries
-    above): a GUN whose stored file does not match its SHA-256 is refused with nothing stored,
-    the others are imported; a GUN named but not held refuses the whole import."""
+@dataclass(frozen=True)
+class NotaryRows:
+    """Scratch PostgreSQL databases: notary-server's and notary-signer's holding APP (whose
+    timestamp key is ``app_key``) and CORRUPT (a file whose SHA-256 does not match), and ours,
+    migrated and empty."""
+
+    notary_url: str
+    signer_url: str
+    our_url: str
+    app_key: PrivateKey
+
+    def import_command(self, *guns: str) -> list[str]:
+        return [
+            "import",
+            "--database",
+            self.our_url,
+            "--from-notary-db",
+            self.notary_url,
+            "--signer-db",
+            self.signer_url,
+            *guns,
+        ]
+
+
+@pytest.fixture
+def notary_rows(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[NotaryRows]:
+    """Rows as notary-server and notary-signer write them (as checked against the real
+    binaries above), without running them."""
     with (
         scratch_database(*postgresql_admin) as notary_url,
         scratch_database(*postgresql_admin) as signer_url,
@@ -344,8 +371,8 @@ def test_a_repository_failing_its_checks_is_refused_alone(
     ):
         create_notary_tables(notary_url, signer_url)
         upgrade(our_url)
-        for gun in (APP, CORRUPT):
-            key = PrivateKey.generate()
+        keys = {gun: PrivateKey.generate() for gun in (APP, CORRUPT)}
+        for gun, key in keys.items():
             files = published_files(gun, key, 2, 3)
             write_notary_rows(notary_url, signer_url, gun, files, key, (OLD, OLD_PASSPHRASE))
         engine = make_engine(notary_url)
@@ -355,26 +382,56 @@ def test_a_repository_failing_its_checks_is_refused_alone(
                 {"zero": "0" * 64, "gun": CORRUPT},
             )
         engine.dispose()
-        runner = CliRunner(
-            env={"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE, "NOTARY_SIGNER_OLD": OLD_PASSPHRASE}
-        )
-        command = ["import", "--database", our_url, "--from-notary-db", notary_url]
-        command += ["--signer-db", signer_url]
+        yield NotaryRows(notary_url, signer_url, our_url, keys[APP])
 
-        unknown = runner.invoke(main, [*command, APP, "registry.example.com/imported/none"])
-        assert unknown.exit_code == 1
-        assert "notary-server holds no GUN registry.example.com/imported/none" in unknown.output
-        assert _counts(our_url) == (0, 0, 0)
 
-        done = runner.invoke(main, command)
-        assert done.exit_code == 1, done.output
-        assert f"{APP}: 7 of 7 versions added" in done.output
-        assert f"{CORRUPT}: refused: notary-server {CORRUPT} " in done.output
-        assert "do not match the stored SHA-256" in done.output
-        assert f"1 of 2 GUNs refused (nothing stored for them): {CORRUPT}" in done.output
-        stored = f"SELECT count(*) FROM tuf_files WHERE gun = '{CORRUPT}'"
-        assert _counts(our_url)[:2] == (7, 2) and _scalar(our_url, stored) == 0
+_RUNNER_ENV = {"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE, "NOTARY_SIGNER_OLD": OLD_PASSPHRASE}
 
-        only = runner.invoke(main, [*command, APP])
-        assert only.exit_code == 0, only.output
-        assert f"{APP}: 0 of 7 versions added" in only.output and CORRUPT not in only.output
+
+def test_a_repository_failing_its_checks_is_refused_alone(notary_rows: NotaryRows) -> None:
+    """A GUN whose stored file does not match its SHA-256 is refused with nothing stored, the
+    others are imported; a GUN named but not held refuses the whole import."""
+    runner, our_url = CliRunner(env=_RUNNER_ENV), notary_rows.our_url
+    unknown = runner.invoke(
+        main, notary_rows.import_command(APP, "registry.example.com/imported/none")
+    )
+    assert unknown.exit_code == 1
+    assert "notary-server holds no GUN registry.example.com/imported/none" in unknown.output
+    assert _counts(our_url) == (0, 0, 0)
+
+    done = runner.invoke(main, notary_rows.import_command())
+    assert done.exit_code == 1, done.output
+    assert f"{APP}: 7 of 7 versions added" in done.output
+    assert f"{CORRUPT}: refused: notary-server {CORRUPT} " in done.output
+    assert "do not match the stored SHA-256" in done.output
+    assert f"1 of 2 GUNs refused (nothing stored for them): {CORRUPT}" in done.output
+    stored = f"SELECT count(*) FROM tuf_files WHERE gun = '{CORRUPT}'"
+    assert _counts(our_url)[:2] == (7, 2) and _scalar(our_url, stored) == 0
+
+    only = runner.invoke(main, notary_rows.import_command(APP))
+    assert only.exit_code == 0, only.output
+    assert f"{APP}: 0 of 7 versions added" in only.output and CORRUPT not in only.output
+
+
+def test_an_imported_timestamp_is_re_signed_with_the_imported_key(
+    notary_rows: NotaryRows, tmp_path: Path
+) -> None:
+    """A read that finds the imported timestamp about to expire re-signs it with the key
+    notary-signer held (spec 2.8), not a new one."""
+    imported = CliRunner(env=_RUNNER_ENV).invoke(main, notary_rows.import_command(APP))
+    assert imported.exit_code == 0, imported.output
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=notary_rows.our_url,
+        key_passphrase=OUR_PASSPHRASE,
+        log_level="error",
+    )
+    app = create_app(settings)
+    server_context(app).service.refresh_margin = timedelta(days=15)  # 14-day timestamps
+    response = app.test_client().get(f"/v2/{APP}/_trust/tuf/timestamp.json")
+    assert response.status_code == 200
+    timestamp = Metadata.from_bytes(response.data, Timestamp)
+    assert timestamp.signed.version == 3  # the import stored versions 1 and 2
+    public = notary_rows.app_key.public
+    verify_threshold(timestamp, {public.key_id: public}, 1, TIMESTAMP)
+    assert [signature.keyid for signature in timestamp.signatures] == [public.key_id]
