@@ -109,7 +109,7 @@ def import_db(
     refused = [result.gun for result in results if isinstance(result, db_import.Refused)]
     if refused:
         raise click.ClickException(
-            f"{len(refused)} of {len(results)} GUNs refused (nothing stored for them): "
+            f"{len(refused)} of {len(results)} GUNs refused (none of their versions stored): "
             + " ".join(refused)
         )
 

@@ -39,7 +39,7 @@ class GunResult:
 
 @dataclass(frozen=True)
 class Refused:
-    """A GUN not imported (nothing stored for it), and why."""
+    """A GUN whose versions were not imported (none of them), and why."""
 
     gun: str
     reason: str

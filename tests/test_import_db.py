@@ -404,7 +404,7 @@ def test_a_repository_failing_its_checks_is_refused_alone(notary_rows: NotaryRow
     assert f"{APP}: 7 of 7 versions added" in done.output
     assert f"{CORRUPT}: refused: notary-server {CORRUPT} " in done.output
     assert "do not match the stored SHA-256" in done.output
-    assert f"1 of 2 GUNs refused (nothing stored for them): {CORRUPT}" in done.output
+    assert f"1 of 2 GUNs refused (none of their versions stored): {CORRUPT}" in done.output
     stored = f"SELECT count(*) FROM tuf_files WHERE gun = '{CORRUPT}'"
     assert _counts(our_url)[:2] == (7, 2) and _scalar(our_url, stored) == 0
 
