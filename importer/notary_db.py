@@ -83,7 +83,8 @@ def sqlalchemy_url(url: str) -> str:
 
 @contextmanager
 def connected(url: str, what: str) -> Iterator[Connection]:
-    """A read-only session on the database at ``url``; errors become NotaryDatabaseError."""
+    """A connection to the database at ``url`` (the import only reads it); its errors become
+    NotaryDatabaseError."""
     try:
         parsed = sa.make_url(sqlalchemy_url(url))
     except sa.exc.ArgumentError as exc:
