@@ -48,8 +48,6 @@ from tufnotary.server.storage.engine import make_engine
 from tufnotary.server.storage.models import AuditRow, ServerKeyRow, TufFileRow
 from tufnotary.server.tls import ensure_self_signed
 
-pytestmark = [pytest.mark.e2e, pytest.mark.engines]
-
 # notary-signer's passphrase aliases: APP's keys were made under OLD, MANAGED's under CURRENT
 OLD, OLD_PASSPHRASE = "old", "the passphrase notary-signer used first"
 CURRENT, CURRENT_PASSPHRASE = "current", "the passphrase notary-signer uses now"
@@ -160,7 +158,12 @@ def _counts(url: str) -> tuple[int, int, int]:
     return counts  # type: ignore[return-value]
 
 
-@pytest.fixture(params=[("postgresql", "ecdsa"), ("mariadb", "ed25519")], ids=lambda p: p[0])
+@pytest.fixture(
+    params=[
+        pytest.param(("postgresql", "ecdsa"), id="postgresql", marks=pytest.mark.engines),
+        pytest.param(("mariadb", "ed25519"), id="mariadb", marks=pytest.mark.engines),
+    ]
+)
 def databases(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str, str]]:
     """(key algorithm, notary-server DB, notary-signer DB, our migrated DB) on one engine."""
     engine_id, algorithm = request.param
@@ -175,6 +178,7 @@ def databases(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str, s
         yield algorithm, notary_url, signer_url, our_url
 
 
+@pytest.mark.e2e
 def test_self_hosted_notary_moves_over_with_its_keys(
     databases: tuple[str, str, str, str], tmp_path: Path
 ) -> None:
@@ -388,6 +392,7 @@ def notary_rows(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[Nota
 _RUNNER_ENV = {"TUFNOTARY_KEY_PASSPHRASE": OUR_PASSPHRASE, "NOTARY_SIGNER_OLD": OLD_PASSPHRASE}
 
 
+@pytest.mark.engines  # PostgreSQL
 def test_a_repository_failing_its_checks_is_refused_alone(notary_rows: NotaryRows) -> None:
     """A GUN whose stored file does not match its SHA-256 is refused with nothing stored, the
     others are imported; a GUN named but not held refuses the whole import."""
@@ -413,6 +418,7 @@ def test_a_repository_failing_its_checks_is_refused_alone(notary_rows: NotaryRow
     assert f"{APP}: 0 of 7 versions added" in only.output and CORRUPT not in only.output
 
 
+@pytest.mark.engines  # PostgreSQL
 def test_an_imported_timestamp_is_re_signed_with_the_imported_key(
     notary_rows: NotaryRows, tmp_path: Path
 ) -> None:
