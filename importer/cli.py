@@ -1,5 +1,7 @@
-"""`tufnotary-server import --from-notary URL [GUN...]`: the operator's side of
-:mod:`tufnotary.importer.notary_api` (registered on the server's command group)."""
+"""`tufnotary-server import --from-notary URL | --from-notary-db URL --signer-db URL [GUN...]`:
+the operator's side of :mod:`tufnotary.importer.notary_api` and, through
+:mod:`tufnotary.importer.cli_db`, of the database import (registered on the server's command
+group)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import click
 
 from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import DEFAULT_TIMEOUT, Remote
+from tufnotary.importer.cli_db import import_from_databases
 from tufnotary.importer.notary_api import (
     Failure,
     Imported,
@@ -54,8 +57,27 @@ def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> l
     "--from-notary",
     "source_url",
     metavar="URL",
-    required=True,
     help="A running notary-compatible server (https://host:port) to import from over its API.",
+)
+@click.option(
+    "--from-notary-db",
+    "notary_db",
+    metavar="URL",
+    help="Instead: a self-hosted notary-server's database (a SQLAlchemy URL, or notary's "
+    "storage.db_url); needs --signer-db.",
+)
+@click.option(
+    "--signer-db",
+    metavar="URL",
+    help="With --from-notary-db: notary-signer's database (a SQLAlchemy URL, or its db_url).",
+)
+@click.option(
+    "--signer-passphrase",
+    "signer_passphrases",
+    multiple=True,
+    metavar="ALIAS=SECRET",
+    help="With --from-notary-db: passphrase of a notary-signer key alias (repeatable); "
+    "default: $NOTARY_SIGNER_<ALIAS>, as notary-signer reads it.",
 )
 @click.option(
     "--tlscacert",
@@ -110,7 +132,10 @@ def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> l
 @click.argument("guns", nargs=-1, metavar="[GUN]...")
 def import_command(
     settings: Settings,
-    source_url: str,
+    source_url: str | None,
+    notary_db: str | None,
+    signer_db: str | None,
+    signer_passphrases: tuple[str, ...],
     tlscacert: Path | None,
     username: str | None,
     password: str | None,
@@ -121,10 +146,27 @@ def import_command(
     server_url: str,
     guns: tuple[str, ...],
 ) -> None:
-    """Import GUNs (default: every GUN the source's changefeed lists) from the notary server
-    at --from-notary: every root version, the current timestamp, snapshot, targets and
-    delegations, verified as a client verifies them, stored unchanged. Re-running adds only
-    new versions. Exits 1 if a GUN was refused (nothing of it is stored)."""
+    """Import GUNs (default: every GUN the source lists) from a Notary deployment.
+
+    --from-notary URL: over the notary API, every root version and the current timestamp,
+    snapshot, targets and delegations, verified as a client verifies them, stored unchanged;
+    the owner then rotates the timestamp key (the commands are printed).
+
+    --from-notary-db URL --signer-db URL: every version from notary-server's database, and
+    notary-signer's keys re-encrypted under this server's passphrase: clients notice nothing.
+    Nothing is written unless every key decrypts.
+
+    Re-running adds only what is new. Exits 1 if a GUN was refused (nothing of it is stored).
+    """
+    if (source_url is None) == (notary_db is None):
+        raise click.UsageError("give one of --from-notary URL or --from-notary-db URL")
+    if notary_db is not None:
+        if signer_db is None:
+            raise click.UsageError("--from-notary-db needs --signer-db URL")
+        import_from_databases(settings, notary_db, signer_db, signer_passphrases, guns)
+        return
+    if signer_db is not None or signer_passphrases:
+        raise click.UsageError("--signer-db and --signer-passphrase go with --from-notary-db")
     remote = Remote(
         source_url,
         verify=str(tlscacert) if tlscacert else True,

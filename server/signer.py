@@ -107,6 +107,22 @@ def _context(key_id: str, gun: str, role: str) -> bytes:
     return f"{key_id}\0{gun}\0{role}".encode()
 
 
+def sealed_key(
+    vault: KeyVault,
+    private: PrivateKey,
+    gun: str,
+    role: str,
+    created_at: datetime,
+    last_used: datetime | None = None,
+) -> StoredKey:
+    """``private`` as the StoredKey of ``gun``'s ``role``, its private part (PKCS#8) encrypted
+    by ``vault`` and bound to its key id, GUN and role."""
+    key_id = private.public.key_id
+    blob = vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
+    public = private.public.public
+    return StoredKey(key_id, gun, role, private.algorithm, public, blob, created_at, last_used)
+
+
 def _decrypt(vault: KeyVault, key: StoredKey) -> bytes:
     if key.private is None:
         raise KeyDecryptionError(f"{key.role} key {key.key_id} has no private part")
@@ -213,12 +229,8 @@ class ServerKeys:
             )
             return ServedKey(public, now, new=True)
         private = PrivateKey.generate(self._algorithm)
-        key_id = private.public.key_id
-        blob = self._vault.encrypt(private.to_pkcs8(), _context(key_id, gun, role))
-        self._store.add_key(
-            StoredKey(key_id, gun, role, self._algorithm, private.public.public, blob, now, None)
-        )
-        self._cache[key_id, gun, role] = private
+        self._store.add_key(sealed_key(self._vault, private, gun, role, now))
+        self._cache[private.public.key_id, gun, role] = private
         return ServedKey(private.public, now, new=True)
 
     def _stored(self, gun: str, role: str, key_id: str) -> StoredKey | None:

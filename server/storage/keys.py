@@ -5,7 +5,7 @@ caller encrypts them)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +71,15 @@ class ServerKeyStore:
     def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
         """Store a new server key (and record ``audit``)."""
         _insert(self._db, ServerKeyRow, key, audit)
+
+    def add_keys(self, keys: Sequence[StoredKey], audit: AuditEntry) -> None:
+        """Store new server keys and record ``audit``, all or none."""
+        with self._db.transaction(f"add {len(keys)} keys", write=True) as connection:
+            if keys:
+                connection.execute(
+                    sa.insert(ServerKeyRow), [dataclasses.asdict(key) for key in keys]
+                )
+            append_audit(connection, audit, datetime.now(UTC))
 
     def _keys(self, action: str, query: sa.Select[Any]) -> list[StoredKey]:
         with self._db.transaction(action) as connection:

@@ -43,17 +43,21 @@ def require_reference_binary() -> str:
 
 
 def reference_config(
-    port: int, tls: TLSFiles, log_level: str = "info", storage: Mapping[str, str] | None = None
+    port: int,
+    tls: TLSFiles,
+    log_level: str = "info",
+    storage: Mapping[str, str] | None = None,
+    trust_service: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """notary-server configuration: 127.0.0.1:`port`, TLS, local signer, `storage` (default:
-    the memory store)."""
+    """notary-server configuration: 127.0.0.1:`port`, TLS, `trust_service` (default: the local
+    signer), `storage` (default: the memory store)."""
     return {
         "server": {
             "http_addr": f"127.0.0.1:{port}",
             "tls_cert_file": str(tls.cert),
             "tls_key_file": str(tls.key),
         },
-        "trust_service": {"type": "local"},
+        "trust_service": dict(trust_service or {"type": "local"}),
         "storage": dict(storage or {"backend": "memory"}),
         "logging": {"level": log_level},
     }
@@ -74,6 +78,7 @@ def launched_reference(
     log_level: str = "info",
     env: Mapping[str, str] | None = None,
     storage: Mapping[str, str] | None = None,
+    trust_service: Mapping[str, str] | None = None,
 ) -> Iterator[ServerInfo]:
     """notary-server on a free port, config and log in `directory`; healthy on entry.
 
@@ -84,7 +89,9 @@ def launched_reference(
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = directory / f"notary-server-{port}.json"
-    config.write_text(json.dumps(reference_config(port, tls, log_level, storage), indent=2))
+    config.write_text(
+        json.dumps(reference_config(port, tls, log_level, storage, trust_service), indent=2)
+    )
     log = directory / f"notary-server-{port}.log"
     url = f"https://127.0.0.1:{port}"
     command = [
