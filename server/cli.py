@@ -14,7 +14,7 @@ from alembic.util import CommandError
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
-from tufnotary.server import cli_realm, signer
+from tufnotary.server import cli_day2, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -68,6 +68,8 @@ def main() -> None:
 
 for realm_command in (cli_realm.user, cli_realm.group, cli_realm.rule, cli_realm.token_key):
     main.add_command(realm_command)
+for day2_command in (cli_day2.prune, cli_day2.resign):
+    main.add_command(day2_command)
 
 
 @main.command()

@@ -1,0 +1,60 @@
+"""What pruning needs of ``tuf_files``: the GUNs, the non-root versions of one, and the
+removal of chosen versions in one audited transaction (root versions are never removed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from tufnotary.server.storage.audit import AuditEntry, append_audit
+from tufnotary.server.storage.engine import Database
+from tufnotary.server.storage.models import TufFileRow
+
+ROOT = "root"
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One stored version of a role, without its bytes."""
+
+    id: int
+    role: str
+    version: int
+    sha256: str
+
+
+class RetentionStore:
+    """Lists and removes old versions of ``tuf_files``."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def guns(self) -> list[str]:
+        """Every GUN with stored metadata, sorted."""
+        query = sa.select(TufFileRow.gun).distinct()
+        with self._db.transaction("list of GUNs") as connection:
+            return sorted(connection.execute(query).scalars())
+
+    def versions(self, gun: str) -> list[StoredVersion]:
+        """Every stored version of every role of ``gun`` but root, without the bytes."""
+        query = sa.select(
+            TufFileRow.id, TufFileRow.role, TufFileRow.version, TufFileRow.sha256
+        ).where(TufFileRow.gun == gun, TufFileRow.role != ROOT)
+        with self._db.transaction(f"versions of {gun}") as connection:
+            return [StoredVersion(*row) for row in connection.execute(query)]
+
+    def remove(self, gun: str, ids: Sequence[int], audit: AuditEntry) -> int:
+        """Delete these rows of ``gun`` (never a root version) and record ``audit``, in one
+        transaction; returns the number of rows deleted."""
+        now = datetime.now(UTC)
+        with self._db.transaction(f"prune of {gun}", write=True) as connection:
+            removed = connection.execute(
+                sa.delete(TufFileRow).where(
+                    TufFileRow.gun == gun, TufFileRow.role != ROOT, TufFileRow.id.in_(ids)
+                )
+            ).rowcount
+            append_audit(connection, audit, now)
+        return int(removed)
