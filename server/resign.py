@@ -61,7 +61,8 @@ class ResignReport:
     resigned: dict[str, dict[str, int]] = field(default_factory=dict)
     """GUN -> {role: new version} of what this pass re-signed."""
     due: dict[str, list[str]] = field(default_factory=dict)
-    """GUN -> roles that still expire within the margin (the server holds no key for them)."""
+    """GUN -> roles that expire within the margin and were not re-signed (the server holds
+    no key for them)."""
     failed: dict[str, str] = field(default_factory=dict)
     soonest: dict[str, SoonestExpiry] = field(default_factory=dict)
 
@@ -102,7 +103,11 @@ def resign_all(service: TrustService, guns: Iterable[str], by: Requester) -> Res
             report.resigned[gun] = {file.role: file.version for file in stored}
         horizon = datetime.now(UTC) + service.refresh_margin
         due = [
-            role for role in (TIMESTAMP, SNAPSHOT) if role in expires and expires[role] <= horizon
+            role
+            for role in (TIMESTAMP, SNAPSHOT)
+            if role in expires
+            and expires[role] <= horizon
+            and role not in report.resigned.get(gun, {})
         ]
         if due:
             report.due[gun] = due
