@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,9 +63,9 @@ class TimedRetention(RetentionStore):
 
     seconds: list[float]
 
-    def remove(self, gun: str, ids: Sequence[int], audit: AuditEntry) -> int:
+    def remove(self, gun: str, versions: Mapping[str, Sequence[int]], audit: AuditEntry) -> int:
         started = time.perf_counter()
-        removed = super().remove(gun, ids, audit)
+        removed = super().remove(gun, versions, audit)
         self.seconds.append(time.perf_counter() - started)
         return removed
 

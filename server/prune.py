@@ -145,17 +145,16 @@ def _remove(retention: RetentionStore, gun_plan: GunPlan, keep: int, actor: str,
     )
     removed = 0
     for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        spans: dict[str, list[int]] = {}
-        for row in chunk:
-            spans.setdefault(row.role, []).append(row.version)
+        chunk: dict[str, list[int]] = {}
+        for row in rows[start : start + batch]:
+            chunk.setdefault(row.role, []).append(row.version)
         detail = {
             "keep": keep,
             "removed": {
-                role: {"count": len(vs), "lowest": min(vs), "highest": max(vs)}
-                for role, vs in spans.items()
+                role: {"count": len(vs), "lowest": vs[0], "highest": vs[-1]}
+                for role, vs in chunk.items()
             },
         }
         audit = AuditEntry(actor, "prune", gun_plan.gun, detail)
-        removed += retention.remove(gun_plan.gun, [row.id for row in chunk], audit)
+        removed += retention.remove(gun_plan.gun, chunk, audit)
     return removed

@@ -80,9 +80,9 @@ def _served_chain_resolves(server: Server, gun: str = GUN) -> None:
 
 
 def test_plan_keeps_current_newest_and_last_n() -> None:
-    stored = [StoredVersion(v, TARGETS, v, "") for v in range(1, 11)]
-    stored += [StoredVersion(100 + v, RELEASES, v, "") for v in range(1, 6)]
-    stored += [StoredVersion(200 + v, ROOT, v, "") for v in range(1, 6)]
+    stored = [StoredVersion(TARGETS, v) for v in range(1, 11)]
+    stored += [StoredVersion(RELEASES, v) for v in range(1, 6)]
+    stored += [StoredVersion(ROOT, v) for v in range(1, 6)]
     # targets 7 is current (8-10 are above it); releases is named by no snapshot
     gun_plan = prune.plan(GUN, stored, {TARGETS: 7}, keep=2)
     removed = {role.role: sorted(v.version for v in role.removed) for role in gun_plan.roles}

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from support.api import Server
@@ -21,6 +22,7 @@ from tufnotary.metadata.verify import verify_threshold
 from tufnotary.server import resign
 from tufnotary.server.cli import main
 from tufnotary.server.context import server_context
+from tufnotary.server.expirygauge import RECORD_AGE, SOONEST_EXPIRY
 from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.storage.expiry import ExpiryStore
 from tufnotary.server.storage.runlock import exclusive
@@ -166,3 +168,11 @@ def test_background_pass_in_serve(database_url: str, tmp_path: Path) -> None:
     while not expiry.soonest() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert {entry.role for entry in expiry.soonest()} == {TIMESTAMP, SNAPSHOT, TARGETS, ROOT}
+
+
+def test_alert_rules_watch_the_exported_gauges() -> None:
+    rules = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "tufnotary-rules.yaml"
+    (group,) = yaml.safe_load(rules.read_text())["groups"]
+    expressions = " ".join(rule["expr"] for rule in group["rules"])
+    assert SOONEST_EXPIRY in expressions and RECORD_AGE in expressions
+    assert all(rule["alert"] and rule["labels"]["severity"] for rule in group["rules"])

@@ -3,7 +3,7 @@ removal of chosen versions in one audited transaction (root versions are never r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,10 +20,8 @@ ROOT = "root"
 class StoredVersion:
     """One stored version of a role, without its bytes."""
 
-    id: int
     role: str
     version: int
-    sha256: str
 
 
 class RetentionStore:
@@ -40,21 +38,28 @@ class RetentionStore:
 
     def versions(self, gun: str) -> list[StoredVersion]:
         """Every stored version of every role of ``gun`` but root, without the bytes."""
-        query = sa.select(
-            TufFileRow.id, TufFileRow.role, TufFileRow.version, TufFileRow.sha256
-        ).where(TufFileRow.gun == gun, TufFileRow.role != ROOT)
+        query = sa.select(TufFileRow.role, TufFileRow.version).where(
+            TufFileRow.gun == gun, TufFileRow.role != ROOT
+        )
         with self._db.transaction(f"versions of {gun}") as connection:
             return [StoredVersion(*row) for row in connection.execute(query)]
 
-    def remove(self, gun: str, ids: Sequence[int], audit: AuditEntry) -> int:
-        """Delete these rows of ``gun`` (never a root version) and record ``audit``, in one
-        transaction; returns the number of rows deleted."""
+    def remove(self, gun: str, versions: Mapping[str, Sequence[int]], audit: AuditEntry) -> int:
+        """Delete these versions of each role of ``gun`` (never a root version) and record
+        ``audit``, in one transaction; returns the number of rows deleted."""
         now = datetime.now(UTC)
+        removed = 0
         with self._db.transaction(f"prune of {gun}", write=True) as connection:
-            removed = connection.execute(
-                sa.delete(TufFileRow).where(
-                    TufFileRow.gun == gun, TufFileRow.role != ROOT, TufFileRow.id.in_(ids)
-                )
-            ).rowcount
+            for role, numbers in sorted(versions.items()):
+                if role == ROOT:
+                    raise ValueError("root versions are never removed")
+                # one lookup per row in the (gun, role, version) unique index
+                removed += connection.execute(
+                    sa.delete(TufFileRow).where(
+                        TufFileRow.gun == gun,
+                        TufFileRow.role == role,
+                        TufFileRow.version.in_(numbers),
+                    )
+                ).rowcount
             append_audit(connection, audit, now)
-        return int(removed)
+        return removed
