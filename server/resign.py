@@ -115,6 +115,7 @@ def resign_all(service: TrustService, guns: Iterable[str], by: Requester) -> Res
             known = report.soonest.get(role)
             if known is None or when < known.expires_at:
                 report.soonest[role] = SoonestExpiry(role, gun, when, started)
+        time.sleep(0)  # in serve's gevent workers: let the worker's requests run between GUNs
     return report
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from support.api import Server
@@ -24,6 +25,7 @@ from tufnotary.server import prune
 from tufnotary.server.cli import main
 from tufnotary.server.context import server_context
 from tufnotary.server.storage import Stores
+from tufnotary.server.storage.models import TufFileRow
 from tufnotary.server.storage.retention import RetentionStore, StoredVersion
 
 GUN = "example.com/team/app"
@@ -180,3 +182,24 @@ def test_prune_command(database_url: str, tmp_path: Path) -> None:
 
     usage = runner.invoke(main, ["prune", "--database", database_url])
     assert usage.exit_code == 2 and "--keep" in usage.stderr
+
+
+def test_unreadable_repository_is_skipped_whole(database_url: str, tmp_path: Path) -> None:
+    """A GUN whose current timestamp names no stored snapshot: nothing of it goes, exit 1."""
+    server = Server.start(tmp_path / "data", database_url)
+    _new_repo(server)
+    _new_repo(server, "example.com/team/other")
+    stores = server_context(server.app).stores
+    with stores.engine.begin() as connection:
+        connection.execute(
+            sa.delete(TufFileRow).where(
+                TufFileRow.gun == GUN, TufFileRow.role == SNAPSHOT, TufFileRow.version == 7
+            )
+        )
+    before = _versions(stores)
+
+    result = CliRunner().invoke(main, ["prune", "--database", database_url, "--keep", "0"])
+    assert result.exit_code == 1
+    assert f"{GUN}: skipped: {GUN}: the current timestamp names no stored snapshot" in result.stderr
+    assert "prune: 1 repositories, 22 removed, 1 skipped" in result.stdout
+    assert _versions(stores) == before

@@ -35,22 +35,26 @@ def exclusive(engine: Engine, name: str) -> Iterator[bool]:
     except sa.exc.SQLAlchemyError as exc:
         raise StorageError(f"lock {name}: {exc}") from exc
     try:
-        yield _try_lock(connection, name)
+        yield _try_lock(connection, f"{engine.url.database}/{name}")
     finally:
         connection.invalidate()  # ends the session, and with it the lock
         connection.close()
 
 
-def _try_lock(connection: Connection, name: str) -> bool:
+def _try_lock(connection: Connection, key: str) -> bool:
+    """Take the lock ``key`` (database/name: MariaDB's lock names are server-wide) in this
+    session without waiting."""
+    digest = hashlib.sha256(key.encode()).digest()
     try:
         if connection.dialect.name in MYSQL:
             query = sa.text("SELECT GET_LOCK(:name, 0)")
-            return bool(connection.execute(query, {"name": _PREFIX + name}).scalar())
-        key = int.from_bytes(hashlib.sha256((_PREFIX + name).encode()).digest()[:8], signed=True)
+            return bool(connection.execute(query, {"name": _PREFIX + digest.hex()[:40]}).scalar())
         query = sa.text("SELECT pg_try_advisory_lock(:key)")
-        return bool(connection.execute(query, {"key": key}).scalar())
+        return bool(
+            connection.execute(query, {"key": int.from_bytes(digest[:8], signed=True)}).scalar()
+        )
     except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"lock {name}: {exc}") from exc
+        raise StorageError(f"lock {key}: {exc}") from exc
 
 
 @contextmanager
