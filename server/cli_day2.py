@@ -14,6 +14,7 @@ from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.signer import ServerKeys
 from tufnotary.server.startup import StartupError, open_token
 from tufnotary.server.storage.retention import RetentionStore
+from tufnotary.server.storage.runlock import exclusive
 from tufnotary.server.updates import Limits
 
 
@@ -38,7 +39,8 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
     """Remove old versions of GUNS (default: every repository) that no client can need.
 
     Kept: every root version, the current timestamp, snapshot and the versions that snapshot
-    names, the newest version of each role, and the KEEP newest of the older ones.
+    names, the newest version of each role, and the KEEP newest of the older ones. One prune
+    runs at a time (a second one does nothing and exits 0).
     """
     verb = "would remove" if dry_run else "removing"
 
@@ -46,7 +48,10 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
         for role in plan.roles:
             click.echo(f"{plan.gun}: {verb} {role.describe()}")
 
-    with open_stores(settings) as stores:
+    with open_stores(settings) as stores, exclusive(stores.engine, "prune") as held:
+        if not held:
+            click.echo("prune: another prune is running; nothing done")
+            return
         store = RetentionStore(stores.database)
         report = retention.prune(
             stores.metadata,

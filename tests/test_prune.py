@@ -27,6 +27,7 @@ from tufnotary.server.context import server_context
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.models import TufFileRow
 from tufnotary.server.storage.retention import RetentionStore, StoredVersion
+from tufnotary.server.storage.runlock import exclusive
 
 GUN = "example.com/team/app"
 RELEASES = "targets/releases"
@@ -203,3 +204,15 @@ def test_unreadable_repository_is_skipped_whole(database_url: str, tmp_path: Pat
     assert f"{GUN}: skipped: {GUN}: the current timestamp names no stored snapshot" in result.stderr
     assert "prune: 1 repositories, 22 removed, 1 skipped" in result.stdout
     assert _versions(stores) == before
+
+
+def test_one_prune_at_a_time(database_url: str, tmp_path: Path) -> None:
+    server = Server.start(tmp_path / "data", database_url)
+    _new_repo(server)
+    stores = server_context(server.app).stores
+    args = ["prune", "--database", database_url, "--keep", "0"]
+    with exclusive(stores.engine, "prune") as held:
+        assert held
+        busy = CliRunner().invoke(main, args)
+        assert busy.exit_code == 0 and "another prune is running; nothing done" in busy.stdout
+    assert "prune: 1 repositories, 22 removed" in CliRunner().invoke(main, args).stdout
