@@ -1,6 +1,7 @@
 """After `tufnotary-server prune --keep 0` and `resign` on a live server, every client still
 verifies: the real notary 0.7 CLI (with a cache from several versions ago, and a new trust
-dir), the real docker CLI (`docker trust inspect`, no daemon) and our `tufnotary`."""
+dir), the real docker CLI (`docker trust inspect`, no daemon) and our `tufnotary`; and `serve`
+runs the re-signing passes itself with resign_interval."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from support.clients import (
     DOCKER_HINT,
@@ -112,3 +115,18 @@ def test_clients_verify_after_prune_and_resign(tmp_path: Path) -> None:
         _publish(publisher, tmp_path, "v5")  # publishing goes on after the prune
         assert set(reader.list_targets(GUN)) == tags | {"v5"}
         assert _ours(server, tmp_path / "ours", "list", GUN) == tags | {"v5"}
+
+
+def test_serve_runs_the_passes_itself(tmp_path: Path) -> None:
+    """`serve` with resign_interval: a gevent worker's pass records the expiries at start."""
+    notary = require_cli("notary", NOTARY_HINT)
+    with running_server(tmp_path) as server:
+        NotaryCLI.for_server(server, tmp_path / "publisher", notary).run("init", "-p", GUN)
+    with running_server(tmp_path, env={"TUFNOTARY_RESIGN_INTERVAL": "3600"}) as server:
+        deadline, metrics = time.monotonic() + 60, ""
+        while "tufnotary_metadata_soonest_expiry_seconds{" not in metrics:
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
+            metrics = requests.get(f"{server.url}/metrics", verify=server.ca_cert, timeout=10).text
+    roles = re.findall(r'tufnotary_metadata_soonest_expiry_seconds\{role="(\w+)"\}', metrics)
+    assert sorted(roles) == ["root", "snapshot", "targets", "timestamp"]
