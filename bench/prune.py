@@ -64,9 +64,11 @@ class TimedRetention(RetentionStore):
 
     seconds: list[float]
 
-    def remove(self, gun: str, versions: Mapping[str, Sequence[int]], audit: AuditEntry) -> int:
+    def remove(
+        self, gun: str, versions: Mapping[str, Sequence[int]], anchor: str, audit: AuditEntry
+    ) -> int:
         started = time.perf_counter()
-        removed = super().remove(gun, versions, audit)
+        removed = super().remove(gun, versions, anchor, audit)
         self.seconds.append(time.perf_counter() - started)
         return removed
 

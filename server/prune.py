@@ -8,7 +8,10 @@ strictly below those, the ``keep`` highest. Everything else goes, in audited bat
 Versions only ever grow: a publish or a re-sign racing a prune stores higher versions, and a
 new snapshot names the versions it uploads or the current ones. Removing only versions
 strictly below what was current when the GUN was read therefore never removes what a
-concurrent write just made current, and no transaction is held while deciding.
+concurrent write just made current, and no transaction is held while deciding. Each removal
+transaction ends by checking that the timestamp that was current is still stored: if the GUN
+was deleted meanwhile (and perhaps created anew, reusing version numbers), it rolls back and
+the rest of the GUN is left alone.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TIMESTAMP, Metadata, Snapshot, Timestamp
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.metadata import MetadataStore
-from tufnotary.server.storage.retention import RetentionStore, StoredVersion
+from tufnotary.server.storage.retention import GunReplaced, RetentionStore, StoredVersion
 
 BATCH = 500
 """Rows removed per transaction: each is a few milliseconds, so publishes hardly wait."""
@@ -51,6 +54,8 @@ class GunPlan:
 
     gun: str
     roles: tuple[RolePlan, ...]
+    anchor: str
+    """The sha256 of the timestamp that was current."""
 
     @property
     def count(self) -> int:
@@ -66,12 +71,20 @@ class PruneReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def current_versions(store: MetadataStore, gun: str) -> dict[str, int]:
-    """Version of each role the current timestamp reaches (timestamp, its snapshot and the
-    roles the snapshot names, root excluded); PruneError if one cannot be resolved."""
+@dataclass(frozen=True)
+class Current:
+    """The version of each role the current timestamp reaches, and that timestamp's sha256."""
+
+    versions: dict[str, int]
+    timestamp_sha256: str
+
+
+def current_versions(store: MetadataStore, gun: str) -> Current | None:
+    """What the current timestamp reaches (itself, its snapshot and the roles the snapshot
+    names, root excluded), None without a timestamp; PruneError if it cannot be resolved."""
     timestamp = store.latest(gun, TIMESTAMP)
     if timestamp is None:
-        return {}
+        return None
     try:
         entry = Metadata.from_bytes(timestamp.data, Timestamp).signed.meta.get(SNAPSHOT)
         snapshot = store.by_checksum(gun, SNAPSHOT, entry.sha256_hex or "") if entry else None
@@ -80,18 +93,18 @@ def current_versions(store: MetadataStore, gun: str) -> dict[str, int]:
         named = Metadata.from_bytes(snapshot.data, Snapshot).signed.meta
     except MetadataError as exc:
         raise PruneError(f"{gun}: current metadata does not load: {exc}") from exc
-    current = {TIMESTAMP: timestamp.version, SNAPSHOT: snapshot.version}
+    versions = {TIMESTAMP: timestamp.version, SNAPSHOT: snapshot.version}
     for role, meta in named.items():
         if role == ROOT:
             continue
         found = store.by_checksum(gun, role, meta.sha256_hex or "")
         if found is None:
             raise PruneError(f"{gun}: the current snapshot names a {role} that is not stored")
-        current[role] = found.version
-    return current
+        versions[role] = found.version
+    return Current(versions, timestamp.sha256)
 
 
-def plan(gun: str, stored: Sequence[StoredVersion], current: dict[str, int], keep: int) -> GunPlan:
+def plan(gun: str, stored: Sequence[StoredVersion], current: Current, keep: int) -> GunPlan:
     """The versions of ``stored`` to remove, given the ``current`` version of each role."""
     by_role: dict[str, list[StoredVersion]] = defaultdict(list)
     for version in stored:
@@ -100,11 +113,11 @@ def plan(gun: str, stored: Sequence[StoredVersion], current: dict[str, int], kee
     roles = []
     for role, versions in sorted(by_role.items()):
         highest = max(v.version for v in versions)
-        below = min(current.get(role, highest), highest)
+        below = min(current.versions.get(role, highest), highest)
         older = sorted((v for v in versions if v.version < below), key=lambda v: -v.version)
         if len(older) > keep:
             roles.append(RolePlan(role, tuple(older[keep:]), len(versions) - len(older[keep:])))
-    return GunPlan(gun, tuple(roles))
+    return GunPlan(gun, tuple(roles), current.timestamp_sha256)
 
 
 def prune(
@@ -127,23 +140,34 @@ def prune(
         except PruneError as exc:
             report.skipped[gun] = str(exc)
             continue
+        if current is None:
+            continue
         gun_plan = plan(gun, retention.versions(gun), current, keep)
         if not gun_plan.count:
             continue
         report.plans.append(gun_plan)
         progress(gun_plan)
         if not dry_run:
-            report.removed += _remove(retention, gun_plan, keep, actor, batch)
+            try:
+                _remove(retention, gun_plan, keep, actor, batch, report)
+            except GunReplaced as exc:
+                report.skipped[gun] = str(exc)
     return report
 
 
-def _remove(retention: RetentionStore, gun_plan: GunPlan, keep: int, actor: str, batch: int) -> int:
+def _remove(
+    retention: RetentionStore,
+    gun_plan: GunPlan,
+    keep: int,
+    actor: str,
+    batch: int,
+    report: PruneReport,
+) -> None:
     """Remove the plan's rows, ``batch`` per audited transaction, lowest versions first."""
     rows = sorted(
         (version for role in gun_plan.roles for version in role.removed),
         key=lambda v: (v.role, v.version),
     )
-    removed = 0
     for start in range(0, len(rows), batch):
         chunk: dict[str, list[int]] = {}
         for row in rows[start : start + batch]:
@@ -156,5 +180,4 @@ def _remove(retention: RetentionStore, gun_plan: GunPlan, keep: int, actor: str,
             },
         }
         audit = AuditEntry(actor, "prune", gun_plan.gun, detail)
-        removed += retention.remove(gun_plan.gun, chunk, audit)
-    return removed
+        report.removed += retention.remove(gun_plan.gun, chunk, gun_plan.anchor, audit)

@@ -87,10 +87,11 @@ def test_plan_keeps_current_newest_and_last_n() -> None:
     stored += [StoredVersion(RELEASES, v) for v in range(1, 6)]
     stored += [StoredVersion(ROOT, v) for v in range(1, 6)]
     # targets 7 is current (8-10 are above it); releases is named by no snapshot
-    gun_plan = prune.plan(GUN, stored, {TARGETS: 7}, keep=2)
+    current = prune.Current({TARGETS: 7}, "")
+    gun_plan = prune.plan(GUN, stored, current, keep=2)
     removed = {role.role: sorted(v.version for v in role.removed) for role in gun_plan.roles}
     assert removed == {TARGETS: [1, 2, 3, 4], RELEASES: [1, 2]}
-    assert prune.plan(GUN, stored, {TARGETS: 7}, keep=6).roles == ()
+    assert prune.plan(GUN, stored, current, keep=6).roles == ()
 
 
 def test_prune_keeps_what_clients_need(database_url: str, tmp_path: Path) -> None:
@@ -162,6 +163,28 @@ def test_publish_racing_a_prune_keeps_what_it_made_current(
     }
     _served_chain_resolves(server)
     assert b"raced" in server.get(GUN, "targets/releases.json").data
+
+
+def test_repository_deleted_and_created_anew_meanwhile_is_left_alone(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A GUN deleted and published anew (versions from 1 again) between its plan and its
+    removal: the new repository's versions stay, and the GUN is reported skipped."""
+    server = Server.start(tmp_path / "data", database_url)
+    _new_repo(server)
+    stores = server_context(server.app).stores
+
+    def replace_meanwhile(_plan: prune.GunPlan) -> None:
+        assert server.client.delete(server.tuf(GUN)).status_code == 200
+        _new_repo(server)
+
+    report = prune.prune(
+        stores.metadata, RetentionStore(stores.database), [GUN], 0, progress=replace_meanwhile
+    )
+    assert report.removed == 0
+    assert report.skipped == {GUN: f"{GUN} was deleted while it was being pruned"}
+    assert _versions(stores)[TIMESTAMP] == [1, 2, 3, 4, 5, 6, 7]
+    _served_chain_resolves(server)
 
 
 def test_prune_command(database_url: str, tmp_path: Path) -> None:
