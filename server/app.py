@@ -22,17 +22,19 @@ from tufnotary.server.auth import TokenAuth
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.context import ServerContext, request_state
 from tufnotary.server.errors import ClientTooSlow, NoRoute, ServerError, TooLarge
+from tufnotary.server.expirygauge import SoonestExpiryCollector
 from tufnotary.server.fastpath import FastReads
 from tufnotary.server.keyage import KeyAgeCollector
 from tufnotary.server.proxy import trust_proxies
 from tufnotary.server.ratelimit import RateLimit
 from tufnotary.server.realm import DEFAULT_ISSUER, DEFAULT_SERVICE, Realm, Rule, TokenKeys
+from tufnotary.server.resign import DEFAULT_WITHIN, start_background
 from tufnotary.server.service import TrustService
 from tufnotary.server.signer import KeyVault, ServerKeys
 from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_token, open_vault
 from tufnotary.server.storage import Stores
-from tufnotary.server.storage.keys import ServerKeyStore
+from tufnotary.server.storage.expiry import ExpiryStore
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -85,11 +87,13 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _metrics_renderer(store: ServerKeyStore) -> Callable[[], bytes]:
+def _metrics_renderer(stores: Stores) -> Callable[[], bytes]:
     """Prometheus exposition; aggregated over gunicorn workers when PROMETHEUS_MULTIPROC_DIR
-    is set (the ``serve`` command sets it); server key ages read from ``store``."""
+    is set (the ``serve`` command sets it); server key ages and soonest expiries read from
+    ``stores``."""
     keys = CollectorRegistry()
-    keys.register(KeyAgeCollector(store))
+    keys.register(KeyAgeCollector(stores.keys))
+    keys.register(SoonestExpiryCollector(ExpiryStore(stores.database)))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -143,6 +147,12 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         ),
     )
 
+    if settings.resign_interval:
+        background = TrustService(
+            stores.metadata, stores.audit, service.keys, limits, refresh_margin=DEFAULT_WITHIN
+        )
+        start_background(stores, background, settings.resign_interval)
+
     app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
     app.wsgi_app = trust_proxies(  # type: ignore[method-assign]
         app.wsgi_app, settings.trusted_proxies, settings.forwarded_header
@@ -157,7 +167,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         settings.large_upload_bytes,
         LARGE_UPLOAD_WAIT,
     )
-    context = ServerContext(settings, stores, service, slots, _metrics_renderer(stores.keys))
+    context = ServerContext(settings, stores, service, slots, _metrics_renderer(stores))
     if settings.auth_mode == "builtin":
         context.realm = _realm(settings, stores, vault)
         context.auth = context.realm.verifier

@@ -1,7 +1,6 @@
-"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, the realm's commands
-(tufnotary.server.cli_realm), the server keys' (tufnotary.server.cli_keys), backups
-(tufnotary.server.cli_archive) and `import` (tufnotary.importer, the one part allowed to use both
-client and server)."""
+"""`tufnotary-server serve | tls-init | migrate | audit | rekey`, and the commands of the realm
+(cli_realm), server keys (cli_keys), backups (cli_archive), day-2 operations (cli_day2) and
+`import` (tufnotary.importer, the one part allowed to use both client and server)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
 from tufnotary.importer.cli import import_command
-from tufnotary.server import cli_archive, cli_keys, cli_realm, signer
+from tufnotary.server import cli_archive, cli_day2, cli_keys, cli_realm, signer
 from tufnotary.server import migrate as migrations
 from tufnotary.server.auth import is_loopback
 from tufnotary.server.cli_common import (
@@ -80,6 +79,8 @@ for command in (
     cli_keys.key,
     import_command,
     *cli_archive.COMMANDS,
+    cli_day2.prune,
+    cli_day2.resign,
 ):
     main.add_command(command)
 

@@ -83,6 +83,7 @@ class Settings:
     metrics_token: str | None = None
     max_token_lifetime: int = 3600
     key_creation_limit: int = 100
+    resign_interval: int = 0
     client_timeout: int = 10
     response_cache_bytes: int = 64 * 1024 * 1024
 
@@ -439,6 +440,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "audit_access": _one_of(AUDIT_ACCESS),
     "max_token_lifetime": _int_range(10, 604_800),
     "key_creation_limit": _int_range(1),
+    "resign_interval": _int_range(0),
     "client_timeout": _int_range(1, 3600),
     "response_cache_bytes": _int_range(0),
 }

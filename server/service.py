@@ -6,7 +6,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -210,7 +210,7 @@ class TrustService:
         """GET ``role.json``: timestamps and server-signed snapshots are refreshed first."""
         with _storage_errors(Unavailable):
             if role in (TIMESTAMP, SNAPSHOT):
-                current = self._fresh(gun)
+                current, _ = self._fresh(gun)
                 found = current.timestamp if role == TIMESTAMP else current.snapshot
             else:
                 found = self.current_file(gun, role)
@@ -248,8 +248,9 @@ class TrustService:
     def _expiring(self, signed: Signed, now: datetime) -> bool:
         return signed.expires_at <= now + self.refresh_margin
 
-    def _fresh(self, gun: str) -> _Current:
-        """The current timestamp and snapshot, re-signed first if they are about to expire.
+    def _fresh(self, gun: str, by: Requester | None = None) -> tuple[_Current, list[NewFile]]:
+        """The current timestamp and snapshot, re-signed first if they are about to expire,
+        and the re-signed files this call stored (the re-signing audited as ``by`` if given).
 
         Concurrent readers race to store the same next version: the loser reads the winner's.
         """
@@ -260,13 +261,23 @@ class TrustService:
             files = self._refreshed(gun, current, datetime.now(UTC))
         except MetadataError as exc:
             log.warning("cannot refresh the timestamp of %s: %s", gun, exc)
-            return current
+            return current, []
         if not files:
-            return current
-        # A conflict means another reader or a publish stored a newer timestamp: serve that.
-        with suppress(VersionConflict):
-            self.store.update_many(gun, files)
-        return self._walk(gun) or current
+            return current, []
+        stored = {file.role: file.version for file in files}
+        try:
+            self.store.update_many(
+                gun, files, by.entry("resign", gun, stored=stored) if by else None
+            )
+        except VersionConflict:
+            files = []  # another reader or a publish stored a newer timestamp: serve that
+        return self._walk(gun) or current, files
+
+    def resign(self, gun: str, by: Requester) -> list[NewFile]:
+        """Re-sign the current timestamp (and a server-signed snapshot) of ``gun`` now if
+        either expires within ``refresh_margin``, as a read would; the files stored."""
+        with _storage_errors(UpdateFailed):
+            return self._fresh(gun, by)[1]
 
     def _refreshed(self, gun: str, current: _Current, now: datetime) -> list[NewFile]:
         """New snapshot (if server-signed and expiring) and timestamp versions, or nothing."""

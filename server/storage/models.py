@@ -202,6 +202,18 @@ class RateEventRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SoonestExpiryRow(Base):
+    """Per role, the soonest expiry of any GUN's current metadata, as the last resign pass
+    found it (read by the ``tufnotary_metadata_soonest_expiry_seconds`` gauge)."""
+
+    __tablename__ = "soonest_expiry"
+
+    role: Mapped[str] = mapped_column(ExactString(255), primary_key=True)
+    gun: Mapped[str] = mapped_column(ExactString(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def columns(model: type[Base], record: type) -> list[Any]:
     """The model's columns named like the dataclass ``record``'s fields, in field order."""
     return [getattr(model, field.name) for field in dataclasses.fields(record)]
