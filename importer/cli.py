@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tufnotary.client.cli.options import EXISTING_FILE, TIMEOUT, credential_options
 from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import DEFAULT_TIMEOUT, Remote
 from tufnotary.importer.cli_db import import_from_databases
@@ -81,34 +82,13 @@ def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> l
 )
 @click.option(
     "--tlscacert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="CA bundle that verifies the source's certificate (default: the system's CAs).",
 )
-@click.option(
-    "--username",
-    envvar="TUFNOTARY_IMPORT_USERNAME",
-    help="User for the source's token service (env TUFNOTARY_IMPORT_USERNAME).",
-)
-@click.option(
-    "--password",
-    envvar="TUFNOTARY_IMPORT_PASSWORD",
-    help="Password for --username (env TUFNOTARY_IMPORT_PASSWORD; prefer the variable).",
-)
-@click.option(
-    "--token",
-    envvar="TUFNOTARY_IMPORT_TOKEN",
-    help="Bearer token sent to the source as is (env TUFNOTARY_IMPORT_TOKEN).",
-)
-@click.option(
-    "--token-realm-host",
-    "realm_hosts",
-    metavar="HOST",
-    multiple=True,
-    help="Also send --username/--password to a token service on HOST (repeatable).",
-)
+@credential_options("TUFNOTARY_IMPORT", "source")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=TIMEOUT,
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
@@ -140,7 +120,7 @@ def import_command(
     username: str | None,
     password: str | None,
     token: str | None,
-    realm_hosts: tuple[str, ...],
+    token_realm_hosts: tuple[str, ...],
     timeout: float,
     pins: dict[str, set[str]],
     server_url: str,
@@ -174,7 +154,7 @@ def import_command(
         username=username,
         password=password,
         token=token,
-        realm_hosts=realm_hosts,
+        realm_hosts=token_realm_hosts,
     )
     outcomes: list[Imported | Failure] = []
     with open_stores(settings) as stores:

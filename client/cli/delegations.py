@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from tufnotary.client.changes import StagedChange
 from tufnotary.client.cli.context import current
 from tufnotary.client.cli.options import (
+    EXISTING_FILE,
     GUN,
     TARGETS_ROLE,
     global_options,
@@ -61,7 +62,7 @@ def _read_public_keys(path: Path) -> Key:
 @delegation.command(name="add")
 @click.argument("gun", type=GUN)
 @click.argument("role", type=TARGETS_ROLE)
-@click.argument("pemfiles", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("pemfiles", nargs=-1, type=EXISTING_FILE)
 @click.option(
     "--paths", multiple=True, callback=split_paths, metavar="PATH", help="Target path prefixes."
 )

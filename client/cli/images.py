@@ -9,6 +9,7 @@ import click
 
 from tufnotary.client.cli.context import current
 from tufnotary.client.cli.options import (
+    EXISTING_FILE,
     check_digest,
     global_options,
     image_reference,
@@ -52,7 +53,7 @@ from tufnotary.client.trusted import TrustPinning
 )
 @click.option(
     "--pin-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Accept only a root whose certificate chains to this CA bundle.",
 )
 @offline_option

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from tufnotary.client.cli.context import current, interactive
 from tufnotary.client.cli.options import (
     ANY_ROLE,
+    EXISTING_FILE,
     GUN,
     global_options,
     offline_option,
@@ -113,23 +116,31 @@ def key_list() -> None:
     emit(data, human)
 
 
+def _days_option(
+    flag: str, default: timedelta, help_text: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``flag DAYS``: a whole number of days, at least 1."""
+    return click.option(
+        flag,
+        type=click.IntRange(min=1),
+        default=default.days,
+        show_default=True,
+        metavar="DAYS",
+        help=help_text,
+    )
+
+
 @key.command(name="status")
 @click.argument("gun", type=GUN)
-@click.option(
+@_days_option(
     "--max-age",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_AGE.days,
-    show_default=True,
-    metavar="DAYS",
-    help="Warn about targets, snapshot and delegation keys held here older than this.",
+    DEFAULT_MAX_AGE,
+    "Warn about targets, snapshot and delegation keys held here older than this.",
 )
-@click.option(
+@_days_option(
     "--max-server-age",
-    type=click.IntRange(min=1),
-    default=DEFAULT_SERVER_MAX_AGE.days,
-    show_default=True,
-    metavar="DAYS",
-    help="Warn about the server's timestamp and snapshot keys older than this.",
+    DEFAULT_SERVER_MAX_AGE,
+    "Warn about the server's timestamp and snapshot keys older than this.",
 )
 @offline_option
 @global_options
@@ -241,7 +252,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
 )
 @click.option(
     "--public-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="With --uri: the key's public key (PEM); read from the token for hsm: URIs.",
 )
 @output_option("With --uri: also write the public key (PEM) here, e.g. for `delegation add`.")
@@ -273,10 +284,7 @@ def key_import(
         raise click.UsageError("--public-key and --output go with --uri")
     if not arguments:
         raise click.UsageError("give the PEM files to import, or --uri")
-    pemfiles = [
-        click.Path(exists=True, dir_okay=False, path_type=Path).convert(a, None, None)
-        for a in arguments
-    ]
+    pemfiles = [EXISTING_FILE.convert(a, None, None) for a in arguments]
     trustdir = current().trustdir()
     imported = []
     for path in pemfiles:

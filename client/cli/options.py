@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +15,7 @@ from tufnotary.client.images import ImageReference, check_gun, parse_digest
 from tufnotary.metadata.model import is_targets_role, is_valid_role
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 
 class _Gun(click.ParamType):
@@ -128,7 +129,7 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--tlscacert",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            type=EXISTING_FILE,
             callback=_override,
             expose_value=False,
             help="CA bundle of the server.",
@@ -159,12 +160,54 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Report what the update does.",
         ),
     ]
+    return _apply(options, command)
+
+
+def credential_options(env_prefix: str, peer: str) -> Callable[[Decorated], Decorated]:
+    """``--username``, ``--password`` and ``--token`` for the token service of ``peer`` (the
+    server, the source ...), and ``--token-realm-host`` for the other hosts they may go to;
+    each also read from ``{env_prefix}_USERNAME``, ``_PASSWORD``, ``_TOKEN``,
+    ``_TOKEN_REALM_HOSTS``."""
+    options = [
+        click.option(
+            "--username",
+            envvar=f"{env_prefix}_USERNAME",
+            help=f"User for the {peer}'s token service (env {env_prefix}_USERNAME).",
+        ),
+        click.option(
+            "--password",
+            envvar=f"{env_prefix}_PASSWORD",
+            help=f"Password for --username (env {env_prefix}_PASSWORD; prefer the variable).",
+        ),
+        click.option(
+            "--token",
+            envvar=f"{env_prefix}_TOKEN",
+            help=f"Bearer token sent to the {peer} as is (env {env_prefix}_TOKEN).",
+        ),
+        click.option(
+            "--token-realm-host",
+            "token_realm_hosts",
+            metavar="HOST",
+            multiple=True,
+            envvar=f"{env_prefix}_TOKEN_REALM_HOSTS",
+            help="Also send --username/--password to a token service on HOST (repeatable; * "
+            f"for any; env {env_prefix}_TOKEN_REALM_HOSTS, space-separated). By default they "
+            f"go only to the {peer}'s own host.",
+        ),
+    ]
+    return lambda command: _apply(options, command)
+
+
+def _apply(options: Sequence[Callable[[Decorated], Decorated]], command: Decorated) -> Decorated:
+    """``command`` with ``options`` in their order in the help."""
     for option in reversed(options):
         command = option(command)
     return command
 
 
 TIMEOUT = click.FloatRange(min=0, min_open=True)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+"""A file that must exist, as a Path."""
 
 offline_option = click.option(
     "--offline",

@@ -11,6 +11,7 @@ import click
 from tufnotary.client.changes import ADD_DELEGATION, ADD_TARGET, REMOVE_TARGET, StagedChange
 from tufnotary.client.cli.context import current
 from tufnotary.client.cli.options import (
+    EXISTING_FILE,
     GUN,
     TARGETS_ROLE,
     global_options,
@@ -99,7 +100,7 @@ def report_staged(
     "signed",
     nargs=2,
     multiple=True,
-    type=(TARGETS_ROLE, click.Path(exists=True, dir_okay=False, path_type=Path)),
+    type=(TARGETS_ROLE, EXISTING_FILE),
     metavar="ROLE FILE",
     help="Publish FILE, a version of ROLE signed with `sign` and `cosign`, as it is.",
 )
@@ -188,7 +189,7 @@ def sign(gun: str, role: str, output: Path) -> None:
 @click.command()
 @click.argument("gun", type=GUN)
 @click.argument("role", type=TARGETS_ROLE)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=EXISTING_FILE)
 @global_options
 def cosign(gun: str, role: str, file: Path) -> None:
     """Add the signatures of the keys held here to FILE, a version of ROLE made by `sign`;

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from tufnotary.client.cli.context import DEFAULT_SERVER, DEFAULT_TRUST_DIR, CliContext
-from tufnotary.client.cli.options import TIMEOUT
+from tufnotary.client.cli.options import EXISTING_FILE, TIMEOUT, credential_options
 from tufnotary.client.cli.output import Failure, configure_logging
 from tufnotary.client.errors import PROG
 from tufnotary.client.remote import DEFAULT_TIMEOUT
@@ -71,7 +71,7 @@ class _Cli(click.Group):
 @click.option(
     "--tlscacert",
     envvar="TUFNOTARY_TLSCACERT",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Trust only server certificates issued by this CA (env TUFNOTARY_TLSCACERT).",
 )
 @click.option(
@@ -84,31 +84,7 @@ class _Cli(click.Group):
     help="Give up on a server that does not answer, or stops sending, for this long "
     "(env TUFNOTARY_TIMEOUT).",
 )
-@click.option(
-    "--username",
-    envvar="TUFNOTARY_USERNAME",
-    help="User for the server's token service (env TUFNOTARY_USERNAME).",
-)
-@click.option(
-    "--password",
-    envvar="TUFNOTARY_PASSWORD",
-    help="Password for --username (env TUFNOTARY_PASSWORD; prefer the variable).",
-)
-@click.option(
-    "--token",
-    envvar="TUFNOTARY_TOKEN",
-    help="Bearer token sent to the server as is (env TUFNOTARY_TOKEN).",
-)
-@click.option(
-    "--token-realm-host",
-    "token_realm_hosts",
-    metavar="HOST",
-    multiple=True,
-    envvar="TUFNOTARY_TOKEN_REALM_HOSTS",
-    help="Also send --username/--password to a token service on HOST (repeatable; * for any; "
-    "env TUFNOTARY_TOKEN_REALM_HOSTS, space-separated). By default they go only to the "
-    "server's own host.",
-)
+@credential_options("TUFNOTARY", "server")
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Report what the update does.")
 @click.version_option(package_name="tufnotary", prog_name=PROG)

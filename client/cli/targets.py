@@ -10,6 +10,7 @@ import click
 from tufnotary.client.changes import StagedChange
 from tufnotary.client.cli.context import current
 from tufnotary.client.cli.options import (
+    EXISTING_FILE,
     GUN,
     global_options,
     hex_digest,
@@ -55,7 +56,7 @@ _custom_option = click.option(
 @click.command()
 @click.argument("gun", type=GUN)
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=EXISTING_FILE)
 @roles_option("Delegation roles to sign the target in (default: targets).")
 @_custom_option
 @publish_option
