@@ -15,12 +15,12 @@ from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import DEFAULT_TIMEOUT, Remote
 from tufnotary.importer.cli_db import import_from_databases
 from tufnotary.importer.notary_api import (
-    Failure,
     Imported,
     import_from_api,
     owner_commands,
     source_guns,
 )
+from tufnotary.importer.outcome import Refused
 from tufnotary.metadata.model import ROOT
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
@@ -30,8 +30,8 @@ from tufnotary.server.storage import Stores
 THIS_SERVER = "https://THIS-SERVER"
 
 
-def _summary(outcome: Imported | Failure, server_url: str, source_url: str) -> list[str]:
-    if isinstance(outcome, Failure):
+def _summary(outcome: Imported | Refused, server_url: str, source_url: str) -> list[str]:
+    if isinstance(outcome, Refused):
         return [f"{outcome.gun}: REFUSED, nothing stored: {outcome.reason}"]
     fetched = outcome.fetched
     trusted = fetched.trusted
@@ -156,7 +156,7 @@ def import_command(
         token=token,
         realm_hosts=token_realm_hosts,
     )
-    outcomes: list[Imported | Failure] = []
+    outcomes: list[Imported | Refused] = []
     with open_stores(settings) as stores:
         _require_latest_schema(stores)
         if not guns:
@@ -168,7 +168,7 @@ def import_command(
         try:
             with click.progressbar(length=len(guns), label="importing", file=sys.stderr) as bar:
 
-                def done(outcome: Imported | Failure) -> None:
+                def done(outcome: Imported | Refused) -> None:
                     outcomes.append(outcome)
                     bar.update(1)
 
@@ -184,7 +184,7 @@ def import_command(
             f"stopped after {len(outcomes)} of {len(guns)} GUNs: {stopped}; "
             "the GUNs above are stored: run the same command again to go on"
         )
-    refused = [o.gun for o in outcomes if isinstance(o, Failure)]
+    refused = [o.gun for o in outcomes if isinstance(o, Refused)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(outcomes)} GUNs refused: {' '.join(refused)}"

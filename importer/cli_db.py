@@ -18,6 +18,7 @@ from tufnotary.importer.notary_db import (
     read_guns,
     read_signer_keys,
 )
+from tufnotary.importer.outcome import Refused
 from tufnotary.importer.signer_keys import SignerKeyError, passphrases_for
 from tufnotary.server.cli_common import open_stores, open_vault_or_fail, say
 from tufnotary.server.config import Settings
@@ -51,7 +52,7 @@ def import_from_databases(
     """
     given = _passphrases(signer_passphrases)
     vault = open_vault_or_fail(settings)
-    results: list[db_import.GunResult | db_import.Refused] = []
+    results: list[db_import.GunResult | Refused] = []
     with open_stores(settings) as stores:
         try:
             preflight(settings, stores, vault)
@@ -77,13 +78,13 @@ def import_from_databases(
                             files = read_files(source, gun)
                             results.append(db_import.import_gun(stores, gun, files, keys))
                         except (BadNotaryFile, VersionConflict) as exc:
-                            results.append(db_import.Refused(gun, str(exc)))
+                            results.append(Refused(gun, str(exc)))
         except (StartupError, NotaryDatabaseError, SignerKeyError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             for result in results:
                 click.echo(_summary(result))
-    refused = [result.gun for result in results if isinstance(result, db_import.Refused)]
+    refused = [result.gun for result in results if isinstance(result, Refused)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(results)} GUNs refused (none of their versions stored): "
@@ -91,8 +92,8 @@ def import_from_databases(
         )
 
 
-def _summary(result: db_import.GunResult | db_import.Refused) -> str:
-    if isinstance(result, db_import.Refused):
+def _summary(result: db_import.GunResult | Refused) -> str:
+    if isinstance(result, Refused):
         return f"{result.gun}: refused: {result.reason}"
     held = result.server_keys
     timestamp = (

@@ -14,15 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tufnotary.importer.outcome import ACTOR, store_versions
 from tufnotary.importer.signer_keys import SignerKey, SignerKeyError, decrypt_key
+from tufnotary.metadata.model import ROOT, SNAPSHOT, TIMESTAMP
 from tufnotary.server.signer import KeyVault, sealed_key
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.keys import StoredKey
 from tufnotary.server.storage.metadata import NewFile
 
-SERVER_ROLES = ("timestamp", "snapshot")
-ACTOR = "cli"
+SERVER_ROLES = (TIMESTAMP, SNAPSHOT)
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,6 @@ class GunResult:
     files: int
     added: int
     server_keys: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A GUN whose versions were not imported (none of them), and why."""
-
-    gun: str
-    reason: str
 
 
 def _utc(when: datetime | None) -> datetime | None:
@@ -84,12 +77,9 @@ def import_gun(
 ) -> GunResult:
     """Store ``gun``'s files that are not stored yet (all or none, audited); the imported keys
     its newest root lists (of ``keys``) are marked used."""
-    added = stores.metadata.add_versions(
-        gun,
-        files,
-        AuditEntry(ACTOR, "import", gun, {"source": "notary-server database", "read": len(files)}),
-    )
-    roots = [file for file in files if file.role == "root"]
+    detail = {"source": "notary-server database", "read": len(files)}
+    added = store_versions(stores.metadata, gun, files, detail)
+    roots = [file for file in files if file.role == ROOT]
     root = json.loads(max(roots, key=lambda f: f.version).data)["signed"] if roots else {}
     imported = {(key.role, key.key_id) for key in keys if key.gun == gun}
     held: dict[str, str] = {}

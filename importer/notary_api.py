@@ -22,10 +22,10 @@ from tufnotary.client.errors import ClientError
 from tufnotary.client.remote import ROOT_CAP, NotFoundError, Remote, ServerUnavailable
 from tufnotary.client.trusted import TrustedSet
 from tufnotary.client.updater import RepositoryNotFound, Updater
+from tufnotary.importer.outcome import ACTOR, Refused, store_versions
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope, Metadata, Root
 from tufnotary.metadata.verify import verify_threshold
-from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionConflict
 
@@ -184,19 +184,14 @@ def import_gun(
     store: MetadataStore,
     remote: Remote,
     gun: str,
-    actor: str = "cli",
+    actor: str = ACTOR,
     pinned: Collection[str] = (),
 ) -> Imported:
     """Verify and store one GUN (ImportFailed, a client error or a metadata refusal if not;
     then nothing is stored). ``pinned``: see :func:`fetch_verified`."""
     fetched = fetch_verified(remote, gun, _stored_current(store, gun), pinned)
-    audit = AuditEntry(
-        actor,
-        "import",
-        gun,
-        {"source": remote.url, "verified": [f"{f.role} {f.version}" for f in fetched.files]},
-    )
-    added = store.add_versions(gun, fetched.files, audit)
+    detail = {"source": remote.url, "verified": [f"{f.role} {f.version}" for f in fetched.files]}
+    added = store_versions(store, gun, fetched.files, detail, actor)
     return Imported(fetched, added, _server_snapshot(remote, fetched))
 
 
@@ -216,39 +211,31 @@ def source_guns(remote: Remote) -> list[str]:
         change_id = str(page[-1]["ID"])
 
 
-@dataclass(frozen=True)
-class Failure:
-    """A GUN refused, and why; nothing of it was stored."""
-
-    gun: str
-    reason: str
-
-
 def import_from_api(
     store: MetadataStore,
     remote: Remote,
     guns: Iterable[str],
     *,
-    actor: str = "cli",
+    actor: str = ACTOR,
     pins: Mapping[str, Collection[str]] = {},
-    done: Callable[[Imported | Failure], None] = lambda _: None,
-) -> list[Imported | Failure]:
+    done: Callable[[Imported | Refused], None] = lambda _: None,
+) -> list[Imported | Refused]:
     """Import each GUN on its own: a refused one (including one whose history differs from
     what is stored here) stores nothing and does not stop the others. A source that cannot be
     reached or fails (ServerUnavailable) and storage failures stop the import; re-running
     resumes it. ``pins``: root key ids per GUN (see :func:`fetch_verified`); ``done`` is told
     each outcome as it comes."""
-    outcomes: list[Imported | Failure] = []
+    outcomes: list[Imported | Refused] = []
     for gun in guns:
-        outcome: Imported | Failure
+        outcome: Imported | Refused
         try:
             outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
         except VersionConflict as exc:
-            outcome = Failure(gun, f"{exc}: this server holds other trust data for {gun}")
+            outcome = Refused(gun, f"{exc}: this server holds other trust data for {gun}")
         except (StorageError, ServerUnavailable):
             raise
         except (ImportFailed, ClientError, MetadataError) as exc:
-            outcome = Failure(gun, str(exc))
+            outcome = Refused(gun, str(exc))
         outcomes.append(outcome)
         done(outcome)
     return outcomes
