@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
 from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.metadata import add_missing_versions
 from tufnotary.server.storage.models import (
     AuditRow,
     Base,
@@ -54,7 +55,8 @@ class DatabaseNotEmpty(StorageError):
 
 
 class HistoryDiffers(StorageError):
-    """A merged version or key is stored already with other bytes."""
+    """A merged server key is stored already as another key (a version stored with other
+    bytes is a VersionConflict)."""
 
 
 Rows = Iterator[dict[str, Any]]
@@ -113,8 +115,8 @@ class ArchiveStore:
 
         With ``merge``, trust data may be stored already: versions and server keys not stored
         yet are added (a changefeed record, with new id, per added timestamp; the archived
-        changefeed is not used), identical ones skipped; one stored with other bytes raises
-        HistoryDiffers.
+        changefeed is not used), identical ones skipped; a version stored with other bytes
+        raises VersionConflict, a key stored as another key HistoryDiffers.
         """
         counts: dict[str, int] = {}
         with self._db.transaction("restore", write=True) as connection:
@@ -180,33 +182,7 @@ def _insert(connection: Connection, model: type[Base], rows: Rows) -> int:
 
 def _merge_files(connection: Connection, rows: Rows) -> int:
     """Add the versions not stored yet, with a changefeed record per added timestamp."""
-    count = 0
-    key = sa.tuple_(TufFileRow.gun, TufFileRow.role, TufFileRow.version)
-    for batch in _batches(rows):
-        wanted = [(row["gun"], row["role"], row["version"]) for row in batch]
-        query = sa.select(TufFileRow.gun, TufFileRow.role, TufFileRow.version, TufFileRow.sha256)
-        stored = {
-            (gun, role, version): digest
-            for gun, role, version, digest in connection.execute(query.where(key.in_(wanted)))
-        }
-        added = []
-        for (gun, role, version), row in zip(wanted, batch, strict=True):
-            if (gun, role, version) not in stored:
-                added.append(row)
-            elif stored[gun, role, version] != row["sha256"]:
-                raise HistoryDiffers(f"{gun}: {role} version {version} is stored with other bytes")
-        if added:
-            connection.execute(sa.insert(TufFileRow), added)
-        changes = [
-            {name: row[name] for name in ("created_at", "gun", "version", "sha256")}
-            | {"category": "update"}
-            for row in added
-            if row["role"] == "timestamp"
-        ]
-        if changes:
-            connection.execute(sa.insert(ChangefeedRow), changes)
-        count += len(added)
-    return count
+    return sum(len(add_missing_versions(connection, batch)) for batch in _batches(rows))
 
 
 def _merge_keys(connection: Connection, rows: Rows) -> int:

@@ -73,6 +73,7 @@ _LATEST = _FILES.order_by(TufFileRow.version.desc()).limit(1)
 _BY_CHECKSUM = _FILES.where(TufFileRow.sha256 == sa.bindparam("sha256")).limit(1)
 _BY_VERSION = _FILES.where(TufFileRow.version == sa.bindparam("version")).limit(1)
 _INSERT_CHANGE = sa.insert(ChangefeedRow)
+_LOOKUP_BATCH = 500  # (gun, role, version) triples per query: SQLite's bound-parameter limit
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,42 +208,18 @@ class MetadataStore:
         if len(wanted) != len(files):
             raise VersionConflict(f"import into {gun}: two files with the same role and version")
         now = datetime.now(UTC)
+        rows = [
+            dict(created_at=now, gun=gun, role=file.role, version=file.version)
+            | {"sha256": hashlib.sha256(file.data).hexdigest(), "data": file.data}
+            for _, file in sorted(wanted.items())
+        ]
         with self._db.transaction(
             f"import into {gun}", write=True, clash=VersionConflict
         ) as connection:
-            stored = {
-                (row.role, row.version): row.sha256
-                for row in connection.execute(
-                    sa.select(TufFileRow.role, TufFileRow.version, TufFileRow.sha256).where(
-                        TufFileRow.gun == gun,
-                        TufFileRow.role.in_({role for role, _ in wanted}),
-                    )
-                )
-            }
-            added: list[NewFile] = []
-            rows: list[dict[str, Any]] = []
-            for key in sorted(wanted):
-                file, digest = wanted[key], hashlib.sha256(wanted[key].data).hexdigest()
-                if key in stored:
-                    if stored[key] != digest:
-                        raise VersionConflict(
-                            f"import into {gun}: {file.role} version {file.version} is stored "
-                            "with other bytes"
-                        )
-                    continue
-                added.append(file)
-                rows.append(
-                    dict(created_at=now, gun=gun, role=file.role, version=file.version)
-                    | {"sha256": digest, "data": file.data}
-                )
-            if rows:
-                connection.execute(sa.insert(TufFileRow), rows)
-            for row in rows:
-                if row["role"] == "timestamp":
-                    _append_change(connection, gun, row["version"], row["sha256"], "update", now)
+            added = add_missing_versions(connection, rows, "import into ")
             if audit is not None:
                 append_audit(connection, audit, now)
-        return added
+        return [wanted[row["role"], row["version"]] for row in added]
 
     def delete_gun(self, gun: str, audit: AuditEntry | None = None) -> int:
         """Delete every stored file of exactly this GUN (and record ``audit``); returns the
@@ -278,6 +255,43 @@ class MetadataStore:
         """Raise StorageError unless ``tuf_files`` can be read (health check)."""
         with self._db.transaction("ping") as connection:
             connection.execute(sa.select(TufFileRow.id).limit(1)).all()
+
+
+def add_missing_versions(
+    connection: Connection, rows: Sequence[dict[str, Any]], context: str = ""
+) -> list[dict[str, Any]]:
+    """Insert the ``tuf_files`` rows whose (gun, role, version) is not stored, and a changefeed
+    ``update`` (at the row's ``created_at``) per added timestamp; returns the rows added. A
+    version stored with other bytes raises VersionConflict, its message led by ``context``."""
+    key = sa.tuple_(TufFileRow.gun, TufFileRow.role, TufFileRow.version)
+    query = sa.select(TufFileRow.gun, TufFileRow.role, TufFileRow.version, TufFileRow.sha256)
+    stored: dict[tuple[str, str, int], str] = {}
+    for start in range(0, len(rows), _LOOKUP_BATCH):
+        batch = rows[start : start + _LOOKUP_BATCH]
+        wanted = [(row["gun"], row["role"], row["version"]) for row in batch]
+        found = connection.execute(query.where(key.in_(wanted)))
+        stored.update(((gun, role, version), digest) for gun, role, version, digest in found)
+    added = []
+    for row in rows:
+        digest = stored.get((row["gun"], row["role"], row["version"]))
+        if digest is None:
+            added.append(row)
+        elif digest != row["sha256"]:
+            raise VersionConflict(
+                f"{context}{row['gun']}: {row['role']} version {row['version']} is stored with "
+                "other bytes"
+            )
+    if added:
+        connection.execute(sa.insert(TufFileRow), added)
+    changes = [
+        {name: row[name] for name in ("created_at", "gun", "version", "sha256")}
+        | {"category": "update"}
+        for row in added
+        if row["role"] == "timestamp"
+    ]
+    if changes:
+        connection.execute(_INSERT_CHANGE, changes)
+    return added
 
 
 def _append_change(
