@@ -88,6 +88,14 @@ class Key:
         return cls(ECDSA if isinstance(key, ec.EllipticCurvePublicKey) else RSA, der)
 
     @classmethod
+    def from_public_pem(cls, pem: bytes) -> Key:
+        """A PEM public key (ecdsa, rsa or ed25519); ValueError if unreadable or another kind."""
+        public = serialization.load_pem_public_key(pem)
+        if not isinstance(public, PublicKey):
+            raise ValueError(f"unsupported {type(public).__name__}")
+        return cls.from_public_key(public)
+
+    @classmethod
     def from_certificates(cls, certs: list[x509.Certificate]) -> Key:
         """A certificate key (leaf first, then intermediates), Go-style PEM."""
         leaf_key = certs[0].public_key()

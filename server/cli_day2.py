@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from tufnotary.server import prune as retention
+from tufnotary.server import prune as pruning
 from tufnotary.server import resign as resigning
 from tufnotary.server.cli_common import open_stores, open_vault_or_fail, with_settings
 from tufnotary.server.config import Settings
@@ -30,7 +30,7 @@ from tufnotary.server.updates import Limits
 @click.option(
     "--batch",
     type=click.IntRange(1),
-    default=retention.BATCH,
+    default=pruning.BATCH,
     show_default=True,
     help="Versions removed per transaction.",
 )
@@ -44,7 +44,7 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
     """
     verb = "would remove" if dry_run else "removing"
 
-    def show(plan: retention.GunPlan) -> None:
+    def show(plan: pruning.GunPlan) -> None:
         for role in plan.roles:
             click.echo(f"{plan.gun}: {verb} {role.describe()}")
 
@@ -53,7 +53,7 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
             click.echo("prune: another prune is running; nothing done")
             return
         store = RetentionStore(stores.database)
-        report = retention.prune(
+        report = pruning.prune(
             stores.metadata,
             store,
             guns or store.guns(),

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import format_expires
@@ -84,15 +82,9 @@ def key_add(settings: Settings, gun: str, role: str, uri: str, public_key: Path 
 
 def _read_public_key(path: Path) -> Key:
     try:
-        public = serialization.load_pem_public_key(path.read_bytes())
+        return Key.from_public_pem(path.read_bytes())
     except ValueError as exc:
         raise click.BadParameter(f"{path}: {exc}", param_hint="--public-key") from None
-    if not isinstance(
-        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-    ):
-        kind = type(public).__name__
-        raise click.BadParameter(f"{path}: unsupported {kind}", param_hint="--public-key")
-    return Key.from_public_key(public)
 
 
 @key.command("list")

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tufnotary.client.changes import StagedChange
 from tufnotary.client.cli.context import current
@@ -47,16 +45,9 @@ def _read_public_keys(path: Path) -> Key:
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             return Key.from_certificates(x509.load_pem_x509_certificates(data))
-        public = serialization.load_pem_public_key(data)
+        return Key.from_public_pem(data)
     except ValueError as exc:
         raise click.BadParameter(f"{path}: unreadable PEM: {exc}", param_hint="PEMFILE") from None
-    if not isinstance(
-        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-    ):
-        raise click.BadParameter(
-            f"{path}: unsupported {type(public).__name__}", param_hint="PEMFILE"
-        )
-    return Key.from_public_key(public)
 
 
 @delegation.command(name="add")

@@ -35,7 +35,7 @@ from tufnotary.client.errors import ClientError
 from tufnotary.client.keystatus import DEFAULT_MAX_AGE, DEFAULT_SERVER_MAX_AGE, key_status
 from tufnotary.client.repository import Repository
 from tufnotary.client.trustdir import KeyFileError
-from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key, PublicKey
+from tufnotary.metadata.keys import ECDSA, ED25519, RSA, Key
 from tufnotary.metadata.model import BASE_ROLES, SNAPSHOT, TARGETS, TIMESTAMP
 
 
@@ -320,7 +320,7 @@ def _import_uri(
     public = None
     if public_key is not None:
         try:
-            public = Key.from_public_key(_load_public_pem(public_key.read_bytes()))
+            public = Key.from_public_pem(public_key.read_bytes())
         except ValueError as exc:
             raise click.BadParameter(f"{public_key}: {exc}", param_hint="--public-key") from exc
     with progress(f"checking that {uri} signs"):
@@ -337,13 +337,6 @@ def _import_uri(
         "public_key": pem.decode(),
     }
     emit(data, f"Registered {role} key {record.key_id} in {record.backend} ({uri})")
-
-
-def _load_public_pem(pem: bytes) -> PublicKey:
-    key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, PublicKey):
-        raise ValueError(f"unsupported public key {type(key).__name__}")
-    return key
 
 
 @key.command(name="export")
