@@ -24,8 +24,7 @@ from tufnotary.importer.outcome import Refused
 from tufnotary.metadata.model import ROOT
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
-from tufnotary.server.migrate import schema_state
-from tufnotary.server.storage import Stores
+from tufnotary.server.startup import StartupError, prepare_database
 
 THIS_SERVER = "https://THIS-SERVER"
 
@@ -158,7 +157,10 @@ def import_command(
     )
     outcomes: list[Imported | Refused] = []
     with open_stores(settings) as stores:
-        _require_latest_schema(stores)
+        try:
+            prepare_database(settings, stores)
+        except StartupError as exc:
+            raise click.ClickException(str(exc)) from None
         if not guns:
             try:
                 guns = tuple(source_guns(remote))
@@ -199,12 +201,3 @@ def _parse_pins(values: tuple[str, ...]) -> dict[str, set[str]]:
             raise click.BadParameter(f"{value!r}: expected GUN=ID (a 64-hex key id)")
         pins.setdefault(gun, set()).add(key_id.lower())
     return pins
-
-
-def _require_latest_schema(stores: Stores) -> None:
-    state = schema_state(stores.engine)
-    if not state.latest:
-        raise click.ClickException(
-            f"the database is not at the latest schema (at {state.current or 'none'}): run "
-            "`tufnotary-server migrate` with the same --config/--data-dir/--database first"
-        )

@@ -48,7 +48,7 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
         for role in plan.roles:
             click.echo(f"{plan.gun}: {verb} {role.describe()}")
 
-    with open_stores(settings) as stores, exclusive(stores.engine, "prune") as held:
+    with open_stores(settings) as stores, exclusive(stores.engine, pruning.LOCK) as held:
         if not held:
             click.echo("prune: another prune is running; nothing done")
             return

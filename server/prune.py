@@ -28,6 +28,8 @@ from tufnotary.server.storage.retention import GunReplaced, RetentionStore, Stor
 
 BATCH = 500
 """Rows removed per transaction: each is a few milliseconds, so publishes hardly wait."""
+LOCK = "prune"
+"""The name of the lock that lets one prune run at a time (storage.runlock)."""
 
 
 class PruneError(Exception):
