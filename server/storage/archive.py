@@ -54,9 +54,9 @@ class DatabaseNotEmpty(StorageError):
     """A restore would mix with data the database holds already."""
 
 
-class HistoryDiffers(StorageError):
-    """A merged server key is stored already as another key (a version stored with other
-    bytes is a VersionConflict)."""
+class ServerKeyDiffers(StorageError):
+    """A merged server key is stored already as another key (of another GUN, role or public
+    key)."""
 
 
 Rows = Iterator[dict[str, Any]]
@@ -116,7 +116,7 @@ class ArchiveStore:
         With ``merge``, trust data may be stored already: versions and server keys not stored
         yet are added (a changefeed record, with new id, per added timestamp; the archived
         changefeed is not used), identical ones skipped; a version stored with other bytes
-        raises VersionConflict, a key stored as another key HistoryDiffers.
+        raises VersionConflict, a key stored as another key ServerKeyDiffers.
         """
         counts: dict[str, int] = {}
         with self._db.transaction("restore", write=True) as connection:
@@ -200,7 +200,7 @@ def _merge_keys(connection: Connection, rows: Rows) -> int:
             if row["key_id"] not in stored:
                 added.append(row)
             elif stored[row["key_id"]] != tuple(row[name] for name in same):
-                raise HistoryDiffers(f"server key {row['key_id']} is stored as another key")
+                raise ServerKeyDiffers(f"server key {row['key_id']} is stored as another key")
         if added:
             connection.execute(sa.insert(ServerKeyRow), added)
         count += len(added)
