@@ -33,6 +33,7 @@ from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_token, open_vault
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.keys import ServerKeyStore
+from tufnotary.server.storage.signals import ChangeSignals
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -168,7 +169,10 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     _install_hooks(app)
     if settings.response_cache_bytes:
         budget = settings.response_cache_bytes
-        app.wsgi_app = FastReads(app, service, budget, record_request)  # type: ignore[method-assign]
+        signals = ChangeSignals(stores.database, stores.metadata)
+        app.wsgi_app = FastReads(  # type: ignore[method-assign]
+            app, service, signals, budget, record_request
+        )
     return app
 
 
