@@ -140,6 +140,9 @@ def main() -> int:
     parser.add_argument("--database", help="a fresh, empty database URL (default: SQLite)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--tags", type=int, default=10_000, help="tags of publish-large")
+    parser.add_argument(
+        "--log-level", default="info", help="info (default): with the access log line"
+    )
     parser.add_argument("--top", type=int, default=0, help="print the N costliest functions")
     parser.add_argument(
         "--callgrind", action="store_true", help="no cProfile; count only the requests"
@@ -150,7 +153,7 @@ def main() -> int:
             data_dir=Path(tmp),
             database_url=args.database,
             key_passphrase="bench passphrase",
-            log_level="info",  # the access log line is part of every request's cost
+            log_level=args.log_level,
         )
         upgrade(settings.effective_database_url)
         app = create_app(settings)
