@@ -12,7 +12,9 @@ reported total divided by the requests is instructions per request.
 Run: ``.venv/bin/python bench/hotpaths.py checksum [--database postgresql://...] [--top 15]``.
 Scenarios: ``checksum`` (small targets by checksum, cached), ``timestamp`` (current, cached),
 ``missing`` (404 of an unknown repository, cached), ``publish`` (one new target, client-held
-snapshot), ``publish-large`` (one new tag in a ``--tags`` repository).
+snapshot), ``publish-large`` (one new tag in a ``--tags`` repository), ``scale`` (current
+timestamp of random repositories among ``--repos`` on SQLite, as bench/run.py's scale run:
+nearly every read misses the response cache).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import ctypes
 import hashlib
 import io
 import pstats
+import random
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from run import docker_target  # noqa: E402
+from run import SCALE_VERSIONS, add_repositories, docker_target  # noqa: E402
 
 from support.api import Server, multipart  # noqa: E402
 from support.repo import RepoBuilder  # noqa: E402
@@ -107,7 +111,24 @@ def call(app: Callable[..., Any], env: dict[str, Any]) -> str:
     return statuses[0]
 
 
-def prepare(server: Server, scenario: str, requests: int, tags: int) -> list[dict[str, Any]]:
+def seed_repositories(database: Path, repos: int) -> None:
+    """As bench/run.py's scale run: ``repos`` repositories of SCALE_VERSIONS versions each,
+    the newest being GUN's files, inserted directly."""
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT role, sha256, data, created_at FROM tuf_files WHERE gun = ?"
+            " ORDER BY version DESC",
+            (GUN,),
+        ).fetchall()
+    current: dict[str, tuple[str, bytes, str]] = {}
+    for role, digest, data, created in rows:
+        current.setdefault(role, (digest, data, created))
+    add_repositories(database, current, 0, repos, (hashlib.sha256(b"{}").hexdigest(), b"{}"))
+
+
+def prepare(
+    server: Server, scenario: str, requests: int, tags: int, repos: int
+) -> list[dict[str, Any]]:
     """The environs of the measured requests (built before measuring)."""
     repo = RepoBuilder(GUN, server.server_key(GUN, "timestamp"))
     if scenario == "publish-large":
@@ -115,6 +136,14 @@ def prepare(server: Server, scenario: str, requests: int, tags: int) -> list[dic
             name, meta = docker_target(index)
             repo.targets[TARGETS].targets[name] = meta
     assert server.upload(GUN, repo.first_publish()).status_code == 200
+    if scenario == "scale":  # GET timestamp.json of random repositories, nearly all misses
+        database = sa.make_url(server.settings.effective_database_url).database
+        seed_repositories(Path(str(database)), repos)
+        chosen = random.Random(8).sample(range(repos), min(repos, requests + 2))
+        return [
+            environ("GET", server.tuf(f"scale.example.com/repo-{i}", "timestamp.json"))
+            for i in chosen
+        ]
     if scenario in ("checksum", "timestamp", "missing"):
         name = {
             "checksum": f"targets.{hashlib.sha256(repo.files[TARGETS]).hexdigest()}.json",
@@ -135,7 +164,14 @@ def prepare(server: Server, scenario: str, requests: int, tags: int) -> list[dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "scenario", choices=("checksum", "timestamp", "missing", "publish", "publish-large")
+        "scenario",
+        choices=("checksum", "timestamp", "missing", "scale", "publish", "publish-large"),
+    )
+    parser.add_argument(
+        "--repos",
+        type=int,
+        default=100_000,
+        help=f"repositories of scale ({SCALE_VERSIONS} versions each)",
     )
     parser.add_argument("--database", help="a fresh, empty database URL (default: SQLite)")
     parser.add_argument("--requests", type=int, default=200)
@@ -164,9 +200,9 @@ def main() -> int:
 def run(server: Server, args: argparse.Namespace, toggle: ctypes.CDLL | None) -> int:
     context = server_context(server.app)
     counter = Counter(context.stores.engine)
-    environs = prepare(server, args.scenario, args.requests, args.tags)
+    environs = prepare(server, args.scenario, args.requests, args.tags, args.repos)
     wsgi = server.app.wsgi_app
-    reads = args.scenario in ("checksum", "timestamp", "missing")
+    reads = args.scenario in ("checksum", "timestamp", "missing", "scale")
     if reads:  # fill the cache: the measured requests are hits
         for env in environs[:2]:
             call(wsgi, env)
@@ -179,13 +215,16 @@ def run(server: Server, args: argparse.Namespace, toggle: ctypes.CDLL | None) ->
         profile.enable()
     if toggle is not None:
         toggle.start()
+    began = time.perf_counter()
     statuses = [call(wsgi, env) for env in environs]
+    took = time.perf_counter() - began
     if toggle is not None:
         toggle.stop()
     if profile is not None:
         profile.disable()
     count = len(environs)
     print(f"{args.scenario}: {count} requests, statuses {sorted(set(statuses))}")
+    print(f"  wall-clock ms per request (noisy on a shared machine): {took * 1000 / count:.3f}")
     print(f"  SQLAlchemy statements per request: {counter.orm / count:.2f}")
     print(f"  change-signal statements per request: {counter.raw / count:.2f}")
     if profile is not None:
