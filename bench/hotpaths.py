@@ -179,6 +179,8 @@ def main() -> int:
     parser.add_argument(
         "--log-level", default="info", help="info (default): with the access log line"
     )
+    parser.add_argument("--sort", default="tottime", help="order of --top (pstats key)")
+    parser.add_argument("--callers", help="print the callers of functions matching this regex")
     parser.add_argument("--top", type=int, default=0, help="print the N costliest functions")
     parser.add_argument(
         "--callgrind", action="store_true", help="no cProfile; count only the requests"
@@ -231,8 +233,10 @@ def run(server: Server, args: argparse.Namespace, toggle: ctypes.CDLL | None) ->
         stats = pstats.Stats(profile, stream=(out := io.StringIO()))
         print(f"  Python function calls per request: {stats.total_calls / count:.0f}")  # type: ignore[attr-defined]
         if args.top:
-            stats.sort_stats("tottime").print_stats(args.top)
-            print(out.getvalue())
+            stats.sort_stats(args.sort).print_stats(args.top)
+        if args.callers:
+            stats.print_callers(args.callers)
+        print(out.getvalue())
     return 0
 
 
