@@ -695,6 +695,7 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path)
             {n: upload_op(repo.gun, bodies[n]) for n in SERVERS},
             count,
         )
+        result.note = server_side_note(runner.servers, repo.gun, count)
         if all(s.count == count for s in result.stats.values()):  # all stored the last upload
             time.sleep(0.1)  # the stack's current-metadata window (10 ms) has passed
             for client in clients.values():
@@ -817,6 +818,23 @@ def worker_rss_mb(master: int) -> str:
         if match:
             sizes.append(f"{int(match[1]) / 1024:.0f}")
     return " ".join(sizes) or "unknown"
+
+
+def server_side_note(servers: dict[str, Server], gun: str, count: int) -> str:
+    """Median server-side ms of the last `count` publishes to `gun` on each of our servers,
+    from their access logs (the "ms" field of each POST line)."""
+    cells = []
+    for name in (TUF, TUF_PG, STACK):
+        times = []
+        for line in servers[name].log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"POST"' in line:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("gun") == gun and entry.get("status") == 200 and "ms" in entry:
+                        times.append(float(entry["ms"]))
+        if times[-count:]:
+            cells.append(f"{name} {statistics.median(times[-count:]):.1f}")
+    return "server-side median ms (access log): " + ", ".join(cells) if cells else ""
 
 
 def prepare_publishes(repo: Repo, count: int) -> dict[str, list[tuple[bytes, str]]]:
