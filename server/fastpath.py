@@ -176,15 +176,16 @@ class FastReads:
             etag = next((v.strip('"') for k, v in headers if k.lower() == "etag"), None)
             refresh_at = None
             if route.current and route.role in ("timestamp", "snapshot") and status[:3] == "200":
-                refresh_at = self._refresh_at(route.gun)
+                refresh_at = self._refresh_at(route.gun, signal)
             entry = _Entry(route, signal, status, kept, body, etag, refresh_at)
             self._entries.put(path, entry)
         return [body]
 
-    def _refresh_at(self, gun: str) -> float | None:
-        """When the current timestamp and snapshot are due (0: now, when unknown)."""
+    def _refresh_at(self, gun: str, signal: Signal) -> float | None:
+        """When the current timestamp and snapshot are due (0: now, when unknown); ``signal``
+        names the newest timestamp, whose walk Flask has just done (then no query)."""
         try:
-            due = self._service.refresh_at(gun)
+            due = self._service.refresh_at(gun, None if signal is None else signal[1])
         except Exception:  # then the next read goes to Flask again
             return 0.0
         return None if due is None else due.timestamp()
