@@ -78,6 +78,7 @@ WRK_ROUNDS = 2
 REQUEST_TIMEOUT = 60.0
 SMALL_GUN = "bench.example.com/small"
 LARGE_GUN = "bench.example.com/large"
+UNKNOWN_GUN = "bench.example.com/never-published"  # the 404 scenario's repository
 SMALL_TARGETS = 10
 BUSY_FRACTION = 0.2  # warn when other processes use more of the CPUs than this before the run
 ROUNDS = 4  # each scenario alternates the servers in this many blocks, to spread out drift
@@ -226,6 +227,14 @@ class Client:
         if expected is not None and body != expected:
             raise BenchError(f"{self.server.name} GET {name}: body differs from the upload")
         return body
+
+    def missing(self, gun: str, name: str) -> None:
+        """GET a TUF file that does not exist: 404 expected."""
+        response = self.session.get(self.tuf(gun, name), timeout=REQUEST_TIMEOUT)
+        if response.status_code != 404:
+            raise BenchError(
+                f"{self.server.name} GET {gun} {name}: {response.status_code}, not 404"
+            )
 
     def post(self, gun: str, body: bytes, content_type: str) -> None:
         """Upload a multipart body; 200 expected."""
@@ -503,16 +512,22 @@ class Runner:
 # -- wrk -----------------------------------------------------------------------------------------
 
 
-def wrk_stats(url: str, seconds: float, connections: int) -> Stats:
-    """`wrk` with `connections` keep-alive connections for `seconds` against `url`."""
+def wrk_stats(url: str, seconds: float, connections: int, missing: bool = False) -> Stats:
+    """`wrk` with `connections` keep-alive connections for `seconds` against `url`; every
+    answer must be a 2xx (or, if `missing`, not: wrk counts only "non-2xx or 3xx")."""
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
     fields = dict(re.findall(r"^\s*([A-Za-z0-9% /-]+?):?\s+([0-9.]+\w*)\s*$", out, re.M))
+    sent = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    unexpected = int(bad[1]) if bad else 0
+    if missing:
+        unexpected = (int(sent[1]) if sent else 0) - unexpected
     errors = re.search(r"Socket errors: .*", out)
     rps = float(fields.get("Requests/sec", "nan"))
     count = int(rps * seconds) if rps == rps else 0
-    error = (bad and f"{bad[1]} non-2xx answers") or (errors and errors[0]) or None
+    what = "2xx or 3xx" if missing else "non-2xx"
+    error = (unexpected and f"{unexpected} {what} answers") or (errors and errors[0]) or None
     return Stats(count, _ms(fields.get("50%")), _ms(fields.get("99%")), rps, error)
 
 
@@ -638,6 +653,8 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path)
     large = publish_repo(LARGE_GUN, plan.large_targets, clients)
     for repo in (small, large):
         check_identical(repo, clients)
+    for client in clients.values():
+        client.missing(UNKNOWN_GUN, "timestamp.json")
     print(
         f"repositories ready in {time.monotonic() - started:.1f}s: small targets "
         f"{len(small.targets_bytes):,} B, large targets {len(large.targets_bytes):,} B "
@@ -650,6 +667,7 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path)
         ("root.json", SMALL_GUN, "root.json"),
         ("targets.<sha256>.json small", SMALL_GUN, targets_name(small.targets_bytes)),
         ("targets.<sha256>.json large", LARGE_GUN, targets_name(large.targets_bytes)),
+        ("404 unknown repository", UNKNOWN_GUN, "timestamp.json"),
     ]
     for label, gun, name in reads:
         wrk_scenario(runner, f"GET {label} wrk x{WRK_CONNECTIONS}", gun, name, plan.wrk_seconds)
@@ -675,6 +693,7 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path)
             {n: upload_op(repo.gun, bodies[n]) for n in SERVERS},
             count,
         )
+        result.note = server_side_note(runner.servers, repo.gun, count)
         if all(s.count == count for s in result.stats.values()):  # all stored the last upload
             time.sleep(0.1)  # the stack's current-metadata window (10 ms) has passed
             for client in clients.values():
@@ -684,13 +703,14 @@ def scenarios(runner: Runner, clients: dict[str, Client], plan: Plan, tmp: Path)
 
 def wrk_scenario(runner: Runner, scenario: str, gun: str, name: str, seconds: float) -> None:
     """wrk against every server, WRK_ROUNDS rounds in alternating order; mean req/s and
-    latency."""
+    latency. Every answer must be 200, or 404 for the unknown repository."""
+    missing = gun == UNKNOWN_GUN
     rounds: dict[str, list[Stats]] = {n: [] for n in SERVERS}
     for round_ in range(WRK_ROUNDS):
         for server in SERVERS if round_ % 2 == 0 else tuple(reversed(SERVERS)):
             if not runner.expired():
                 url = f"{runner.servers[server].url}/v2/{gun}/_trust/tuf/{name}"
-                rounds[server].append(wrk_stats(url, seconds, WRK_CONNECTIONS))
+                rounds[server].append(wrk_stats(url, seconds, WRK_CONNECTIONS, missing))
     stats = {n: mean_stats(runs) for n, runs in rounds.items()}
     result = Result(scenario, WRK_CONNECTIONS, stats, note="")
     result.compare()
@@ -796,6 +816,23 @@ def worker_rss_mb(master: int) -> str:
         if match:
             sizes.append(f"{int(match[1]) / 1024:.0f}")
     return " ".join(sizes) or "unknown"
+
+
+def server_side_note(servers: dict[str, Server], gun: str, count: int) -> str:
+    """Median server-side ms of the last `count` publishes to `gun` on each of our servers,
+    from their access logs (the "ms" field of each POST line)."""
+    cells = []
+    for name in (TUF, TUF_PG, STACK):
+        times = []
+        for line in servers[name].log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"POST"' in line:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("gun") == gun and entry.get("status") == 200 and "ms" in entry:
+                        times.append(float(entry["ms"]))
+        if times[-count:]:
+            cells.append(f"{name} {statistics.median(times[-count:]):.1f}")
+    return "server-side median ms (access log): " + ", ".join(cells) if cells else ""
 
 
 def prepare_publishes(repo: Repo, count: int) -> dict[str, list[tuple[bytes, str]]]:

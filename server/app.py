@@ -35,6 +35,7 @@ from tufnotary.server.slots import UploadSlots
 from tufnotary.server.startup import open_token, open_vault
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.expiry import ExpiryStore
+from tufnotary.server.storage.signals import ChangeSignals
 from tufnotary.server.updates import Limits
 from tufnotary.server.worker import BodyTimeout
 
@@ -65,16 +66,21 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
+        entry = _entry(record.created, record.levelname.lower(), record.name, record.getMessage())
+        entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _ENCODE(entry)
+
+
+def _entry(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+    """The members every line starts with."""
+    time_ = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return {"time": time_, "level": level, "logger": logger, "msg": msg}
+
+
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def configure_logging(level: str) -> None:
@@ -178,7 +184,10 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     _install_hooks(app)
     if settings.response_cache_bytes:
         budget = settings.response_cache_bytes
-        app.wsgi_app = FastReads(app, service, budget, record_request)  # type: ignore[method-assign]
+        signals = ChangeSignals(stores.database, stores.metadata)
+        app.wsgi_app = FastReads(  # type: ignore[method-assign]
+            app, service, signals, budget, record_request
+        )
     return app
 
 
@@ -271,9 +280,48 @@ def _install_hooks(app: Flask) -> None:
 
 def record_request(fields: dict[str, Any], seconds: float) -> None:
     """One JSON access log line (``None`` fields left out) and the request's duration metric."""
-    operation = fields.get("operation") or "other"
-    REQUEST_SECONDS.labels(operation, fields["method"], str(fields["status"])).observe(seconds)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "request", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
+    labels = (fields.get("operation") or "other", fields["method"], str(fields["status"]))
+    histogram = _REQUEST_HISTOGRAMS.get(labels)
+    if histogram is None:
+        histogram = _REQUEST_HISTOGRAMS.setdefault(labels, REQUEST_SECONDS.labels(*labels))
+    histogram.observe(seconds)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    handlers = _plain_json_handlers(access_log)
+    if handlers is None:  # another logging set-up: through logging, minus the caller lookup
+        extra = {"fields": {k: v for k, v in fields.items() if v is not None}}
+        record = access_log.makeRecord(
+            access_log.name, logging.INFO, "", 0, "request", (), None, None, extra
         )
+        access_log.handle(record)
+        return
+    # What those handlers would write, without a LogRecord and the handler chain per request.
+    entry = _entry(time.time(), "info", access_log.name, "request")
+    entry.update((k, v) for k, v in fields.items() if v is not None)
+    line = _ENCODE(entry) + "\n"
+    for handler in handlers:
+        with handler.lock:  # type: ignore[union-attr]  # a StreamHandler always has one
+            handler.stream.write(line)
+            handler.stream.flush()
+
+
+def _plain_json_handlers(logger: logging.Logger) -> list[logging.StreamHandler[Any]] | None:
+    """The handlers a record of ``logger`` reaches, if all are plain stream handlers with the
+    JSON formatter and nothing on the way filters; else None."""
+    found: list[logging.StreamHandler[Any]] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            plain = type(handler) is logging.StreamHandler and not handler.filters
+            if not plain or type(handler.formatter) is not JSONFormatter:
+                return None
+            if handler.level <= logging.INFO:
+                found.append(handler)  # type: ignore[arg-type]
+        current = current.parent if current.propagate else None
+    return found
+
+
+_REQUEST_HISTOGRAMS: dict[tuple[str, str, str], Any] = {}
+"""REQUEST_SECONDS' children by labels: ``labels()`` validates and locks on every call."""

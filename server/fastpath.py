@@ -2,10 +2,11 @@
 
 A GET of current, by-checksum or by-version metadata is answered from a per-worker cache of
 rendered responses (200s and 404s, headers included) when the entry is still valid: every
-request reads the GUN's change signal (:meth:`MetadataStore.signal`, one indexed query) and an
-entry is valid only for the signal read before it was rendered, so a publish, re-sign or
-deletion made by any worker or server is seen by the next request. Current timestamps and
-snapshots also go back through Flask once they are due to be re-signed. Everything else, every
+request reads the GUN's change signal (:class:`ChangeSignals`: on SQLite no query while nothing
+was committed, else one indexed query on a dedicated connection) and an entry is valid only
+for the signal read before it was rendered, so a publish, re-sign or deletion made by any
+worker or server is seen by the next request. Current timestamps and snapshots also go back
+through Flask once they are due to be re-signed. Everything else, every
 miss and every request the fast path cannot authorize goes to Flask unchanged, and each miss
 that Flask answers with 200 or 404 fills the cache. Hits keep the access log line and the
 request metric. Large bodies are sent gzip-compressed to clients that accept it, compressed
@@ -31,6 +32,7 @@ from tufnotary.server.context import server_context
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import LRU, TrustService
 from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.signals import ChangeSignals, Signal
 
 GZIP_MIN_BYTES = 1400  # smaller bodies fit one TCP segment: compressing them gains nothing
 _ENTRY_OVERHEAD = 512  # bytes counted per cache entry besides its body
@@ -40,7 +42,6 @@ _DROPPED_HEADERS = {"content-length", "x-request-id"}
 
 StartResponse = Callable[..., Any]
 Record = Callable[[dict[str, Any], float], None]
-Signal = tuple[int, str] | None
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,18 @@ class _Route:
 class FastReads:
     """WSGI middleware answering cached metadata reads in front of ``app``."""
 
-    def __init__(self, app: Flask, service: TrustService, budget: int, record: Record) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        service: TrustService,
+        signals: ChangeSignals,
+        budget: int,
+        record: Record,
+    ) -> None:
         self._app = app
         self._wsgi = app.wsgi_app
         self._service = service
+        self._signals = signals
         self._record = record
         self._entries: LRU[str, _Entry] = LRU(budget, _Entry.weight)
         self._gzipped: LRU[str, bytes] = LRU(budget // 4, len)
@@ -96,7 +105,7 @@ class FastReads:
         if route is None or not self._authorized(environ, route.gun):
             return self._wsgi(environ, start_response)
         try:
-            signal = self._service.store.signal(route.gun)
+            signal = self._signals.read(route.gun)
         except StorageError:
             return self._wsgi(environ, start_response)
         if entry is not None and entry.valid(signal, time.time()):
@@ -167,15 +176,16 @@ class FastReads:
             etag = next((v.strip('"') for k, v in headers if k.lower() == "etag"), None)
             refresh_at = None
             if route.current and route.role in ("timestamp", "snapshot") and status[:3] == "200":
-                refresh_at = self._refresh_at(route.gun)
+                refresh_at = self._refresh_at(route.gun, signal)
             entry = _Entry(route, signal, status, kept, body, etag, refresh_at)
             self._entries.put(path, entry)
         return [body]
 
-    def _refresh_at(self, gun: str) -> float | None:
-        """When the current timestamp and snapshot are due (0: now, when unknown)."""
+    def _refresh_at(self, gun: str, signal: Signal) -> float | None:
+        """When the current timestamp and snapshot are due (0: now, when unknown); ``signal``
+        names the newest timestamp, whose walk Flask has just done (then no query)."""
         try:
-            due = self._service.refresh_at(gun)
+            due = self._service.refresh_at(gun, None if signal is None else signal[1])
         except Exception:  # then the next read goes to Flask again
             return 0.0
         return None if due is None else due.timestamp()

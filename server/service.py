@@ -199,7 +199,8 @@ class TrustService:
         self, gun: str, role: str, current: _Current | None = None
     ) -> StoredFile | None:
         """The version of ``role`` the latest timestamp reaches (``current``: walked already)."""
-        current = current or self._walk(gun)
+        prefetch = (SNAPSHOT,) if role in (TIMESTAMP, SNAPSHOT) else (SNAPSHOT, role)
+        current = current or self._walk(gun, prefetch)
         if current is None:
             return None
         if role == TIMESTAMP:
@@ -234,15 +235,23 @@ class TrustService:
 
     # -- refreshing on read (spec 2.8) -------------------------------------------------------
 
-    def refresh_at(self, gun: str) -> datetime | None:
+    def refresh_at(self, gun: str, timestamp_sha256: str | None = None) -> datetime | None:
         """When a read of the current timestamp or snapshot would first re-sign them (None:
-        never, or no such GUN)."""
+        never, or no such GUN). ``timestamp_sha256``: the newest timestamp's checksum, if the
+        caller knows it; then no query runs when that timestamp was walked already."""
+        if timestamp_sha256 is not None:
+            walked = self._reached.get((gun, timestamp_sha256, SNAPSHOT))
+            parsed = self._parsed.get((TIMESTAMP, timestamp_sha256))
+            if walked is not None and isinstance(parsed, Timestamp):
+                return self._due(parsed, self._parse(walked, Snapshot))
         with _storage_errors(Unavailable):
-            current = self._walk(gun)
+            current = self._walk(gun, (SNAPSHOT,))
         if current is None or current.snapshot is None:
             return None
         timestamp = self._parse(current.timestamp, Timestamp)
-        snapshot = self._parse(current.snapshot, Snapshot)
+        return self._due(timestamp, self._parse(current.snapshot, Snapshot))
+
+    def _due(self, timestamp: Timestamp, snapshot: Snapshot) -> datetime:
         return min(timestamp.expires_at, snapshot.expires_at) - self.refresh_margin
 
     def _expiring(self, signed: Signed, now: datetime) -> bool:
@@ -254,7 +263,7 @@ class TrustService:
 
         Concurrent readers race to store the same next version: the loser reads the winner's.
         """
-        current = self._walk(gun)
+        current = self._walk(gun, (SNAPSHOT,))
         if current is None:
             raise MetadataNotFound()
         try:
