@@ -115,29 +115,25 @@ class _Current:
     candidates: Mapping[str, StoredFile] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
 class TrustService:
     """The trust collections of every GUN: metadata, its audit log and the server keys."""
 
-    def __init__(
-        self,
-        store: MetadataStore,
-        audit: AuditLog,
-        keys: ServerKeys,
-        limits: Limits,
-        refresh_margin: timedelta = timedelta(minutes=5),
-        key_creations: RateLimit | None = None,
-    ) -> None:
-        self.store = store
-        self.audit = audit
-        self.key_creations = key_creations
-        self.keys = keys
-        self.limits = limits
-        self.refresh_margin = refresh_margin
-        self._parsed: LRU[tuple[str, str], Signed] = LRU(_PARSED_CACHE_SIZE)
-        # What a timestamp reaches never changes: (gun, timestamp sha256, role) -> file.
-        self._reached: LRU[tuple[str, str, str], StoredFile] = LRU(
-            _REACHED_CACHE_BYTES, weigh=lambda file: len(file.data)
-        )
+    store: MetadataStore
+    audit: AuditLog
+    keys: ServerKeys
+    limits: Limits
+    refresh_margin: timedelta = timedelta(minutes=5)
+    key_creations: RateLimit | None = None
+    _parsed: LRU[tuple[str, str], Signed] = field(
+        init=False, repr=False, default_factory=lambda: LRU(_PARSED_CACHE_SIZE)
+    )
+    # What a timestamp reaches never changes: (gun, timestamp sha256, role) -> file.
+    _reached: LRU[tuple[str, str, str], StoredFile] = field(
+        init=False,
+        repr=False,
+        default_factory=lambda: LRU(_REACHED_CACHE_BYTES, weigh=lambda file: len(file.data)),
+    )
 
     # -- reading -----------------------------------------------------------------------------
 
