@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
-from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.engine import StorageError, Store
 from tufnotary.server.storage.metadata import add_missing_versions
 from tufnotary.server.storage.models import (
     AuditRow,
@@ -62,11 +62,8 @@ class ServerKeyDiffers(StorageError):
 Rows = Iterator[dict[str, Any]]
 
 
-class ArchiveStore:
+class ArchiveStore(Store):
     """Reads and writes whole tables for export and restore."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def export(
         self,

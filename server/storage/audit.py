@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tufnotary.server.storage.engine import Database
+from tufnotary.server.storage.engine import Store
 from tufnotary.server.storage.models import AuditRow, columns
 
 
@@ -52,11 +52,8 @@ def append_audit(connection: Connection, audit: AuditEntry, now: datetime) -> No
     connection.execute(_INSERT, {**values, "created_at": now})
 
 
-class AuditLog:
+class AuditLog(Store):
     """Reads the audit log and records writes made outside the other stores."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def record(self, audit: AuditEntry) -> None:
         """Record a write made elsewhere (token keys, a re-encryption...)."""

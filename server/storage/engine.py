@@ -155,3 +155,10 @@ class Database:
                 yield connection
         except SQLAlchemyError as error:
             raise StorageError(_describe(action, error)) from error
+
+
+class Store:
+    """Base of the stores: each keeps one kind of data on the shared :class:`Database`."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database

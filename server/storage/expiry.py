@@ -8,7 +8,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from tufnotary.server.storage.engine import Database
+from tufnotary.server.storage.engine import Store
 from tufnotary.server.storage.models import SoonestExpiryRow, columns
 
 
@@ -25,11 +25,8 @@ class SoonestExpiry:
 _COLUMNS = columns(SoonestExpiryRow, SoonestExpiry)
 
 
-class ExpiryStore:
+class ExpiryStore(Store):
     """Reads and replaces the recorded soonest expiries."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def replace(self, found: Iterable[SoonestExpiry]) -> None:
         """Make ``found`` the recorded expiries, all at once."""

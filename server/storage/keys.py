@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
-from tufnotary.server.storage.engine import Database
+from tufnotary.server.storage.engine import Database, Store
 from tufnotary.server.storage.models import ServerKeyRow, TokenKeyRow, columns
 
 TOKEN_KEY_GUN, TOKEN_KEY_ROLE = "", "token-signing"
@@ -62,11 +62,8 @@ _NEWEST_TOKEN = (
 )
 
 
-class ServerKeyStore:
+class ServerKeyStore(Store):
     """The timestamp and snapshot keys of each GUN; re-encryption covers token keys too."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
         """Store a new server key (and record ``audit``)."""
@@ -209,11 +206,8 @@ class ServerKeyStore:
         return len(keys)
 
 
-class TokenKeyStore:
+class TokenKeyStore(Store):
     """The built-in realm's token-signing keys."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def add(self, key: TokenKey) -> None:
         """Store a new token-signing key."""

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
-from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.engine import StorageError, Store
 from tufnotary.server.storage.models import ChangefeedRow, TufFileRow, columns
 
 
@@ -110,11 +110,8 @@ def _newer(roles: tuple[str, ...]) -> sa.Select[Any]:
     )
 
 
-class MetadataStore:
+class MetadataStore(Store):
     """Stored TUF metadata files and the changefeed of their timestamps."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def _file(self, action: str, query: sa.Select[Any], **params: Any) -> StoredFile | None:
         with self._db.transaction(action) as connection:

@@ -7,15 +7,12 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from tufnotary.server.storage.engine import Database
+from tufnotary.server.storage.engine import Store
 from tufnotary.server.storage.models import RateEventRow
 
 
-class RateEvents:
+class RateEvents(Store):
     """Counted events of rate-limit buckets, each counting until it expires."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def recent(self, bucket: str, now: datetime, limit: int) -> list[datetime]:
         """When the newest ``limit`` unexpired events of ``bucket`` expire, latest first."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
-from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.engine import StorageError, Store
 from tufnotary.server.storage.models import (
     RealmGroupMemberRow,
     RealmRuleRow,
@@ -46,11 +46,8 @@ class StoredRule:
 _RULE_COLUMNS = columns(RealmRuleRow, StoredRule)
 
 
-class RealmStore:
+class RealmStore(Store):
     """Users, groups and rules of the built-in realm; every write records its audit entry."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def add_user(
         self, name: str, password_hash: str, groups: Sequence[str], audit: AuditEntry

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from tufnotary.server.storage.audit import AuditEntry, append_audit
-from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.engine import StorageError, Store
 from tufnotary.server.storage.models import TufFileRow
 
 ROOT = "root"
@@ -31,11 +31,8 @@ class StoredVersion:
     version: int
 
 
-class RetentionStore:
+class RetentionStore(Store):
     """Lists and removes old versions of ``tuf_files``."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
 
     def guns(self) -> list[str]:
         """Every GUN with stored metadata, sorted."""
