@@ -26,6 +26,8 @@ FORMAT = "tufnotary-archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _MANIFEST_LIMIT = 1 << 20  # bytes: a manifest lists a handful of members
+LINE_LIMIT = 160 << 20
+"""Bytes a record's line may take: one metadata file, base64 (import caps roots at 100 MiB)."""
 
 
 class ArchiveError(Exception):
@@ -325,9 +327,13 @@ class ArchiveReader:
         expected = {member.name: member for member in self.manifest.members}
         try:
             while (info := self._tar.next()) is not None:
+                if not info.isfile():
+                    raise ArchiveError(f"member {info.name} is not a regular file")
                 member = expected.pop(info.name, None)
-                if member is None or not info.isfile():
-                    raise ArchiveError(f"member {info.name} is not listed in {MANIFEST}")
+                if member is None:
+                    raise ArchiveError(
+                        f"member {info.name} is not listed in {MANIFEST} or repeated"
+                    )
                 if info.size != member.size:
                     raise ArchiveError(
                         f"member {info.name}: {info.size} bytes, {MANIFEST} says {member.size}"
@@ -344,10 +350,12 @@ class ArchiveReader:
         handle = self._tar.extractfile(info)
         assert handle is not None  # a regular file
         try:
-            for line in handle:
+            while line := handle.readline(LINE_LIMIT + 1):
                 digest.update(line)
                 count += 1
                 try:
+                    if len(line) > LINE_LIMIT:
+                        raise ValueError(f"longer than {LINE_LIMIT} bytes")
                     if not line.endswith(b"\n"):
                         raise ValueError("the last line does not end")
                     record = section.decode(line)

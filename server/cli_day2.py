@@ -48,7 +48,10 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
         for role in plan.roles:
             click.echo(f"{plan.gun}: {verb} {role.describe()}")
 
-    with open_stores(settings) as stores, exclusive(stores.engine, pruning.LOCK) as held:
+    with (
+        open_stores(settings, prepare=True) as stores,
+        exclusive(stores.engine, pruning.LOCK) as held,
+    ):
         if not held:
             click.echo("prune: another prune is running; nothing done")
             return
@@ -94,7 +97,7 @@ def resign(settings: Settings, within_text: str | None, guns: tuple[str, ...]) -
         token = open_token(settings)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    with open_stores(settings) as stores:
+    with open_stores(settings, prepare=True) as stores:
         keys = ServerKeys(stores.keys, vault, settings.key_algorithm, token)
         service = TrustService(stores.metadata, stores.audit, keys, Limits(), within)
         report = resigning.run_pass(stores, service, Requester("cli"), guns)
