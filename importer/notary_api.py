@@ -19,13 +19,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tufnotary.client.errors import ClientError
-from tufnotary.client.remote import ROOT_CAP, NotFoundError, Remote, ServerUnavailable
+from tufnotary.client.remote import (
+    ROOT_CAP,
+    NotFoundError,
+    Remote,
+    RemoteError,
+    ServerUnavailable,
+)
 from tufnotary.client.trusted import TrustedSet
 from tufnotary.client.updater import RepositoryNotFound, Updater
 from tufnotary.importer.outcome import ACTOR, Refused, store_versions
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope, Metadata, Root
 from tufnotary.metadata.verify import verify_threshold
+from tufnotary.server.api import check_gun
+from tufnotary.server.errors import InvalidGun
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionConflict
 
@@ -203,12 +211,18 @@ def source_guns(remote: Remote) -> list[str]:
     while True:
         page = remote.changefeed(change_id, CHANGEFEED_PAGE)
         for record in page:
-            gun = str(record.get("GUN", ""))
-            if gun:
-                alive[gun] = record.get("Category") != "deletion"
+            if not isinstance(record, dict) or not isinstance(record.get("GUN", ""), str):
+                raise RemoteError(
+                    f"the source's changefeed holds a malformed record: {record!r:.80}"
+                )
+            if record.get("GUN"):
+                alive[record["GUN"]] = record.get("Category") != "deletion"
         if len(page) < CHANGEFEED_PAGE:
             return [gun for gun, live in alive.items() if live]
-        change_id = str(page[-1]["ID"])
+        following = str(page[-1].get("ID", ""))
+        if following in ("", change_id):
+            raise RemoteError(f"the source's changefeed does not move on after {change_id!r}")
+        change_id = following
 
 
 def import_from_api(
@@ -229,7 +243,10 @@ def import_from_api(
     for gun in guns:
         outcome: Imported | Refused
         try:
+            check_gun(gun)  # decision 21, as for a publish: one the API could not serve
             outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
+        except InvalidGun as exc:
+            outcome = Refused(gun, str(exc.detail))
         except VersionConflict as exc:
             outcome = Refused(gun, f"{exc}: this server holds other trust data for {gun}")
         except (StorageError, ServerUnavailable):
