@@ -56,15 +56,18 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
             click.echo("prune: another prune is running; nothing done")
             return
         store = RetentionStore(stores.database)
+        stored = store.guns()
+        known = set(stored)
         report = pruning.prune(
             stores.metadata,
             store,
-            guns or store.guns(),
+            [gun for gun in guns if gun in known] if guns else stored,
             keep,
             dry_run=dry_run,
             batch=batch,
             progress=show,
         )
+    report.skipped |= {gun: "no trust data stored" for gun in guns if gun not in known}
     for gun, reason in report.skipped.items():
         click.echo(f"{gun}: skipped: {reason}", err=True)
     total = sum(plan.count for plan in report.plans)

@@ -205,6 +205,11 @@ def test_prune_command(database_url: str, tmp_path: Path) -> None:
     assert "prune: 1 repositories, 14 removed, 0 skipped" in done.stdout
     _served_chain_resolves(server)
 
+    unknown = runner.invoke(main, [*args, "example.com/team/none", GUN])
+    assert unknown.exit_code == 1, unknown.output
+    assert "example.com/team/none: skipped: no trust data stored" in unknown.stderr
+    assert "prune: 0 repositories, 0 removed, 1 skipped" in unknown.stdout
+
     usage = runner.invoke(main, ["prune", "--database", database_url])
     assert usage.exit_code == 2 and "--keep" in usage.stderr
 
