@@ -34,9 +34,9 @@ from tufnotary.server.updates import Limits
     show_default=True,
     help="Versions removed per transaction.",
 )
-@click.argument("guns", nargs=-1)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
 def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[str, ...]) -> None:
-    """Remove old versions of GUNS (default: every repository) that no client can need.
+    """Remove old versions of GUNs (default: every repository) that no client can need.
 
     Kept: every root version, the current timestamp, snapshot and the versions that snapshot
     names, the newest version of each role, and the KEEP newest of the older ones. One prune
@@ -86,9 +86,9 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
     help="Re-sign what expires within DURATION: 90s, 30m, 24h, 5d, 2w "
     "(default: a third of a timestamp's lifetime, 4d16h).",
 )
-@click.argument("guns", nargs=-1)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
 def resign(settings: Settings, within_text: str | None, guns: tuple[str, ...]) -> None:
-    """Re-sign the server-held timestamps (and server-managed snapshots) of GUNS (default:
+    """Re-sign the server-held timestamps (and server-managed snapshots) of GUNs (default:
     every repository, and then the soonest expiries are recorded for /metrics) that expire
     soon. Exits 1 if one failed or still expires soon (the server holds no key for it)."""
     try:
