@@ -22,6 +22,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tufnotary.server.api import check_gun
+from tufnotary.server.errors import InvalidGun
+
 FORMAT = "tufnotary-archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -94,6 +97,11 @@ class Section:
         if not isinstance(raw, dict) or set(raw) != set(self.columns):
             raise ValueError(f"fields are not {', '.join(self.columns)}")
         record = {field.name: field.decode(raw[field.name]) for field in self.fields}
+        if self.table in _NAMED_GUNS:
+            try:
+                check_gun(record["gun"])
+            except InvalidGun as exc:
+                raise ValueError(f"{record['gun']!a}: {exc.detail}") from None
         if (
             self.table == "tuf_files"
             and hashlib.sha256(record["data"]).hexdigest() != (record["sha256"])
@@ -151,6 +159,8 @@ SECTIONS = (
 """Every member format 1 knows, in archive order."""
 REALM = frozenset({"token_keys", "realm_users", "realm_group_members", "realm_rules"})
 _BY_MEMBER = {section.member: section for section in SECTIONS}
+_NAMED_GUNS = frozenset({"tuf_files", "changefeed", "server_keys"})
+"""Members whose GUNs must be names the API serves (decision 21)."""
 
 
 @dataclass(frozen=True)

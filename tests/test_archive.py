@@ -433,7 +433,20 @@ def _repeated(archive: Path, out: Path) -> Path:
     return _hostile(archive, out, info, files["changefeed.jsonl"])
 
 
+def _unservable_gun(archive: Path, out: Path) -> Path:
+    """An intact archive whose first version belongs to a GUN the API could not serve."""
+    files = members(archive)
+    first, rest = files["tuf_files.jsonl"].split(b"\n", 1)
+    record = json.loads(first) | {"gun": "example.com/../evil"}
+    files["tuf_files.jsonl"] = json.dumps(record).encode() + b"\n" + rest
+    return write_tar(out, resealed(files, lambda m: None))
+
+
 DAMAGES = {
+    "unservable GUN": (
+        _unservable_gun,
+        "tuf_files.jsonl, line 1: 'example.com/../evil': invalid repository name: contains '..'",
+    ),
     "member outside": (_escaping, "member ../tuf_files.jsonl is not listed"),
     "symlink member": (_linked(tarfile.SYMTYPE), "member audit_log.jsonl is not a regular file"),
     "hardlink member": (_linked(tarfile.LNKTYPE), "member audit_log.jsonl is not a regular file"),
