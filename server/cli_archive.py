@@ -214,6 +214,8 @@ def _input(archive: str) -> Iterator[Path]:
             raise ArchiveError(f"{archive}: {problem}")
         yield Path(archive)
         return
+    if sys.stdin.isatty():
+        raise click.UsageError("- reads the archive from stdin, which is a terminal; redirect it")
     with tempfile.NamedTemporaryFile(prefix="tufnotary-restore-") as spooled:
         shutil.copyfileobj(sys.stdin.buffer, spooled)
         spooled.flush()

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import tarfile
@@ -608,3 +609,28 @@ def test_export_refuses_an_unusable_database_or_output_in_one_line(
         assert code == 2 or len(stderr.splitlines()) == 1
     assert kept.read_bytes() == b"the previous archive"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.tar", "migrated.db"]
+
+
+def test_restore_from_a_terminal_on_stdin_is_a_usage_error(sqlite_target: str) -> None:
+    """`restore -` with stdin a terminal would wait for input forever."""
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tufnotary.server.cli",
+                "restore",
+                "--database",
+                sqlite_target,
+                "-",
+            ],
+            stdin=terminal,
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.returncode == 2 and b"stdin, which is a terminal" in result.stderr
