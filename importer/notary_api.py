@@ -40,6 +40,8 @@ from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionCon
 log = logging.getLogger(__name__)
 
 CHANGEFEED_PAGE = 1000
+ROOT_CHAIN_CAP = ROOT_CAP
+"""Bytes every root version of one GUN may take together (they are held until stored)."""
 
 
 class ImportFailed(Exception):
@@ -101,12 +103,18 @@ def _root_chain(remote: Remote, gun: str) -> list[bytes]:
     except NotFoundError as exc:
         raise RepositoryNotFound(gun) from exc
     chain = TrustedSet(gun, first)  # trust on first use of root 1 (it may have expired since)
-    roots = [first]
+    roots, size = [first], len(first)
     while True:
         try:
             data = remote.fetch(gun, f"{len(roots) + 1}.{ROOT}", ROOT_CAP)
         except NotFoundError:
             break
+        size += len(data)
+        if size > ROOT_CHAIN_CAP:
+            raise ImportFailed(
+                f"{gun}: the source's root versions 1-{len(roots) + 1} take more than "
+                f"{ROOT_CHAIN_CAP} bytes: refused (a source that never stops rotating)"
+            )
         chain.update_root(data, intermediate=True)
         roots.append(data)
     current = remote.fetch(gun, ROOT, ROOT_CAP)

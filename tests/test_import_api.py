@@ -43,6 +43,12 @@ from support.clients import (
 )
 from support.reference import running_reference_server
 from support.server import ServerInfo, running_server, server_environment
+from support.tamper import Repository, TrustServer
+from tufnotary.importer import notary_api
+from tufnotary.importer.outcome import Refused
+from tufnotary.metadata.model import ROOT, TARGETS
+from tufnotary.server.migrate import upgrade
+from tufnotary.server.storage import Stores
 from tufnotary.server.tls import ensure_self_signed
 
 pytestmark = pytest.mark.e2e
@@ -434,3 +440,31 @@ def test_hostile_names_in_the_source_changefeed_are_refused_and_the_others_impor
         with tampering(world.source, {}, tmp_path, bad) as (url, ca):
             result = world.import_(source=url, ca=ca)
         expect_failure(result, f"cannot list the source's GUNs: the source's changefeed {reason}")
+
+
+def test_a_root_chain_over_the_cap_is_refused_and_nothing_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source that keeps rotating its root (every version validly signed) is not followed
+    without bound: past ROOT_CHAIN_CAP bytes the GUN is refused."""
+    gun = "registry.example.com/import/rotating"
+    url = f"sqlite:///{tmp_path / 'ours.db'}"
+    upgrade(url)
+    stores = Stores.from_url(url)
+    with TrustServer().running() as source:
+        repository = Repository(source, gun)
+        repository.publish(TARGETS)
+        for _ in range(3):
+            repository.rotate_root_key()
+        repository.publish_snapshot()
+        root_size = len(repository.root)
+        monkeypatch.setattr(notary_api, "ROOT_CHAIN_CAP", int(root_size * 2.5))
+        (refused,) = notary_api.import_from_api(stores.metadata, source.remote(), [gun])
+        assert isinstance(refused, Refused)
+        assert refused.reason.startswith(f"{gun}: the source's root versions 1-3 take more than")
+        assert stores.metadata.latest(gun, ROOT) is None
+        monkeypatch.setattr(notary_api, "ROOT_CHAIN_CAP", root_size * 4)
+        (imported,) = notary_api.import_from_api(stores.metadata, source.remote(), [gun])
+        assert not isinstance(imported, Refused), imported
+        assert imported.fetched.trusted.root.version == 4
+    stores.engine.dispose()
