@@ -20,7 +20,7 @@ from tufnotary.importer.notary_api import (
     owner_commands,
     source_guns,
 )
-from tufnotary.importer.outcome import Refused
+from tufnotary.importer.outcome import Refused, shown
 from tufnotary.metadata.model import ROOT
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
@@ -29,15 +29,9 @@ from tufnotary.server.startup import StartupError, prepare_database
 THIS_SERVER = "https://THIS-SERVER"
 
 
-def _shown(gun: str) -> str:
-    """``gun`` as printed: quoted and escaped if it holds control characters (a source's
-    changefeed may list any name)."""
-    return gun if gun.isprintable() else ascii(gun)
-
-
 def _summary(outcome: Imported | Refused, server_url: str, source_url: str) -> list[str]:
     if isinstance(outcome, Refused):
-        return [f"{_shown(outcome.gun)}: REFUSED, nothing stored: {outcome.reason}"]
+        return [f"{shown(outcome.gun)}: REFUSED, nothing stored: {outcome.reason}"]
     fetched = outcome.fetched
     trusted = fetched.trusted
     added = ", ".join(f"{f.role} {f.version}" for f in outcome.added) or "nothing new"
@@ -192,7 +186,7 @@ def import_command(
             f"stopped after {len(outcomes)} of {len(guns)} GUNs: {stopped}; "
             "the GUNs above are stored: run the same command again to go on"
         )
-    refused = [_shown(o.gun) for o in outcomes if isinstance(o, Refused)]
+    refused = [shown(o.gun) for o in outcomes if isinstance(o, Refused)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(outcomes)} GUNs refused: {' '.join(refused)}"

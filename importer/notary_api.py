@@ -28,12 +28,10 @@ from tufnotary.client.remote import (
 )
 from tufnotary.client.trusted import TrustedSet
 from tufnotary.client.updater import RepositoryNotFound, Updater
-from tufnotary.importer.outcome import ACTOR, Refused, store_versions
+from tufnotary.importer.outcome import ACTOR, Refused, store_versions, unservable
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope, Metadata, Root
 from tufnotary.metadata.verify import verify_threshold
-from tufnotary.server.api import check_gun
-from tufnotary.server.errors import InvalidGun
 from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionConflict
 
@@ -250,11 +248,11 @@ def import_from_api(
     outcomes: list[Imported | Refused] = []
     for gun in guns:
         outcome: Imported | Refused
+        problem = unservable(gun)
         try:
-            check_gun(gun)  # decision 21, as for a publish: one the API could not serve
+            if problem is not None:
+                raise ImportFailed(problem)
             outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
-        except InvalidGun as exc:
-            outcome = Refused(gun, str(exc.detail))
         except VersionConflict as exc:
             outcome = Refused(gun, f"{exc}: this server holds other trust data for {gun}")
         except (StorageError, ServerUnavailable):
