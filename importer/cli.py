@@ -20,7 +20,7 @@ from tufnotary.importer.notary_api import (
     owner_commands,
     source_guns,
 )
-from tufnotary.importer.outcome import Refused
+from tufnotary.importer.outcome import Refused, shown
 from tufnotary.metadata.model import ROOT
 from tufnotary.server.cli_common import open_stores, say, with_settings
 from tufnotary.server.config import Settings
@@ -31,7 +31,7 @@ THIS_SERVER = "https://THIS-SERVER"
 
 def _summary(outcome: Imported | Refused, server_url: str, source_url: str) -> list[str]:
     if isinstance(outcome, Refused):
-        return [f"{outcome.gun}: REFUSED, nothing stored: {outcome.reason}"]
+        return [f"{shown(outcome.gun)}: REFUSED, nothing stored: {outcome.reason}"]
     fetched = outcome.fetched
     trusted = fetched.trusted
     added = ", ".join(f"{f.role} {f.version}" for f in outcome.added) or "nothing new"
@@ -186,7 +186,7 @@ def import_command(
             f"stopped after {len(outcomes)} of {len(guns)} GUNs: {stopped}; "
             "the GUNs above are stored: run the same command again to go on"
         )
-    refused = [o.gun for o in outcomes if isinstance(o, Refused)]
+    refused = [shown(o.gun) for o in outcomes if isinstance(o, Refused)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(outcomes)} GUNs refused: {' '.join(refused)}"

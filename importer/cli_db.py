@@ -18,7 +18,7 @@ from tufnotary.importer.notary_db import (
     read_guns,
     read_signer_keys,
 )
-from tufnotary.importer.outcome import Refused
+from tufnotary.importer.outcome import Refused, shown, unservable
 from tufnotary.importer.signer_keys import SignerKeyError, passphrases_for
 from tufnotary.server.cli_common import open_stores, open_vault_or_fail, say
 from tufnotary.server.config import Settings
@@ -58,6 +58,7 @@ def import_from_databases(
             preflight(settings, stores, vault)
             with connected(signer_db, "notary-signer database") as signer:
                 keys = read_signer_keys(signer, list(guns) or None)
+            keys = [key for key in keys if unservable(key.gun) is None]  # its GUN is refused
             passphrases = passphrases_for(keys, given, os.environ)
             sealed = db_import.new_keys(stores, keys, passphrases, vault)
             with connected(notary_db, "notary-server database") as source:
@@ -75,6 +76,8 @@ def import_from_databases(
                 ) as progress:
                     for gun in progress:
                         try:
+                            if problem := unservable(gun):
+                                raise BadNotaryFile(problem)
                             files = read_files(source, gun)
                             results.append(db_import.import_gun(stores, gun, files, keys))
                         except (BadNotaryFile, VersionConflict) as exc:
@@ -84,7 +87,7 @@ def import_from_databases(
         finally:
             for result in results:
                 click.echo(_summary(result))
-    refused = [result.gun for result in results if isinstance(result, Refused)]
+    refused = [shown(result.gun) for result in results if isinstance(result, Refused)]
     if refused:
         raise click.ClickException(
             f"{len(refused)} of {len(results)} GUNs refused (none of their versions stored): "
@@ -94,7 +97,7 @@ def import_from_databases(
 
 def _summary(result: db_import.GunResult | Refused) -> str:
     if isinstance(result, Refused):
-        return f"{result.gun}: refused: {result.reason}"
+        return f"{shown(result.gun)}: refused: {result.reason}"
     held = result.server_keys
     timestamp = (
         f"timestamp key {held['timestamp']}"

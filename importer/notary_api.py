@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tufnotary.client.errors import ClientError
-from tufnotary.client.remote import ROOT_CAP, NotFoundError, Remote, ServerUnavailable
+from tufnotary.client.remote import (
+    ROOT_CAP,
+    NotFoundError,
+    Remote,
+    RemoteError,
+    ServerUnavailable,
+)
 from tufnotary.client.trusted import TrustedSet
 from tufnotary.client.updater import RepositoryNotFound, Updater
-from tufnotary.importer.outcome import ACTOR, Refused, store_versions
+from tufnotary.importer.outcome import ACTOR, Refused, store_versions, unservable
 from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Envelope, Metadata, Root
 from tufnotary.metadata.verify import verify_threshold
@@ -32,6 +38,8 @@ from tufnotary.server.storage.metadata import MetadataStore, NewFile, VersionCon
 log = logging.getLogger(__name__)
 
 CHANGEFEED_PAGE = 1000
+ROOT_CHAIN_CAP = ROOT_CAP
+"""Bytes every root version of one GUN may take together (they are held until stored)."""
 
 
 class ImportFailed(Exception):
@@ -93,12 +101,18 @@ def _root_chain(remote: Remote, gun: str) -> list[bytes]:
     except NotFoundError as exc:
         raise RepositoryNotFound(gun) from exc
     chain = TrustedSet(gun, first)  # trust on first use of root 1 (it may have expired since)
-    roots = [first]
+    roots, size = [first], len(first)
     while True:
         try:
             data = remote.fetch(gun, f"{len(roots) + 1}.{ROOT}", ROOT_CAP)
         except NotFoundError:
             break
+        size += len(data)
+        if size > ROOT_CHAIN_CAP:
+            raise ImportFailed(
+                f"{gun}: the source's root versions 1-{len(roots) + 1} take more than "
+                f"{ROOT_CHAIN_CAP} bytes: refused (a source that never stops rotating)"
+            )
         chain.update_root(data, intermediate=True)
         roots.append(data)
     current = remote.fetch(gun, ROOT, ROOT_CAP)
@@ -203,12 +217,18 @@ def source_guns(remote: Remote) -> list[str]:
     while True:
         page = remote.changefeed(change_id, CHANGEFEED_PAGE)
         for record in page:
-            gun = str(record.get("GUN", ""))
-            if gun:
-                alive[gun] = record.get("Category") != "deletion"
+            if not isinstance(record, dict) or not isinstance(record.get("GUN", ""), str):
+                raise RemoteError(
+                    f"the source's changefeed holds a malformed record: {record!r:.80}"
+                )
+            if record.get("GUN"):
+                alive[record["GUN"]] = record.get("Category") != "deletion"
         if len(page) < CHANGEFEED_PAGE:
             return [gun for gun, live in alive.items() if live]
-        change_id = str(page[-1]["ID"])
+        following = str(page[-1].get("ID", ""))
+        if following in ("", change_id):
+            raise RemoteError(f"the source's changefeed does not move on after {change_id!r}")
+        change_id = following
 
 
 def import_from_api(
@@ -228,7 +248,10 @@ def import_from_api(
     outcomes: list[Imported | Refused] = []
     for gun in guns:
         outcome: Imported | Refused
+        problem = unservable(gun)
         try:
+            if problem is not None:
+                raise ImportFailed(problem)
             outcome = import_gun(store, remote, gun, actor, pins.get(gun, ()))
         except VersionConflict as exc:
             outcome = Refused(gun, f"{exc}: this server holds other trust data for {gun}")

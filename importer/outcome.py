@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tufnotary.server.errors import InvalidGun
+from tufnotary.server.names import check_gun
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.metadata import MetadataStore, NewFile
 
@@ -20,6 +22,21 @@ class Refused:
 
     gun: str
     reason: str
+
+
+def shown(gun: str) -> str:
+    """``gun`` as printed: quoted and escaped if it holds control characters (a source may list
+    any name)."""
+    return gun if gun.isprintable() else ascii(gun)
+
+
+def unservable(gun: str) -> str | None:
+    """Why the API could not serve ``gun`` (decision 21, as for a publish), or None."""
+    try:
+        check_gun(gun)
+    except InvalidGun as exc:
+        return str(exc.detail)
+    return None
 
 
 def store_versions(

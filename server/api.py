@@ -44,6 +44,7 @@ from tufnotary.server.errors import (
     TooLarge,
     TooManyLogins,
 )
+from tufnotary.server.names import check_gun
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
 from tufnotary.server.signer import ServedKey
@@ -60,7 +61,6 @@ METHODS = ["GET", "POST", "PUT", "HEAD", "DELETE"]
 _GUN = r"(?P<gun>[^*]+)"
 _ROLE = r"(?P<role>root|targets(?:/[^/\s]+)*|snapshot|timestamp)"
 _TUF = rf"/v2/{_GUN}/_trust/tuf/"
-MAX_GUN_BYTES = 255
 DEFAULT_RECORDS, MAX_RECORDS = 100, 1000
 _INT32 = 2**31
 _CHUNK = 64 * 1024
@@ -471,21 +471,6 @@ def _refuse_unclean_gun(path: str, cleaned: str, raw_path: str) -> None:
         raise InvalidGun("invalid repository name: contains an encoded '/'")
     if _gun_part(cleaned) != gun:
         raise InvalidGun("invalid repository name: has '.', '..' or empty path segments")
-
-
-def check_gun(gun: str) -> None:
-    """Decision 21: 1-255 bytes, no '..', no empty segment, no control characters."""
-    problem = None
-    if len(gun.encode("utf-8", "surrogatepass")) > MAX_GUN_BYTES:
-        problem = f"longer than {MAX_GUN_BYTES} bytes"
-    elif ".." in gun:
-        problem = "contains '..'"
-    elif "" in gun.split("/"):
-        problem = "has an empty path segment"
-    elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in gun):
-        problem = "contains control characters"
-    if problem:
-        raise InvalidGun(f"invalid repository name: {problem}")
 
 
 def _prefix_filter(gun: str, handler: Handler) -> None:

@@ -22,10 +22,15 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tufnotary.server.errors import InvalidGun
+from tufnotary.server.names import check_gun
+
 FORMAT = "tufnotary-archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _MANIFEST_LIMIT = 1 << 20  # bytes: a manifest lists a handful of members
+LINE_LIMIT = 160 << 20
+"""Bytes a record's line may take: one metadata file, base64 (import caps roots at 100 MiB)."""
 
 
 class ArchiveError(Exception):
@@ -92,6 +97,11 @@ class Section:
         if not isinstance(raw, dict) or set(raw) != set(self.columns):
             raise ValueError(f"fields are not {', '.join(self.columns)}")
         record = {field.name: field.decode(raw[field.name]) for field in self.fields}
+        if self.table in _NAMED_GUNS:
+            try:
+                check_gun(record["gun"])
+            except InvalidGun as exc:
+                raise ValueError(f"{record['gun']!a}: {exc.detail}") from None
         if (
             self.table == "tuf_files"
             and hashlib.sha256(record["data"]).hexdigest() != (record["sha256"])
@@ -149,6 +159,8 @@ SECTIONS = (
 """Every member format 1 knows, in archive order."""
 REALM = frozenset({"token_keys", "realm_users", "realm_group_members", "realm_rules"})
 _BY_MEMBER = {section.member: section for section in SECTIONS}
+_NAMED_GUNS = frozenset({"tuf_files", "changefeed", "server_keys"})
+"""Members whose GUNs must be names the API serves (decision 21)."""
 
 
 @dataclass(frozen=True)
@@ -325,9 +337,13 @@ class ArchiveReader:
         expected = {member.name: member for member in self.manifest.members}
         try:
             while (info := self._tar.next()) is not None:
+                if not info.isfile():
+                    raise ArchiveError(f"member {info.name} is not a regular file")
                 member = expected.pop(info.name, None)
-                if member is None or not info.isfile():
-                    raise ArchiveError(f"member {info.name} is not listed in {MANIFEST}")
+                if member is None:
+                    raise ArchiveError(
+                        f"member {info.name} is not listed in {MANIFEST} or repeated"
+                    )
                 if info.size != member.size:
                     raise ArchiveError(
                         f"member {info.name}: {info.size} bytes, {MANIFEST} says {member.size}"
@@ -344,10 +360,12 @@ class ArchiveReader:
         handle = self._tar.extractfile(info)
         assert handle is not None  # a regular file
         try:
-            for line in handle:
+            while line := handle.readline(LINE_LIMIT + 1):
                 digest.update(line)
                 count += 1
                 try:
+                    if len(line) > LINE_LIMIT:
+                        raise ValueError(f"longer than {LINE_LIMIT} bytes")
                     if not line.endswith(b"\n"):
                         raise ValueError("the last line does not end")
                     record = section.decode(line)

@@ -60,6 +60,9 @@ def export(
     """
     if output == STDIO and sys.stdout.isatty():
         raise click.UsageError("-o -: stdout is a terminal; redirect it or write to a file")
+    if output != STDIO and (Path(output).is_dir() or not Path(output).parent.is_dir()):
+        problem = "is a directory" if Path(output).is_dir() else "is in no existing directory"
+        raise click.BadParameter(f"{output} {problem}; nothing written", param_hint="-o")
     with_realm = not guns if realm is None else realm
     chosen = {
         section.table: section
@@ -67,7 +70,7 @@ def export(
         if (with_realm or section.table not in REALM) and (audit or section.table != "audit_log")
     }
     scope = {"guns": list(guns) or None, "realm": with_realm, "audit": audit}
-    with open_stores(settings) as stores:
+    with open_stores(settings, prepare=True) as stores:
         store = ArchiveStore(stores.database)
         unknown = store.unknown_guns(guns) if guns else []
         if unknown:
@@ -207,9 +210,12 @@ def _input(archive: str) -> Iterator[Path]:
     """The archive's path; stdin is copied to a temporary file first (it is read twice)."""
     if archive != STDIO:
         if not Path(archive).is_file():
-            raise ArchiveError(f"{archive}: no such file")
+            problem = "not a regular file" if Path(archive).exists() else "no such file"
+            raise ArchiveError(f"{archive}: {problem}")
         yield Path(archive)
         return
+    if sys.stdin.isatty():
+        raise click.UsageError("- reads the archive from stdin, which is a terminal; redirect it")
     with tempfile.NamedTemporaryFile(prefix="tufnotary-restore-") as spooled:
         shutil.copyfileobj(sys.stdin.buffer, spooled)
         spooled.flush()

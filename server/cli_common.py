@@ -14,7 +14,7 @@ import click
 from tufnotary.server import signer
 from tufnotary.server.config import ConfigError, Settings
 from tufnotary.server.realm import RealmError
-from tufnotary.server.startup import StartupError, open_vault
+from tufnotary.server.startup import StartupError, open_vault, prepare_database
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.engine import StorageError
 
@@ -76,12 +76,17 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @contextmanager
-def open_stores(settings: Settings) -> Iterator[Stores]:
+def open_stores(settings: Settings, *, prepare: bool = False) -> Iterator[Stores]:
     """The stores on the configured database, disposed afterwards; realm and database errors
-    become one-line failures."""
+    become one-line failures. With ``prepare``, the database is first checked to be reachable
+    and at the latest schema (SQLite is migrated), as `serve` does."""
     stores = Stores.from_url(settings.effective_database_url)
     try:
+        if prepare:
+            prepare_database(settings, stores)
         yield stores
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
     except RealmError as exc:
         raise click.ClickException(str(exc)) from None
     except StorageError as exc:

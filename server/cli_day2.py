@@ -34,9 +34,9 @@ from tufnotary.server.updates import Limits
     show_default=True,
     help="Versions removed per transaction.",
 )
-@click.argument("guns", nargs=-1)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
 def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[str, ...]) -> None:
-    """Remove old versions of GUNS (default: every repository) that no client can need.
+    """Remove old versions of GUNs (default: every repository) that no client can need.
 
     Kept: every root version, the current timestamp, snapshot and the versions that snapshot
     names, the newest version of each role, and the KEEP newest of the older ones. One prune
@@ -48,20 +48,26 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
         for role in plan.roles:
             click.echo(f"{plan.gun}: {verb} {role.describe()}")
 
-    with open_stores(settings) as stores, exclusive(stores.engine, pruning.LOCK) as held:
+    with (
+        open_stores(settings, prepare=True) as stores,
+        exclusive(stores.engine, pruning.LOCK) as held,
+    ):
         if not held:
             click.echo("prune: another prune is running; nothing done")
             return
         store = RetentionStore(stores.database)
+        stored = store.guns()
+        known = set(stored)
         report = pruning.prune(
             stores.metadata,
             store,
-            guns or store.guns(),
+            [gun for gun in guns if gun in known] if guns else stored,
             keep,
             dry_run=dry_run,
             batch=batch,
             progress=show,
         )
+    report.skipped |= {gun: "no trust data stored" for gun in guns if gun not in known}
     for gun, reason in report.skipped.items():
         click.echo(f"{gun}: skipped: {reason}", err=True)
     total = sum(plan.count for plan in report.plans)
@@ -80,9 +86,9 @@ def prune(settings: Settings, keep: int, dry_run: bool, batch: int, guns: tuple[
     help="Re-sign what expires within DURATION: 90s, 30m, 24h, 5d, 2w "
     "(default: a third of a timestamp's lifetime, 4d16h).",
 )
-@click.argument("guns", nargs=-1)
+@click.argument("guns", nargs=-1, metavar="[GUN]...")
 def resign(settings: Settings, within_text: str | None, guns: tuple[str, ...]) -> None:
-    """Re-sign the server-held timestamps (and server-managed snapshots) of GUNS (default:
+    """Re-sign the server-held timestamps (and server-managed snapshots) of GUNs (default:
     every repository, and then the soonest expiries are recorded for /metrics) that expire
     soon. Exits 1 if one failed or still expires soon (the server holds no key for it)."""
     try:
@@ -94,7 +100,7 @@ def resign(settings: Settings, within_text: str | None, guns: tuple[str, ...]) -
         token = open_token(settings)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    with open_stores(settings) as stores:
+    with open_stores(settings, prepare=True) as stores:
         keys = ServerKeys(stores.keys, vault, settings.key_algorithm, token)
         service = TrustService(stores.metadata, stores.audit, keys, Limits(), within)
         report = resigning.run_pass(stores, service, Requester("cli"), guns)

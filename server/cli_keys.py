@@ -70,7 +70,7 @@ def key_add(settings: Settings, gun: str, role: str, uri: str, public_key: Path 
     public = _read_public_key(public_key) if public_key else None
     try:
         token = open_token(settings)
-        with open_stores(settings) as stores:
+        with open_stores(settings, prepare=True) as stores:
             stored = keyregistry.register(stores, gun, role, uri, public, token)
     except (keyregistry.RegistryError, KeyBackendError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -93,7 +93,7 @@ def _read_public_key(path: Path) -> Key:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def key_list(settings: Settings, gun: str | None, as_json: bool) -> None:
     """List the server keys (of GUN): where each lives, when it was made and first used."""
-    with open_stores(settings) as stores:
+    with open_stores(settings, prepare=True) as stores:
         keys = [_key_json(stored) for stored in stores.keys.all_keys(gun)]
     if as_json:
         for entry in keys:
@@ -126,7 +126,7 @@ def key_remove(settings: Settings, key_id: str) -> None:
     """Remove server key KEY_ID unless its GUN's current root lists it (rotate first). A key
     in a token or key manager stays there; recorded in the audit log."""
     try:
-        with open_stores(settings) as stores:
+        with open_stores(settings, prepare=True) as stores:
             stored = keyregistry.remove(stores, key_id)
     except keyregistry.RegistryError as exc:
         raise click.ClickException(str(exc)) from None

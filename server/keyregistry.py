@@ -12,7 +12,9 @@ from tufnotary.metadata.errors import MetadataError
 from tufnotary.metadata.keys import Key
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TIMESTAMP, Metadata, Root
 from tufnotary.metadata.urisigning import BACKENDS, UnsupportedKey, backend_key
+from tufnotary.server.errors import InvalidGun
 from tufnotary.server.keybackend import PROBE, Pkcs11Token
+from tufnotary.server.names import check_gun
 from tufnotary.server.signer import external_signer
 from tufnotary.server.storage import Stores
 from tufnotary.server.storage.audit import AuditEntry
@@ -41,6 +43,10 @@ def register(
     """Register the key behind ``uri`` for ``gun``'s ``role`` (public key read from the token
     for ``hsm:`` URIs, else ``public``) once it signed as that public key; audited.
     KeyBackendError if the backend cannot be used."""
+    try:
+        check_gun(gun)
+    except InvalidGun as exc:
+        raise RegistryError(f"{gun!a}: {exc.detail}") from None
     scheme = uri.partition(":")[0]
     if scheme not in SCHEMES:
         raise RegistryError(f"unsupported key URI {uri!r}: use one of {', '.join(SCHEMES)}")

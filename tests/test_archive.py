@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import tarfile
@@ -30,7 +31,8 @@ from support.clients import (
     signature_valid,
 )
 from support.databases import scratch_database
-from support.server import running_server
+from support.server import free_port, running_server
+from tufnotary.server import archive as archive_format
 from tufnotary.server import realm
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.signer import KeyVault
@@ -390,7 +392,67 @@ def _unlisted_member(archive: Path, out: Path) -> Path:
     return write_tar(out, {**members(archive), "extra.jsonl": b"{}\n"})
 
 
+def _hostile(archive: Path, out: Path, info: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """The archive with ``info`` (and ``data``) added after its last member."""
+    files = members(archive)
+    write_tar(out, files)
+    with tarfile.open(out, "a") as tar:
+        tar.addfile(info, io.BytesIO(data) if data else None)
+    return out
+
+
+def _escaping(archive: Path, out: Path) -> Path:
+    info = tarfile.TarInfo("../tuf_files.jsonl")
+    info.size = 3
+    return _hostile(archive, out, info, b"{}\n")
+
+
+def _linked(kind: bytes) -> Callable[[Path, Path], Path]:
+    def make(archive: Path, out: Path) -> Path:
+        files = members(archive)
+        del files["audit_log.jsonl"]  # listed: the link stands in for it
+        write_tar(out, files)
+        info = tarfile.TarInfo("audit_log.jsonl")
+        info.type, info.linkname = kind, "/etc/passwd"
+        with tarfile.open(out, "a") as tar:
+            tar.addfile(info)
+        return out
+
+    return make
+
+
+def _device(archive: Path, out: Path) -> Path:
+    info = tarfile.TarInfo("changefeed.jsonl")
+    info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    return _hostile(archive, out, info)
+
+
+def _repeated(archive: Path, out: Path) -> Path:
+    files = members(archive)
+    info = tarfile.TarInfo("changefeed.jsonl")
+    info.size = len(files["changefeed.jsonl"])
+    return _hostile(archive, out, info, files["changefeed.jsonl"])
+
+
+def _unservable_gun(archive: Path, out: Path) -> Path:
+    """An intact archive whose first version belongs to a GUN the API could not serve."""
+    files = members(archive)
+    first, rest = files["tuf_files.jsonl"].split(b"\n", 1)
+    record = json.loads(first) | {"gun": "example.com/../evil"}
+    files["tuf_files.jsonl"] = json.dumps(record).encode() + b"\n" + rest
+    return write_tar(out, resealed(files, lambda m: None))
+
+
 DAMAGES = {
+    "unservable GUN": (
+        _unservable_gun,
+        "tuf_files.jsonl, line 1: 'example.com/../evil': invalid repository name: contains '..'",
+    ),
+    "member outside": (_escaping, "member ../tuf_files.jsonl is not listed"),
+    "symlink member": (_linked(tarfile.SYMTYPE), "member audit_log.jsonl is not a regular file"),
+    "hardlink member": (_linked(tarfile.LNKTYPE), "member audit_log.jsonl is not a regular file"),
+    "device member": (_device, "member changefeed.jsonl is not a regular file"),
+    "repeated member": (_repeated, "member changefeed.jsonl is not listed in manifest.json or "),
     "truncated": (_truncated, "damaged or truncated"),
     "flipped byte": (_flipped, "member tuf_files.jsonl: checksum or record count differs"),
     "format version 2": (_other_version, "archive format version 2: this tufnotary reads"),
@@ -504,3 +566,71 @@ def test_merge_brings_back_a_deleted_repository(migrated_url: str, tmp_path: Pat
 
 def without_audit(tables: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     return {name: rows for name, rows in tables.items() if name != "audit_log"}
+
+
+def test_an_endless_line_in_a_compressed_archive_is_refused_at_the_line_limit(
+    source: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gzip bomb: a listed member whose one line never ends is refused once the line passes
+    the limit, not read whole into memory."""
+    monkeypatch.setattr(archive_format, "LINE_LIMIT", 1 << 20)
+    endless = b"x" * (8 << 20)
+    files = resealed({**members(source[1]), "tuf_files.jsonl": endless}, lambda m: None)
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(archive_format.ArchiveError, match="line 1: longer than 1048576 bytes"):
+        archive_format.verify(bomb)
+
+
+def test_export_refuses_an_unusable_database_or_output_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A closed port, an unmigrated database, a directory as output: one line, exit non-zero,
+    no traceback, and an existing archive at the output is left as it was."""
+    kept = tmp_path / "kept.tar"
+    kept.write_bytes(b"the previous archive")
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    cases = [(closed, str(kept), 1, "is unusable: connection failed")]
+    if not database_url.startswith("sqlite"):  # SQLite is migrated, as serve does
+        cases.append((database_url, str(kept), 1, "is not at the latest schema"))
+    upgrade(migrated := f"sqlite:///{tmp_path / 'migrated.db'}")
+    cases.append((migrated, str(tmp_path), 2, "is a directory; nothing written"))
+    cases.append((migrated, str(tmp_path / "none" / "x.tar"), 2, "in no existing directory"))
+    for url, output, code, message in cases:
+        result = server_cli("export", "--database", url, "-o", output, check=False)
+        stderr = result.stderr.decode()
+        assert result.returncode == code, stderr
+        assert message in stderr and "Traceback" not in stderr
+        assert code == 2 or len(stderr.splitlines()) == 1
+    assert kept.read_bytes() == b"the previous archive"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.tar", "migrated.db"]
+
+
+def test_restore_from_a_terminal_on_stdin_is_a_usage_error(sqlite_target: str) -> None:
+    """`restore -` with stdin a terminal would wait for input forever."""
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tufnotary.server.cli",
+                "restore",
+                "--database",
+                sqlite_target,
+                "-",
+            ],
+            stdin=terminal,
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.returncode == 2 and b"stdin, which is a terminal" in result.stderr

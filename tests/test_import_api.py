@@ -43,6 +43,12 @@ from support.clients import (
 )
 from support.reference import running_reference_server
 from support.server import ServerInfo, running_server, server_environment
+from support.tamper import Repository, TrustServer
+from tufnotary.importer import notary_api
+from tufnotary.importer.outcome import Refused
+from tufnotary.metadata.model import ROOT, TARGETS
+from tufnotary.server.migrate import upgrade
+from tufnotary.server.storage import Stores
 from tufnotary.server.tls import ensure_self_signed
 
 pytestmark = pytest.mark.e2e
@@ -283,16 +289,22 @@ def require_docker() -> str:
 
 @contextmanager
 def tampering(
-    upstream: ServerInfo, replaced: Mapping[str, bytes], tls_dir: Path
+    upstream: ServerInfo,
+    replaced: Mapping[str, bytes],
+    tls_dir: Path,
+    changefeed: list[object] | None = None,
 ) -> Iterator[tuple[str, Path]]:
     """An HTTPS server passing GETs through to ``upstream`` but answering the paths (after
-    ``/_trust/tuf/``, without ``.json``) in ``replaced`` with those bytes; yields (URL, CA)."""
+    ``/_trust/tuf/``, without ``.json``) in ``replaced`` with those bytes, and the changefeed
+    with ``changefeed`` as its records if given; yields (URL, CA)."""
 
     @Request.application
     def app(request: Request) -> Response:
         name = request.path.split("/_trust/tuf/", 1)[-1].removesuffix(".json")
         if "/_trust/tuf/" in request.path and name in replaced:
             return Response(replaced[name])
+        if request.path == "/v2/_trust/changefeed" and changefeed is not None:
+            return Response(json.dumps({"count": len(changefeed), "records": changefeed}))
         answer = requests.get(upstream.url + request.full_path, verify=upstream.ca_cert, timeout=10)
         return Response(answer.content, status=answer.status_code)
 
@@ -395,3 +407,64 @@ def test_a_gun_with_other_trust_data_here_is_refused_and_the_others_imported(
     assert f"this server holds other trust data for {clash}" in result.stdout
     assert f"{fine}: verified 4 files" in result.stdout
     assert world.rows(clash) == ours
+
+
+def test_hostile_names_in_the_source_changefeed_are_refused_and_the_others_imported(
+    world: World, tmp_path: Path
+) -> None:
+    fine = "registry.example.com/import/listed-fine"
+    world.owner.run("init", "-p", fine)
+    hostile = ["registry.example.com/../../evil", "a" * 300, "registry.example.com/\x1b[2Jbad"]
+    records = [
+        {"ID": str(n), "GUN": gun, "Version": 1, "Category": "update"}
+        for n, gun in enumerate([*hostile, fine], 1)
+    ]
+    with tampering(world.source, {}, tmp_path, records) as (url, ca):
+        result = world.import_(source=url, ca=ca)
+    assert result.returncode == 1, describe(result)
+    assert f"{hostile[0]}: REFUSED, nothing stored: invalid repository name: contains '..'" in (
+        result.stdout
+    )
+    assert f"{hostile[1]}: REFUSED, nothing stored: invalid repository name: longer than 255" in (
+        result.stdout
+    )
+    assert "'registry.example.com/\\x1b[2Jbad': REFUSED" in result.stdout
+    assert "\x1b" not in result.stdout + result.stderr
+    assert f"{fine}: verified 4 files" in result.stdout
+    assert world.rows(hostile[0]) == [] and world.rows(fine) != []
+
+    for bad, reason in (
+        ([1], "holds a malformed record: 1"),
+        ([records[0]] * 1000, "does not move on"),
+    ):
+        with tampering(world.source, {}, tmp_path, bad) as (url, ca):
+            result = world.import_(source=url, ca=ca)
+        expect_failure(result, f"cannot list the source's GUNs: the source's changefeed {reason}")
+
+
+def test_a_root_chain_over_the_cap_is_refused_and_nothing_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source that keeps rotating its root (every version validly signed) is not followed
+    without bound: past ROOT_CHAIN_CAP bytes the GUN is refused."""
+    gun = "registry.example.com/import/rotating"
+    url = f"sqlite:///{tmp_path / 'ours.db'}"
+    upgrade(url)
+    stores = Stores.from_url(url)
+    with TrustServer().running() as source:
+        repository = Repository(source, gun)
+        repository.publish(TARGETS)
+        for _ in range(3):
+            repository.rotate_root_key()
+        repository.publish_snapshot()
+        root_size = len(repository.root)
+        monkeypatch.setattr(notary_api, "ROOT_CHAIN_CAP", int(root_size * 2.5))
+        (refused,) = notary_api.import_from_api(stores.metadata, source.remote(), [gun])
+        assert isinstance(refused, Refused)
+        assert refused.reason.startswith(f"{gun}: the source's root versions 1-3 take more than")
+        assert stores.metadata.latest(gun, ROOT) is None
+        monkeypatch.setattr(notary_api, "ROOT_CHAIN_CAP", root_size * 4)
+        (imported,) = notary_api.import_from_api(stores.metadata, source.remote(), [gun])
+        assert not isinstance(imported, Refused), imported
+        assert imported.fetched.trusted.root.version == 4
+    stores.engine.dispose()

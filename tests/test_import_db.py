@@ -441,3 +441,26 @@ def test_an_imported_timestamp_is_re_signed_with_the_imported_key(
     public = notary_rows.app_key.public
     verify_threshold(timestamp, {public.key_id: public}, 1, TIMESTAMP)
     assert [signature.keyid for signature in timestamp.signatures] == [public.key_id]
+
+
+@pytest.mark.engines  # PostgreSQL
+def test_a_gun_the_api_could_not_serve_is_refused_with_its_keys(notary_rows: NotaryRows) -> None:
+    """Rows of a GUN with '..' and control characters: refused (printed escaped), neither its
+    files nor its signer key stored, the others imported."""
+    hostile = "registry.example.com/../\x1b[2Jevil"
+    key = PrivateKey.generate()
+    files = published_files(hostile, key, 1, 1)
+    write_notary_rows(
+        notary_rows.notary_url, notary_rows.signer_url, hostile, files, key, (OLD, OLD_PASSPHRASE)
+    )
+    done = CliRunner(env=_RUNNER_ENV).invoke(main, notary_rows.import_command())
+    assert done.exit_code == 1, done.output
+    assert f"{hostile!a}: refused: invalid repository name: contains '..'" in done.output
+    assert "\x1b" not in done.output and f"{APP}: 7 of 7 versions added" in done.output
+    stored = sa.text("SELECT count(*) FROM tuf_files WHERE gun = :gun")
+    keys = sa.text("SELECT count(*) FROM server_keys WHERE gun = :gun")
+    engine = make_engine(notary_rows.our_url)
+    with engine.connect() as connection:
+        assert connection.execute(stored, {"gun": hostile}).scalar() == 0
+        assert connection.execute(keys, {"gun": hostile}).scalar() == 0
+    engine.dispose()

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from support.api import Server
 from support.repo import RepoBuilder
+from support.server import free_port
 from tufnotary.metadata.model import (
     ROOT,
     SNAPSHOT,
@@ -204,6 +205,11 @@ def test_prune_command(database_url: str, tmp_path: Path) -> None:
     assert "prune: 1 repositories, 14 removed, 0 skipped" in done.stdout
     _served_chain_resolves(server)
 
+    unknown = runner.invoke(main, [*args, "example.com/team/none", GUN])
+    assert unknown.exit_code == 1, unknown.output
+    assert "example.com/team/none: skipped: no trust data stored" in unknown.stderr
+    assert "prune: 0 repositories, 0 removed, 1 skipped" in unknown.stdout
+
     usage = runner.invoke(main, ["prune", "--database", database_url])
     assert usage.exit_code == 2 and "--keep" in usage.stderr
 
@@ -239,3 +245,14 @@ def test_one_prune_at_a_time(database_url: str, tmp_path: Path) -> None:
         busy = CliRunner().invoke(main, args)
         assert busy.exit_code == 0 and "another prune is running; nothing done" in busy.stdout
     assert "prune: 1 repositories, 22 removed" in CliRunner().invoke(main, args).stdout
+
+
+def test_prune_on_an_unusable_database_says_so_in_one_line(database_url: str) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    cases = {closed: "is unusable: connection failed"}
+    if not database_url.startswith("sqlite"):  # SQLite is migrated, as serve does
+        cases[database_url] = "is not at the latest schema (at none"
+    for url, message in cases.items():
+        result = CliRunner().invoke(main, ["prune", "--database", url, "--keep", "0"])
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1

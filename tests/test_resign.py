@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from support.api import Server
+from support.server import free_port
 from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Metadata, Timestamp
 from tufnotary.metadata.verify import verify_threshold
 from tufnotary.server import resign
@@ -176,3 +177,14 @@ def test_alert_rules_watch_the_exported_gauges() -> None:
     expressions = " ".join(rule["expr"] for rule in group["rules"])
     assert SOONEST_EXPIRY in expressions and RECORD_AGE in expressions
     assert all(rule["alert"] and rule["labels"]["severity"] for rule in group["rules"])
+
+
+def test_resign_on_an_unusable_database_says_so_in_one_line(database_url: str) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    cases = {closed: "is unusable: connection failed"}
+    if not database_url.startswith("sqlite"):  # SQLite is migrated, as serve does
+        cases[database_url] = "is not at the latest schema (at none"
+    for url, message in cases.items():
+        result = CliRunner(env=PASSPHRASE).invoke(main, ["resign", "--database", url])
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1

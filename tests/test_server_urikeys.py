@@ -244,6 +244,8 @@ def test_a_registered_key_is_handed_out_before_a_new_one(database_url: str, tmp_
         keyregistry.register(stores, GUN, "timestamp", uri, None, None)
     with pytest.raises(keyregistry.RegistryError, match="only snapshot and timestamp"):
         keyregistry.register(stores, GUN, "targets", uri, public, None)
+    with pytest.raises(keyregistry.RegistryError, match="invalid repository name: contains"):
+        keyregistry.register(stores, "example.com/../x", "timestamp", uri, public, None)
     registered = keyregistry.register(stores, GUN, "timestamp", uri, public, None)
     with pytest.raises(keyregistry.RegistryError, match="already a timestamp key of"):
         keyregistry.register(stores, f"{GUN}-2", "timestamp", uri, public, None)

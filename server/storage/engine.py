@@ -103,7 +103,7 @@ def _is_unique_violation(error: IntegrityError) -> bool:
     )
 
 
-def _describe(action: str, error: SQLAlchemyError) -> str:
+def describe_error(action: str, error: SQLAlchemyError) -> str:
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
     return f"{action} failed: {type(cause).__name__}: {lines[0][:200] if lines else ''}"
@@ -137,9 +137,9 @@ class Database:
         except IntegrityError as error:
             if clash is not None and _is_unique_violation(error):
                 raise clash(f"{action}: a concurrent writer stored it first") from error
-            raise StorageError(_describe(action, error)) from error
+            raise StorageError(describe_error(action, error)) from error
         except SQLAlchemyError as error:
-            raise StorageError(_describe(action, error)) from error
+            raise StorageError(describe_error(action, error)) from error
 
     @contextmanager
     def snapshot(self, action: str) -> Iterator[Connection]:
@@ -154,7 +154,7 @@ class Database:
                     connection = connection.execution_options(isolation_level="REPEATABLE READ")
                 yield connection
         except SQLAlchemyError as error:
-            raise StorageError(_describe(action, error)) from error
+            raise StorageError(describe_error(action, error)) from error
 
 
 class Store:

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.storage.engine import StorageError, describe_error
 from tufnotary.server.storage.models import MYSQL
 
 _PREFIX = "tufnotary."
@@ -33,7 +33,7 @@ def exclusive(engine: Engine, name: str) -> Iterator[bool]:
     try:
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"lock {name}: {exc}") from exc
+        raise StorageError(describe_error(f"lock {name}", exc)) from exc
     try:
         yield _try_lock(connection, f"{engine.url.database}/{name}")
     finally:
@@ -54,7 +54,7 @@ def _try_lock(connection: Connection, key: str) -> bool:
             connection.execute(query, {"key": int.from_bytes(digest[:8], signed=True)}).scalar()
         )
     except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"lock {key}: {exc}") from exc
+        raise StorageError(describe_error(f"lock {key}", exc)) from exc
 
 
 @contextmanager
