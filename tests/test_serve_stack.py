@@ -96,6 +96,15 @@ def test_notary_publishes_and_reads_through_the_proxy(stack: ServerInfo, tmp_pat
         time.sleep(0.05)
 
 
+def test_unknown_repository_404s_are_cached_within_the_window(stack: ServerInfo) -> None:
+    url = f"{stack.url}/v2/registry.example.com/never/published/_trust/tuf/timestamp.json"
+    with requests.Session() as session:
+        answers = [session.get(url, verify=str(stack.ca_cert), timeout=10) for _ in range(50)]
+    assert {answer.status_code for answer in answers} == {404}
+    assert {answer.json()["errors"][0]["code"] for answer in answers} == {"METADATA_NOT_FOUND"}
+    assert "HIT" in {answer.headers["X-Cache-Status"] for answer in answers}
+
+
 def test_slow_clients_do_not_hold_the_server(stack: ServerInfo) -> None:
     """More half-sent uploads than the server has threads (2 workers x 4): nginx buffers them,
     so other requests are still answered."""
