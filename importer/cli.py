@@ -146,6 +146,10 @@ def import_command(
         return
     if signer_db is not None or signer_passphrases:
         raise click.UsageError("--signer-db and --signer-passphrase go with --from-notary-db")
+    if not source_url.lower().startswith("https://") and (username or password or token):
+        raise click.UsageError(
+            f"{source_url} is not https: --username/--password/--token would travel in clear"
+        )
     remote = Remote(
         source_url,
         verify=str(tlscacert) if tlscacert else True,

@@ -111,7 +111,7 @@ def resign(settings: Settings, within_text: str | None, guns: tuple[str, ...]) -
         versions = ", ".join(f"{role} {version}" for role, version in sorted(stored.items()))
         click.echo(f"{gun}: re-signed {versions}")
     for gun, roles in report.due.items():
-        click.echo(f"{gun}: {', '.join(roles)} still expire within {within}: no server key")
+        click.echo(f"{gun}: {' and '.join(roles)}: still expiring within {within}, no server key")
     for gun, reason in report.failed.items():
         click.echo(f"{gun}: failed: {reason}", err=True)
     click.echo(f"resign: {report.summary()}")

@@ -392,6 +392,16 @@ def test_an_unreachable_source_stops_the_import(world: World) -> None:
     assert world.rows(gun) == []
 
 
+def test_credentials_are_never_sent_to_a_plain_http_source(world: World) -> None:
+    gun = "registry.example.com/import/plain"
+    result = world.import_(
+        "--username", "alice", "--password", "pw", gun, source="http://127.0.0.1:1"
+    )
+    assert result.returncode == 2, describe(result)
+    assert "is not https: --username/--password/--token would travel in clear" in result.stderr
+    assert world.rows(gun) == []
+
+
 def test_a_gun_with_other_trust_data_here_is_refused_and_the_others_imported(
     world: World,
 ) -> None:

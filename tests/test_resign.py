@@ -113,7 +113,7 @@ def test_resign_command(database_url: str, tmp_path: Path) -> None:
 
     due = runner.invoke(main, [*args, "--within", "208w"])
     assert due.exit_code == 1
-    assert f"{CLIENT_SNAPSHOT}: snapshot still expire within" in due.stdout
+    assert f"{CLIENT_SNAPSHOT}: snapshot: still expiring within" in due.stdout
     assert "still expire soon or failed" in due.stderr
 
     bad = runner.invoke(main, [*args, "--within", "soon"])
