@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from bench_paths import REPO_ROOT
 
 from support.api import multipart
+from support.notary_stack import NOTARY_SERVER_TABLES
 from support.reference import find_reference_binary, launched_reference
 from support.repo import RepoBuilder
 from support.server import (
@@ -59,19 +60,6 @@ STACK = "ours-stack"  # scripts/serve-stack: nginx in front of tufnotary (SQLite
 SERVERS = (REF, REF_PG, TUF, TUF_PG, STACK)
 POSTGRES_ADMIN = os.environ.get(
     "TUFNOTARY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-# The reference's SQL tables, as its gorm models (server/storage/sql_models.go) describe them;
-# notary-server 0.7 does not create them itself.
-REFERENCE_SCHEMA = (
-    "CREATE TABLE tuf_files (id serial PRIMARY KEY, created_at timestamp, updated_at timestamp,"
-    " deleted_at timestamp, gun varchar(255) NOT NULL, role varchar(255) NOT NULL,"
-    " version integer NOT NULL, data bytea NOT NULL, sha256 char(64),"
-    " UNIQUE (gun, role, version))",
-    "CREATE INDEX tuf_files_sha256_idx ON tuf_files (sha256)",
-    "CREATE TABLE changefeed (id serial PRIMARY KEY, created_at timestamp DEFAULT now(),"
-    " gun varchar(255) NOT NULL, version integer NOT NULL, sha256 char(64),"
-    " category varchar(20) NOT NULL DEFAULT 'update')",
-    "CREATE INDEX idx_changefeed_gun ON changefeed (gun)",
 )
 WRK_CONNECTIONS = 32
 WRK_ROUNDS = 2
@@ -144,7 +132,7 @@ def postgres_database(label: str) -> Iterator[str]:
 def reference_database(url: str) -> dict[str, str]:
     """Create the reference's tables in `url`; its notary-server storage settings."""
     with psycopg.connect(url, autocommit=True) as connection:
-        for statement in REFERENCE_SCHEMA:
+        for statement in NOTARY_SERVER_TABLES["postgresql"]:
             connection.execute(statement)
     parsed = sa.make_url(url)
     go_url = f"postgres://{parsed.username}@{parsed.host}:{parsed.port}/{parsed.database}"

@@ -59,7 +59,8 @@ _MYSQL = (
     " version int NOT NULL, sha256 char(64), category varchar(20) NOT NULL DEFAULT 'update',"
     " KEY idx_changefeed_gun (gun))",
 )
-_SERVER_TABLES = {"postgresql": _POSTGRES, "mysql": _MYSQL, "mariadb": _MYSQL}
+# notary-server 0.7 does not create its tables; these are its gorm models' (spec 5.1).
+NOTARY_SERVER_TABLES = {"postgresql": _POSTGRES, "mysql": _MYSQL, "mariadb": _MYSQL}
 _SIGNER_TABLE = (
     "CREATE TABLE private_keys (id {serial} PRIMARY KEY, created_at {time} NULL,"
     " updated_at {time} NULL, deleted_at {time} NULL, key_id varchar(255) NOT NULL,"
@@ -168,7 +169,7 @@ def create_notary_tables(server_url: str, signer_url: str) -> None:
                 statements = (
                     (_SIGNER_TABLE.format(**_TYPES[dialect]),)
                     if signer
-                    else _SERVER_TABLES[dialect]
+                    else NOTARY_SERVER_TABLES[dialect]
                 )
                 for statement in statements:
                     connection.exec_driver_sql(statement)
