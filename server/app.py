@@ -184,7 +184,8 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     _install_hooks(app)
     if settings.response_cache_bytes:
         budget = settings.response_cache_bytes
-        signals = ChangeSignals(stores.database, stores.metadata)
+        staleness = settings.read_staleness_ms / 1000
+        signals = ChangeSignals(stores.database, stores.metadata, staleness)
         app.wsgi_app = FastReads(  # type: ignore[method-assign]
             app, service, signals, budget, record_request
         )

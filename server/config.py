@@ -86,6 +86,7 @@ class Settings:
     resign_interval: int = 0
     client_timeout: int = 10
     response_cache_bytes: int = 64 * 1024 * 1024
+    read_staleness_ms: int = 100
 
     @property
     def effective_database_url(self) -> str:
@@ -443,4 +444,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "resign_interval": _int_range(0),
     "client_timeout": _int_range(1, 3600),
     "response_cache_bytes": _int_range(0),
+    "read_staleness_ms": _int_range(0, 60_000),
 }
