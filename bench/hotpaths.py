@@ -185,6 +185,12 @@ def main() -> int:
     parser.add_argument(
         "--callgrind", action="store_true", help="no cProfile; count only the requests"
     )
+    parser.add_argument(
+        "--read-staleness-ms",
+        type=int,
+        default=Settings.read_staleness_ms,
+        help="PostgreSQL: the setting (0: a signal query per read; large: none under callgrind)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hotpaths-") as tmp:
         settings = Settings(
@@ -192,6 +198,7 @@ def main() -> int:
             database_url=args.database,
             key_passphrase="bench passphrase",
             log_level=args.log_level,
+            read_staleness_ms=args.read_staleness_ms,
         )
         upgrade(settings.effective_database_url)
         app = create_app(settings)

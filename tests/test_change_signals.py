@@ -162,6 +162,20 @@ def test_notified_writes_are_seen_and_the_rest_needs_no_query(
         assert statements.count <= 1  # the query after the notification, then remembered
 
 
+def test_writes_of_this_process_are_seen_at_once(stores: tuple[Stores, Stores]) -> None:
+    """A commit through the reader's own database forgets every signal before it returns."""
+    ours, _ = stores
+    reader, _ = listening(ours)
+    writes: list[Callable[[], Any]] = [
+        lambda: ours.metadata.update_many(GUN, [timestamp(1)]),
+        lambda: ours.metadata.delete_gun(GUN),
+        lambda: ours.metadata.add_versions(GUN, [timestamp(2)]),
+    ]
+    for write in writes:
+        write()
+        assert reader.read(GUN) == ours.metadata.signal(GUN)
+
+
 def test_pruning_and_other_statements_are_notified(stores: tuple[Stores, Stores]) -> None:
     ours, theirs = stores
     theirs.metadata.update_many(GUN, [timestamp(1), timestamp(2)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -120,6 +120,11 @@ class Database:
             {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
         )
         self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
+        self._committed: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every write transaction of this process has committed."""
+        self._committed.append(callback)
 
     @contextmanager
     def transaction(
@@ -131,6 +136,8 @@ class Database:
             if write:
                 with self.engine.begin() as connection:
                     yield connection
+                for callback in self._committed:
+                    callback()
             else:
                 with self.engine.connect() as connection:
                     yield connection.execution_options(**self._read_options)

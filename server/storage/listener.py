@@ -47,7 +47,7 @@ class Listener:
         self._pgconn = connection.pgconn
         self._generation = 0  # notifications handled so far
         self._trusted_until = 0.0  # time.monotonic()
-        connection.add_notify_handler(lambda notify: self._changed(notify.payload))
+        connection.add_notify_handler(lambda notify: self.changed(notify.payload))
 
     @classmethod
     def start(cls, connection: Any, window: float, forget: Forget) -> Listener | None:
@@ -65,7 +65,7 @@ class Listener:
         may be answered (within the window)."""
         self._pgconn.consume_input()  # raises if the connection is broken
         while (notify := self._pgconn.notifies()) is not None:
-            self._changed(notify.extra.decode(self._connection.info.encoding))
+            self.changed(notify.extra.decode(self._connection.info.encoding))
         return time.monotonic() < self._trusted_until
 
     def mark(self) -> Mark:
@@ -79,6 +79,7 @@ class Listener:
         self._trusted_until = mark.sent + self._window
         return self._generation == mark.generation
 
-    def _changed(self, gun: str) -> None:
+    def changed(self, gun: str) -> None:
+        """Forget the signal of ``gun`` ('': of every GUN), which a write changed."""
         self._generation += 1
         self._forget(gun)

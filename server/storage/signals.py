@@ -13,7 +13,8 @@ per-call machinery, and remembers the answers while it can tell that they still 
   answered with no query while the connection has answered a statement within ``staleness``
   seconds; otherwise the indexed query runs (in autocommit; psycopg prepares it after a few
   runs) and restarts that window. A write through any other connection is thus seen within
-  ``staleness`` seconds. Without migration 0008's triggers, or with ``staleness`` 0, every
+  ``staleness`` seconds, and through this process's own pool by the next read (a commit
+  forgets every signal). Without migration 0008's triggers, or with ``staleness`` 0, every
   read queries, and another server's commit is seen by the next read.
 * Anything else (MySQL/MariaDB, an in-memory SQLite database): the store's own query.
 """
@@ -105,6 +106,8 @@ class ChangeSignals:
         self._watch: Watch | None = None
         self._listen_at = 0.0  # time.monotonic() of the next LISTEN attempt
         self._known: dict[str, Signal] = {}
+        if self._staleness:
+            database.on_commit(self._committed)
 
     def read(self, gun: str) -> Signal:
         """The GUN's current signal; StorageError if the database cannot be read."""
@@ -154,6 +157,13 @@ class ChangeSignals:
             self._listen_at = time.monotonic() + LISTEN_RETRY
             self._watch = Listener.start(self._connection, self._staleness, self._forget)
         return self._connection
+
+    def _committed(self) -> None:
+        """A write of this process committed: forget every signal at once (the notification,
+        which names the GUN, may come later), so that this process reads its own writes."""
+        with self._lock:
+            if isinstance(self._watch, Listener):
+                self._watch.changed("")
 
     def _forget(self, gun: str) -> None:
         """Forget the remembered signal of ``gun`` ('': of every GUN)."""
