@@ -245,6 +245,24 @@ def test_a_killed_listener_falls_back_to_queries_and_recovers(
     seen(reader, theirs.metadata.signal(GUN))
 
 
+def test_a_listener_no_request_reads_still_takes_its_notifications(
+    stores: tuple[Stores, Stores], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL keeps each notification until every listener took it: a worker that serves no
+    reads drains its listener in the background instead of letting the queue fill."""
+    monkeypatch.setattr(signals, "DRAIN_INTERVAL", 0.02)
+    ours, theirs = stores
+    theirs.metadata.update_many(GUN, [timestamp(1)])
+    reader, _ = listening(ours)
+    assert GUN in reader._known
+    theirs.metadata.update_many(GUN, [timestamp(2)])
+    deadline = time.monotonic() + DEADLINE
+    while GUN in reader._known:  # forgotten by the drain: no read is made here
+        assert time.monotonic() < deadline, "the notification was never taken"
+        time.sleep(0.01)
+    assert reader.read(GUN) == theirs.metadata.signal(GUN)
+
+
 def test_staleness_bounds_what_is_remembered(stores: tuple[Stores, Stores]) -> None:
     """A remembered signal is answered only within ``staleness`` of the last query; then a
     query runs, which sees every commit (notified or not)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -40,6 +41,9 @@ KNOWN_LIMIT = 65536
 """Signals remembered at most; more forget them all (a query each)."""
 LISTEN_RETRY = 60.0
 """Seconds until LISTEN is tried again on PostgreSQL when the triggers were missing."""
+DRAIN_INTERVAL = 5.0
+"""Seconds between reads of the notifications of a listener that no request reads: PostgreSQL
+keeps every notification until each listener has taken it, and a full queue refuses writes."""
 
 _QUERY = (
     f"SELECT id, sha256 FROM {TufFileRow.__tablename__} WHERE gun = {{}} AND role = 'timestamp'"
@@ -105,6 +109,7 @@ class ChangeSignals:
         self._pid = 0
         self._watch: Watch | None = None
         self._listen_at = 0.0  # time.monotonic() of the next LISTEN attempt
+        self._drainer_pid = 0  # the process whose drain thread runs
         self._known: dict[str, Signal] = {}
         if self._staleness:
             database.on_commit(self._committed)
@@ -156,7 +161,21 @@ class ChangeSignals:
         if self._watch is None and self._staleness and time.monotonic() >= self._listen_at:
             self._listen_at = time.monotonic() + LISTEN_RETRY
             self._watch = Listener.start(self._connection, self._staleness, self._forget)
+            if self._watch is not None and self._drainer_pid != self._pid:
+                self._drainer_pid = self._pid
+                threading.Thread(
+                    target=_drain_while_alive, args=(weakref.ref(self),), daemon=True
+                ).start()
         return self._connection
+
+    def drain(self) -> None:
+        """Take the notifications that arrived since the last read (see DRAIN_INTERVAL)."""
+        with self._lock:
+            if isinstance(self._watch, Listener) and self._pid == os.getpid():
+                try:
+                    self._watch.current()
+                except Exception:  # broken: the next read reconnects
+                    self._drop()
 
     def _committed(self) -> None:
         """A write of this process committed: forget every signal at once (the notification,
@@ -178,3 +197,15 @@ class ChangeSignals:
         if connection is not None and self._pid == os.getpid():
             with suppress(Exception):  # already broken: nothing more to release
                 connection.close()
+
+
+def _drain_while_alive(signals: weakref.ref[ChangeSignals]) -> None:
+    """Drain the listener every DRAIN_INTERVAL seconds until its ChangeSignals is gone (a
+    greenlet in a gevent worker)."""
+    while True:
+        time.sleep(DRAIN_INTERVAL)
+        reader = signals()
+        if reader is None:
+            return
+        reader.drain()
+        del reader
