@@ -7,6 +7,7 @@ expressions (GUNs span slashes), so one catch-all Flask rule hands every request
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -330,10 +331,11 @@ class _PartParser(PushMultipartParser):
         return MultipartSegment(headerlist)
 
 
-def _filename(part: MultipartSegment) -> str | None:
-    """The raw ``filename`` parameter of a part's Content-Disposition (no path stripping or
+@functools.lru_cache(maxsize=256)  # a pure function; clients send the same few values
+def _filename(disposition: str) -> str | None:
+    """The raw ``filename`` parameter of a Content-Disposition value (no path stripping or
     percent-decoding: delegation names have slashes, spec 2.1)."""
-    return parse_options_header(part.header("Content-Disposition", ""))[1].get("filename")
+    return parse_options_header(disposition)[1].get("filename")
 
 
 @dataclass
@@ -376,7 +378,7 @@ def _multipart_files(
         guard.received(received)
         for event in parser.parse(chunk):  # an empty chunk ends the body
             if isinstance(event, MultipartSegment):
-                filename = _filename(event)
+                filename = _filename(event.header("Content-Disposition", ""))
                 if not filename:
                     raise NoFilename(log=f"part {event.name!r} has no filename")
                 files.append((filename, bytearray()))

@@ -415,6 +415,18 @@ def test_line_breaks_must_be_crlf(server: Server) -> None:
     assert error_of(response)["code"] == "MALFORMED_UPLOAD"
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [b"X-Padding: " + b"x" * 4300, b"\r\n".join(b"X-%d: x" % i for i in range(8))],
+    ids=["long header line", "9 header lines"],
+)
+def test_part_headers_are_capped(server: Server, headers: bytes) -> None:
+    """At most 8 header lines of 4 KiB per part (the Go client sends 2 short ones)."""
+    body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="targets"\r\n'
+    response = _post(server, body + headers + b"\r\n\r\n{}\r\n--b--\r\n")
+    assert error_of(response)["code"] == "TOO_LARGE"
+
+
 @pytest.mark.parametrize("before_chunk_end", [1, 2, 3, 5, 8])
 def test_a_boundary_across_two_reads_of_the_body(server: Server, before_chunk_end: int) -> None:
     """The body is read 64 KiB at a time: a part's closing delimiter (CRLF--b) that starts
