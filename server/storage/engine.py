@@ -116,8 +116,8 @@ class Database:
         self.engine = engine
         # Reads run in autocommit on PostgreSQL: under READ COMMITTED each statement sees its
         # own snapshot anyway, and this saves the BEGIN and ROLLBACK round trips.
-        self.autocommit = engine.dialect.name == "postgresql"
-        autocommit = {"isolation_level": "AUTOCOMMIT"} if self.autocommit else {}
+        self._autocommit = engine.dialect.name == "postgresql"
+        autocommit = {"isolation_level": "AUTOCOMMIT"} if self._autocommit else {}
         self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
 
     @contextmanager
@@ -134,7 +134,7 @@ class Database:
         atomic by itself, which then runs in autocommit where reads do (PostgreSQL: no BEGIN
         and COMMIT round trips; the commit is as durable)."""
         try:
-            if write and not (one_statement and self.autocommit):
+            if write and not (one_statement and self._autocommit):
                 with self.engine.begin() as connection:
                     yield connection
             else:

@@ -126,8 +126,8 @@ _AUDIT = tuple(column.key for column in AuditRow.__table__.c if column.key != "i
 @functools.lru_cache(maxsize=64)
 def _update_statement(roles: int, files: int, audited: bool) -> sa.CompoundSelect:
     """An update as one statement, for PostgreSQL (data-modifying CTEs): ``_newer(roles)``,
-    and only if it finds nothing, the ``files`` new rows (bound: ``now``, ``gun``, ``role0``,
-    ``version0``, ``sha2560``, ``data0``...), the audit entry if ``audited`` (bound: its
+    and only if it finds nothing, the ``files`` new rows (bound: ``created_at``, ``gun``,
+    ``role0``, ``version0``, ``sha2560``, ``data0``...), the audit entry if ``audited`` (bound: its
     columns) and a changefeed row per new timestamp. Its rows: the stored (role, version) that
     clashes, or (NULL, version, sha256, id) of each changefeed row added."""
     files_table, changes_table = TufFileRow.__table__, ChangefeedRow.__table__
@@ -220,10 +220,11 @@ class MetadataStore(Store):
         """Store all files (and the audit entry) or none (spec 2.9); returns the changefeed
         rows of the timestamps.
 
-        The version check and the inserts see the same committed state as any statement: two
-        writers of one (role, version) clash on the unique index, so the second raises
-        :class:`VersionConflict`; a publish always adds the next timestamp version, so two
-        publishes from the same state always clash.
+        Concurrent writers: the version check sees what was committed when it ran, and two
+        writers of one (role, version) clash on the unique index, the second getting
+        :class:`VersionConflict`; every publish adds the next timestamp version, so of two
+        publishes from the same state one always loses. On PostgreSQL all of it is one
+        statement (one round trip, no BEGIN or COMMIT), elsewhere one transaction.
         """
         if len({(file.role, file.version) for file in files}) != len(files):
             raise VersionConflict(f"update of {gun}: two files with the same role and version")
@@ -246,10 +247,11 @@ class MetadataStore(Store):
         check = {"gun": gun}
         for i, role in enumerate(sorted(lowest)):
             check |= {f"r{i}": role, f"v{i}": lowest[role]}
-        action = f"update of {gun}"
-        if rows and self._db.autocommit:
+        if rows and self._db.engine.dialect.name == "postgresql":
             return self._update_in_one_statement(gun, rows, check, lowest, audit, now)
-        with self._db.transaction(action, write=True, clash=VersionConflict) as connection:
+        with self._db.transaction(
+            f"update of {gun}", write=True, clash=VersionConflict
+        ) as connection:
             if rows:
                 stored = connection.execute(_newer(len(lowest)), check).first()
                 if stored is not None:
