@@ -7,6 +7,7 @@ expressions (GUNs span slashes), so one catch-all Flask rule hands every request
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -20,11 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from multipart import (
+    MultipartError,
+    MultipartSegment,
+    ParserError,
+    ParserLimitReached,
+    PushMultipartParser,
+)
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.datastructures import Headers
-from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.http import http_date
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from werkzeug.http import http_date, parse_options_header
 
 from tufnotary.metadata.keys import KEY_CREATED_HEADER
 from tufnotary.metadata.model import TIMESTAMP, format_expires
@@ -315,14 +320,22 @@ def changefeed(gun: str | None = None) -> Response:
 # -- uploads ----------------------------------------------------------------------------------
 
 
-class _PartDecoder(MultipartDecoder):
-    """werkzeug's decoder, reading a part without Content-Disposition as a part without a
-    file name (as Go's reader does) instead of failing the whole body."""
+class _PartParser(PushMultipartParser):
+    """The ``multipart`` package's incremental parser (no regular expression built per
+    boundary), taking a part whatever its Content-Disposition (as Go's reader does: without
+    one, it is a part without a file name); a part with no headers at all is malformed."""
 
-    def _parse_headers(self, data: bytes | bytearray) -> Headers:
-        headers = super()._parse_headers(data)
-        headers.setdefault("Content-Disposition", "form-data")
-        return headers
+    def _create_segment(self, headerlist: list[tuple[str, str]]) -> MultipartSegment:
+        if not headerlist:
+            raise ParserError("a part without headers")
+        return MultipartSegment(headerlist)
+
+
+@functools.lru_cache(maxsize=256)  # a pure function; clients send the same few values
+def _filename(disposition: str) -> str | None:
+    """The raw ``filename`` parameter of a Content-Disposition value (no path stripping or
+    percent-decoding: delegation names have slashes, spec 2.1)."""
+    return parse_options_header(disposition)[1].get("filename")
 
 
 @dataclass
@@ -352,29 +365,27 @@ def _multipart_files(
 ) -> list[tuple[str, bytes]]:
     """(filename, body) of each part in order; nothing is read past ``limit`` bytes. A part
     without a file name is NO_FILENAME as soon as its headers are read."""
-    decoder = _PartDecoder(boundary.encode("latin-1"), max_parts=max_parts)
+    parser = _PartParser(boundary, max_segment_count=max_parts)
     files: list[tuple[str, bytearray]] = []
     received = 0
-    while True:
-        event = decoder.next_event()
-        if isinstance(event, NeedData):
-            chunk = request.stream.read(_CHUNK)
-            received += len(chunk)
-            if received > limit:
-                raise TooLarge(log=f"body over {limit} bytes")
-            if not received:
-                raise MalformedUpload(log="empty body")
-            guard.received(received)
-            decoder.receive_data(chunk or None)
-        elif isinstance(event, Field) or (isinstance(event, File) and not event.filename):
-            raise NoFilename(log=f"part {event.name!r} has no filename")
-        elif isinstance(event, File):
-            files.append((event.filename, bytearray()))
-        elif isinstance(event, Data) and files:
-            files[-1][1].extend(event.data)
-            guard.part(files[-1][0], len(files[-1][1]))
-        elif isinstance(event, Epilogue):
-            return [(name, bytes(body)) for name, body in files]
+    while not parser.closed:
+        chunk = request.stream.read(_CHUNK)
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge(log=f"body over {limit} bytes")
+        if not received:
+            raise MalformedUpload(log="empty body")
+        guard.received(received)
+        for event in parser.parse(chunk):  # an empty chunk ends the body
+            if isinstance(event, MultipartSegment):
+                filename = _filename(event.header("Content-Disposition", ""))
+                if not filename:
+                    raise NoFilename(log=f"part {event.name!r} has no filename")
+                files.append((filename, bytearray()))
+            elif event is not None:
+                files[-1][1].extend(event)
+                guard.part(files[-1][0], len(files[-1][1]))
+    return [(name, bytes(body)) for name, body in files]
 
 
 def _read_parts(held: ExitStack) -> dict[str, Part]:
@@ -391,9 +402,9 @@ def _read_parts(held: ExitStack) -> dict[str, Part]:
     guard = _BodyGuard(limits, _context().upload_slots, held)
     try:
         files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts, guard)
-    except RequestEntityTooLarge as exc:
-        raise TooLarge(log="more parts than allowed") from exc
-    except ValueError as exc:
+    except ParserLimitReached as exc:
+        raise TooLarge(log=f"multipart body: {exc}") from exc
+    except MultipartError as exc:
         raise MalformedUpload(log=f"unreadable multipart body: {exc}") from exc
     parts: dict[str, Part] = {}
     for filename, data in files:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -324,13 +325,29 @@ class TrustService:
         """Validate an upload against the current state and store it atomically."""
         with _storage_errors(UpdateFailed):
             state = _StoreState(self, gun)
-            files = UpdateValidator(gun, state, self.keys, self.limits).validate(parts)
+            signer = _KeptSigner(self.keys)
+            files = UpdateValidator(gun, state, signer, self.limits).validate(parts)
             stored = {file.role: file.version for file in files}
             try:
                 self.store.update_many(gun, files, by.entry("upload", gun, stored=stored))
             except VersionConflict as exc:
                 raise VersionConflictError(log=str(exc)) from exc
+        self._keep_parsed(files, signer.signed, parts)
         return files
+
+    def _keep_parsed(
+        self, files: Sequence[NewFile], signed: Mapping[bytes, Signed], parts: Mapping[str, Part]
+    ) -> None:
+        """Put the files just stored into the parse cache as the objects they were made of
+        (the server's signed ones, an uploaded snapshot): the next publish reads them."""
+        kept = dict(signed)
+        uploaded = parts.get(SNAPSHOT)
+        if uploaded is not None:
+            kept[uploaded.data] = Metadata.from_envelope(uploaded.envelope, Snapshot).signed
+        for file in files:
+            found = kept.get(file.data)
+            if found is not None:
+                self._parsed.put((file.role, hashlib.sha256(file.data).hexdigest()), found)
 
     def delete(self, gun: str, by: Requester) -> int:
         with _storage_errors(UpdateFailed):
@@ -382,6 +399,21 @@ class TrustService:
 
     def ping(self) -> None:
         self.store.ping()
+
+
+@dataclass
+class _KeptSigner:
+    """The server's keys as the validator's signer, keeping each object it signed by the
+    bytes made of it."""
+
+    keys: ServerKeys
+    signed: dict[bytes, Signed] = field(default_factory=dict)
+
+    def sign(self, gun: str, role: str, root: Root, signed: Signed) -> bytes | None:
+        data = self.keys.sign(gun, role, root, signed)
+        if data is not None:
+            self.signed[data] = signed
+        return data
 
 
 class _StoreState:

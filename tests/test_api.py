@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from werkzeug.test import TestResponse
 
 from support.api import Server, error_of, multipart
 from support.repo import RepoBuilder, expires_in, signed_bytes
@@ -379,6 +380,67 @@ def test_malformed_uploads(server: Server) -> None:
             "code": "NO_FILENAME",
             "message": "No file/role name provided.",
         }, headers
+
+
+def _post(server: Server, body: bytes) -> TestResponse:
+    return server.client.post(
+        server.tuf(GUN), data=body, content_type="multipart/form-data; boundary=b"
+    )
+
+
+@pytest.mark.parametrize(
+    ("disposition", "filename"),
+    [
+        (b'form-data; name="files"; filename="targets%2Freleases"', "targets%2Freleases"),
+        (b'form-data; name="files"; filename="C:\\\\x\\\\targets"', "C:\\x\\targets"),
+        (b'attachment; filename="bogus"', "bogus"),  # any disposition type, no name
+        (b"form-data; filename=bogus; name=files", "bogus"),
+    ],
+)
+def test_the_filename_is_read_raw(server: Server, disposition: bytes, filename: str) -> None:
+    """Spec 2.1: no percent-decoding, no path stripping, as Go's reader."""
+    body = b"--b\r\nContent-Disposition: " + disposition + b"\r\n\r\n{}\r\n--b--\r\n"
+    assert error_of(_post(server, body)) == {
+        "code": "INVALID_ROLE",
+        "message": "The role you are attempting to operate on is invalid.",
+        "detail": filename,
+    }
+
+
+def test_line_breaks_must_be_crlf(server: Server) -> None:
+    """RFC 7578 (every Go, curl and requests client writes CRLF): a body with bare LF line
+    breaks is MALFORMED_UPLOAD."""
+    body = multipart([("targets", b"{}")], boundary="b")[0]
+    response = _post(server, body.replace(b"\r\n", b"\n"))
+    assert error_of(response)["code"] == "MALFORMED_UPLOAD"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"X-Padding: " + b"x" * 4300, b"\r\n".join(b"X-%d: x" % i for i in range(8))],
+    ids=["long header line", "9 header lines"],
+)
+def test_part_headers_are_capped(server: Server, headers: bytes) -> None:
+    """At most 8 header lines of 4 KiB per part (the Go client sends 2 short ones)."""
+    body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="targets"\r\n'
+    response = _post(server, body + headers + b"\r\n\r\n{}\r\n--b--\r\n")
+    assert error_of(response)["code"] == "TOO_LARGE"
+
+
+@pytest.mark.parametrize("before_chunk_end", [1, 2, 3, 5, 8])
+def test_a_boundary_across_two_reads_of_the_body(server: Server, before_chunk_end: int) -> None:
+    """The body is read 64 KiB at a time: a part's closing delimiter (CRLF--b) that starts
+    just before the end of the first read still ends the part exactly."""
+    repo = server.new_repo(GUN, server_snapshot=True)
+    repo.add_target("v1", b"v1")
+    head = multipart([("targets", b"")], boundary="b")[0].split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    document = repo.targets_bytes()
+    data = document + b" " * (64 * 1024 - before_chunk_end - len(head) - len(document))
+    body = head + data + b"\r\n--b--\r\n"
+    assert body.index(b"\r\n--b--") == 64 * 1024 - before_chunk_end
+    response = _post(server, body)
+    assert response.status_code == 200, response.data
+    assert server.get(GUN, "targets.json").data == data
 
 
 @pytest.mark.parametrize("role", ["bogus", "../targets", "targets/Bad", "targets//x", "targets/"])

@@ -1,5 +1,6 @@
 """What publishes keep between requests stays correct: decrypted server keys (per GUN and role,
-new keys after a rotation), the one-query read of a repository's state, and failed publishes."""
+new keys after a rotation), the parsed files of a publish, the one-query read of a repository's
+state, and failed publishes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 
 from support.api import Server, error_of
 from support.repo import RepoBuilder
-from tufnotary.metadata.model import ROOT, SNAPSHOT, TARGETS, TIMESTAMP, Metadata, Timestamp
+from tufnotary.metadata.model import (
+    ROOT,
+    SNAPSHOT,
+    TARGETS,
+    TIMESTAMP,
+    Metadata,
+    Snapshot,
+    Timestamp,
+)
 from tufnotary.metadata.verify import verify_threshold
 from tufnotary.server.context import server_context
 from tufnotary.server.service import TrustService
@@ -133,6 +142,46 @@ def test_a_publish_refused_by_storage_leaves_everything_as_it_was(
     repo.targets[TARGETS].version += 2 if version == "same" else 3
     _publish_target(server, repo, "v3")
     assert server.get(GUN, "targets.json").data == repo.files[TARGETS]
+
+
+@pytest.mark.parametrize(
+    "server_snapshot", [False, True], ids=["client-snapshot", "server-snapshot"]
+)
+def test_a_publish_keeps_its_snapshot_and_timestamp_as_parsing_them_gives(
+    tmp_path: Path, server_snapshot: bool
+) -> None:
+    server = Server.start(tmp_path)
+    repo = server.new_repo(GUN, server_snapshot=server_snapshot)
+    _publish_target(server, repo, "v1")
+    service = _service(server)
+    for role, signed_class in ((SNAPSHOT, Snapshot), (TIMESTAMP, Timestamp)):
+        stored = service.store.latest(GUN, role)  # read straight from storage: nothing parsed
+        assert stored is not None
+        kept = service._parsed.get((role, stored.sha256))
+        assert kept == Metadata.from_bytes(stored.data, signed_class).signed
+
+
+@pytest.mark.parametrize(
+    "server_snapshot", [False, True], ids=["client-snapshot", "server-snapshot"]
+)
+def test_workers_publishing_in_turn_build_on_each_others_files(
+    tmp_path: Path, migrated_url: str, server_snapshot: bool
+) -> None:
+    """Each worker keeps the parsed files of its own publishes: the next publish through the
+    other worker must still build on the newest stored state."""
+    workers = [Server.start(tmp_path, migrated_url) for _ in range(2)]
+    repo = workers[0].new_repo(GUN, server_snapshot=server_snapshot)
+    for index in range(4):
+        worker = workers[index % 2]
+        _publish_target(worker, repo, f"v{index}")
+        for reader in workers:
+            timestamp = Metadata.from_bytes(reader.get(GUN, "timestamp.json").data, Timestamp)
+            snapshot_data = reader.get(GUN, "snapshot.json").data
+            assert timestamp.signed.version == index + 2
+            timestamp.signed.meta[SNAPSHOT].verify(snapshot_data, "snapshot")
+            snapshot = Metadata.from_bytes(snapshot_data, Snapshot).signed
+            snapshot.meta[TARGETS].verify(repo.files[TARGETS], "targets")
+            assert reader.get(GUN, "targets.json").data == repo.files[TARGETS]
 
 
 def test_latest_of_reads_the_newest_file_of_each_role(store: Stores) -> None:

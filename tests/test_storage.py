@@ -127,14 +127,38 @@ def test_conflict_rules_and_version_skipping(store: Stores) -> None:
 
 def test_conflict_on_one_role_writes_nothing(store: Stores) -> None:
     roles = ("root", "targets", "snapshot", "timestamp")
-    store.metadata.update_many(GUN, [new(role, 1) for role in roles])
-    with pytest.raises(VersionConflict):
+    store.metadata.update_many(
+        GUN, [new(role, 1) for role in roles], AuditEntry("a", "upload", GUN, {})
+    )
+    with pytest.raises(VersionConflict, match="root version 1 is stored, new is 1"):
         store.metadata.update_many(
             GUN,
             [new("targets", 2), new("snapshot", 2), new("timestamp", 2), new("root", 1, b"x")],
+            AuditEntry("b", "upload", GUN, {}),
         )
     assert versions(store) == dict.fromkeys(roles, 1)
     assert [change.version for change in store.metadata.changes(None, 0, 100)] == [1]
+    assert [record.actor for record in store.audit.records()] == ["a"]
+
+
+def test_an_update_stores_its_rows_audit_and_changes_together(store: Stores) -> None:
+    audit = AuditEntry("alice", "upload", GUN, {"stored": {"timestamp": 1}}, "::1", "req-1")
+    files = [new("targets", 1), new("targets/a", 1), new("snapshot", 1), new("timestamp", 1)]
+    changes = store.metadata.update_many(GUN, files, audit)
+    stored = {role: newest(store, role) for role in ("targets", "targets/a", "snapshot")}
+    assert {role: file.data for role, file in stored.items()} == {
+        role: f"{role} v1".encode() for role in stored
+    }
+    (record,) = store.audit.records()
+    assert (record.actor, record.action, record.gun, record.detail) == (
+        "alice",
+        "upload",
+        GUN,
+        {"stored": {"timestamp": 1}},
+    )
+    assert (record.address, record.request_id) == ("::1", "req-1")
+    assert record.created_at == changes[0].created_at == stored["snapshot"].created_at
+    assert store.metadata.changes(GUN, 0, 10) == changes
 
 
 def test_timestamps_write_changes(store: Stores) -> None:
@@ -246,8 +270,10 @@ def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: Stores) -
         batch = [
             new(role, 2, f"{role} from {index}".encode()) for role in ("snapshot", "timestamp")
         ]
+        batch.append(new(f"targets/w{index}", 1))  # clashes with nothing: stored only if won
+        audit = AuditEntry(f"writer {index}", "upload", GUN, {})
         try:
-            writers[index].metadata.update_many(GUN, batch)
+            writers[index].metadata.update_many(GUN, batch, audit)
         except VersionConflict as conflict:
             return conflict
         return None
@@ -265,6 +291,9 @@ def test_concurrent_writers_exactly_one_wins(migrated_url: str, store: Stores) -
     for role in ("snapshot", "timestamp"):
         assert newest(store, role).data == f"{role} from {winners[0]}".encode()
     assert [change.version for change in store.metadata.changes(GUN, 0, 100)] == [1, 2]
+    delegated = [i for i in range(8) if store.metadata.latest(GUN, f"targets/w{i}") is not None]
+    assert delegated == winners
+    assert [record.actor for record in store.audit.records()] == [f"writer {winners[0]}"]
 
 
 def test_unique_index_stops_a_racing_writer(migrated_url: str, store: Stores) -> None:

@@ -45,11 +45,16 @@ _COLUMNS = columns(AuditRow, AuditRecord)
 _INSERT = sa.insert(AuditRow)
 
 
-def append_audit(connection: Connection, audit: AuditEntry, now: datetime) -> None:
-    """Record ``audit`` in the caller's transaction (so the write and its record go together)."""
+def audit_row(audit: AuditEntry, now: datetime) -> dict[str, Any]:
+    """The ``audit_log`` row of ``audit``, recorded at ``now``."""
     values = dataclasses.asdict(audit)
     values["detail"] = json.dumps(audit.detail, sort_keys=True, ensure_ascii=False)
-    connection.execute(_INSERT, {**values, "created_at": now})
+    return {**values, "created_at": now}
+
+
+def append_audit(connection: Connection, audit: AuditEntry, now: datetime) -> None:
+    """Record ``audit`` in the caller's transaction (so the write and its record go together)."""
+    connection.execute(_INSERT, audit_row(audit, now))
 
 
 class AuditLog(Store):

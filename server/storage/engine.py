@@ -116,9 +116,8 @@ class Database:
         self.engine = engine
         # Reads run in autocommit on PostgreSQL: under READ COMMITTED each statement sees its
         # own snapshot anyway, and this saves the BEGIN and ROLLBACK round trips.
-        autocommit = (
-            {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
-        )
+        self._autocommit = engine.dialect.name == "postgresql"
+        autocommit = {"isolation_level": "AUTOCOMMIT"} if self._autocommit else {}
         self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
         self._committed: list[Callable[[], None]] = []
 
@@ -128,12 +127,19 @@ class Database:
 
     @contextmanager
     def transaction(
-        self, action: str, *, write: bool = False, clash: type[StorageError] | None = None
+        self,
+        action: str,
+        *,
+        write: bool = False,
+        clash: type[StorageError] | None = None,
+        one_statement: bool = False,
     ) -> Iterator[Connection]:
         """One transaction; SQLAlchemy errors become StorageError, and unique violations
-        become ``clash`` if given."""
+        become ``clash`` if given. ``one_statement``: the body writes with a single statement,
+        atomic by itself, which then runs in autocommit where reads do (PostgreSQL: no BEGIN
+        and COMMIT round trips; the commit is as durable)."""
         try:
-            if write:
+            if write and not (one_statement and self._autocommit):
                 with self.engine.begin() as connection:
                     yield connection
                 for callback in self._committed:

@@ -16,9 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tufnotary.server.storage.audit import AuditEntry, append_audit
+from tufnotary.server.storage.audit import AuditEntry, append_audit, audit_row
 from tufnotary.server.storage.engine import StorageError, Store
-from tufnotary.server.storage.models import ChangefeedRow, TufFileRow, columns
+from tufnotary.server.storage.models import AuditRow, ChangefeedRow, TufFileRow, columns
 
 
 class VersionConflict(StorageError):
@@ -92,22 +92,89 @@ def _latest_of(roles: tuple[str, ...]) -> sa.CompoundSelect:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _newer(roles: tuple[str, ...]) -> sa.Select[Any]:
-    """A row of ``roles[i]`` at version ``v{i}`` or higher (bound: ``gun``, ``v0``...)."""
+@functools.lru_cache(maxsize=64)
+def _newer(roles: int) -> sa.Select[Any]:
+    """A row of role ``r{i}`` at version ``v{i}`` or higher, i < ``roles`` (bound: ``gun``,
+    ``r0``, ``v0``...)."""
     return (
         sa.select(TufFileRow.role, TufFileRow.version)
         .where(
             TufFileRow.gun == _GUN,
             sa.or_(
                 *(
-                    sa.and_(TufFileRow.role == role, TufFileRow.version >= sa.bindparam(f"v{i}"))
-                    for i, role in enumerate(roles)
+                    sa.and_(
+                        TufFileRow.role == sa.bindparam(f"r{i}"),
+                        TufFileRow.version >= sa.bindparam(f"v{i}"),
+                    )
+                    for i in range(roles)
                 )
             ),
         )
         .limit(1)
     )
+
+
+def _bound(table: sa.Table, names: Sequence[str], suffix: str = "") -> list[sa.BindParameter[Any]]:
+    """Typed bound parameters for ``table``'s columns ``names``, named ``name + suffix``."""
+    return [sa.bindparam(name + suffix, type_=table.c[name].type) for name in names]
+
+
+_NEW_FILE = ("role", "version", "sha256", "data")
+_AUDIT = tuple(column.key for column in AuditRow.__table__.c if column.key != "id")
+
+
+@functools.lru_cache(maxsize=64)
+def _update_statement(roles: int, files: int, audited: bool) -> sa.CompoundSelect:
+    """An update as one statement, for PostgreSQL (data-modifying CTEs): ``_newer(roles)``,
+    and only if it finds nothing, the ``files`` new rows (bound: ``created_at``, ``gun``,
+    ``role0``, ``version0``, ``sha2560``, ``data0``...), the audit entry if ``audited`` (bound: its
+    columns) and a changefeed row per new timestamp. Its rows: the stored (role, version) that
+    clashes, or (NULL, version, sha256, id) of each changefeed row added."""
+    files_table, changes_table = TufFileRow.__table__, ChangefeedRow.__table__
+    stored = _newer(roles).cte("stored")
+    clear = ~sa.exists(stored.select())
+    new = sa.union_all(
+        *(
+            sa.select(
+                *_bound(files_table, ("created_at",)), _GUN, *_bound(files_table, _NEW_FILE, f"{i}")
+            ).where(clear)
+            for i in range(files)
+        )
+    )
+    inserted = (
+        sa.insert(TufFileRow)
+        .from_select(["created_at", "gun", *_NEW_FILE], new)
+        .returning(TufFileRow.role, TufFileRow.version, TufFileRow.sha256)
+        .cte("inserted")
+    )
+    changes = (
+        sa.insert(ChangefeedRow)
+        .from_select(
+            ["created_at", "gun", "version", "sha256", "category"],
+            sa.select(
+                *_bound(changes_table, ("created_at",)),
+                _GUN,
+                inserted.c.version,
+                inserted.c.sha256,
+                sa.literal("update"),
+            )
+            .where(inserted.c.role == "timestamp")
+            .order_by(inserted.c.version),
+        )
+        .returning(ChangefeedRow.version, ChangefeedRow.sha256, ChangefeedRow.id)
+        .cte("changes")
+    )
+    outcome = sa.union_all(
+        sa.select(stored.c.role, stored.c.version, sa.null(), sa.null()),
+        sa.select(sa.null(), changes.c.version, changes.c.sha256, changes.c.id),
+    )
+    if audited:
+        audit_table = AuditRow.__table__
+        audit = sa.insert(AuditRow).from_select(
+            _AUDIT, sa.select(*_bound(audit_table, _AUDIT, "_audit")).where(clear)
+        )
+        outcome = outcome.add_cte(audit.cte("audit"))
+    return outcome
 
 
 class MetadataStore(Store):
@@ -151,7 +218,14 @@ class MetadataStore(Store):
         self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
     ) -> list[ChangefeedEntry]:
         """Store all files (and the audit entry) or none (spec 2.9); returns the changefeed
-        rows of the timestamps."""
+        rows of the timestamps.
+
+        Concurrent writers: the version check sees what was committed when it ran, and two
+        writers of one (role, version) clash on the unique index, the second getting
+        :class:`VersionConflict`; every publish adds the next timestamp version, so of two
+        publishes from the same state one always loses. On PostgreSQL all of it is one
+        statement (one round trip, no BEGIN or COMMIT), elsewhere one transaction.
+        """
         if len({(file.role, file.version) for file in files}) != len(files):
             raise VersionConflict(f"update of {gun}: two files with the same role and version")
         lowest: dict[str, int] = {}
@@ -170,19 +244,18 @@ class MetadataStore(Store):
             }
             for file in sorted(files, key=lambda file: (file.role, file.version))
         ]
-        # One round trip each: the version check of every role, then all the rows.
-        roles = tuple(sorted(lowest))
-        versions = {f"v{i}": lowest[role] for i, role in enumerate(roles)}
+        check = {"gun": gun}
+        for i, role in enumerate(sorted(lowest)):
+            check |= {f"r{i}": role, f"v{i}": lowest[role]}
+        if rows and self._db.engine.dialect.name == "postgresql":
+            return self._update_in_one_statement(gun, rows, check, lowest, audit, now)
         with self._db.transaction(
             f"update of {gun}", write=True, clash=VersionConflict
         ) as connection:
-            if lowest:
-                stored = connection.execute(_newer(roles), {"gun": gun, **versions}).first()
+            if rows:
+                stored = connection.execute(_newer(len(lowest)), check).first()
                 if stored is not None:
-                    raise VersionConflict(
-                        f"update of {gun}: {stored.role} version {stored.version} is stored, "
-                        f"new is {lowest[stored.role]}"
-                    )
+                    raise _conflict(gun, stored.role, stored.version, lowest)
                 connection.execute(sa.insert(TufFileRow), rows)
             if audit is not None:
                 append_audit(connection, audit, now)
@@ -191,6 +264,33 @@ class MetadataStore(Store):
                 for row in rows
                 if row["role"] == "timestamp"
             ]
+
+    def _update_in_one_statement(
+        self,
+        gun: str,
+        rows: Sequence[dict[str, Any]],
+        check: dict[str, Any],
+        lowest: dict[str, int],
+        audit: AuditEntry | None,
+        now: datetime,
+    ) -> list[ChangefeedEntry]:
+        """update_many in one round trip (PostgreSQL): check, inserts and commit together."""
+        params = dict(check, created_at=now)
+        for i, row in enumerate(rows):
+            params |= {f"{name}{i}": row[name] for name in _NEW_FILE}
+        if audit is not None:
+            params |= {f"{name}_audit": value for name, value in audit_row(audit, now).items()}
+        statement = _update_statement(len(lowest), len(rows), audit is not None)
+        with self._db.transaction(
+            f"update of {gun}", write=True, clash=VersionConflict, one_statement=True
+        ) as connection:
+            outcome = connection.execute(statement, params).all()
+        changes = []
+        for role, version, sha256, change_id in outcome:
+            if change_id is None:
+                raise _conflict(gun, role, version, lowest)
+            changes.append(ChangefeedEntry(change_id, now, gun, version, sha256, "update"))
+        return sorted(changes, key=lambda change: change.id)
 
     def add_versions(
         self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
@@ -289,6 +389,12 @@ def add_missing_versions(
     if changes:
         connection.execute(_INSERT_CHANGE, changes)
     return added
+
+
+def _conflict(gun: str, role: str, version: int, lowest: dict[str, int]) -> VersionConflict:
+    return VersionConflict(
+        f"update of {gun}: {role} version {version} is stored, new is {lowest[role]}"
+    )
 
 
 def _append_change(
