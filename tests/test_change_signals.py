@@ -172,7 +172,9 @@ def test_writes_of_this_process_are_seen_at_once(stores: tuple[Stores, Stores]) 
         lambda: ours.metadata.add_versions(GUN, [timestamp(2)]),
     ]
     for write in writes:
+        assert reader.read(GUN) == ours.metadata.signal(GUN)  # remembered
         write()
+        assert GUN not in reader._known  # forgotten by the commit, before any notification
         assert reader.read(GUN) == ours.metadata.signal(GUN)
 
 

@@ -142,11 +142,12 @@ class Database:
             if write and not (one_statement and self._autocommit):
                 with self.engine.begin() as connection:
                     yield connection
-                for callback in self._committed:
-                    callback()
             else:
                 with self.engine.connect() as connection:
                     yield connection.execution_options(**self._read_options)
+            if write:
+                for callback in self._committed:
+                    callback()
         except IntegrityError as error:
             if clash is not None and _is_unique_violation(error):
                 raise clash(f"{action}: a concurrent writer stored it first") from error
