@@ -29,6 +29,7 @@ from tufnotary.server.fastpath import FastReads
 from tufnotary.server.migrate import upgrade
 
 GUN = "registry.example.com/cache/app"
+SERVERS = ("postgresql", "mariadb")
 
 
 @pytest.fixture
@@ -39,14 +40,18 @@ def postgresql_url(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[s
         yield database
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.engines)])
-def pair(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Server, Server]:
+@pytest.fixture(
+    params=["sqlite", *(pytest.param(name, marks=pytest.mark.engines) for name in SERVERS)]
+)
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     """Two apps (two workers' caches) on one fresh database."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        url = request.getfixturevalue("postgresql_url")
-    return Server.start(tmp_path / "a", url), Server.start(tmp_path / "b", url)
+        yield Server.start(tmp_path / "a", url), Server.start(tmp_path / "b", url)
+        return
+    with scratch_database(*request.getfixturevalue(f"{request.param}_admin")) as url:
+        upgrade(url)
+        yield Server.start(tmp_path / "a", url), Server.start(tmp_path / "b", url)
 
 
 def cached(server: Server, gun: str, name: str) -> bool:
