@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from werkzeug.test import TestResponse
 
-from support.api import Server
+from support.api import Server, error_of
 from tufnotary.metadata.model import (
     SNAPSHOT,
     TARGETS,
@@ -22,6 +23,7 @@ from tufnotary.metadata.model import (
     format_expires,
 )
 from tufnotary.server.fastpath import FastReads
+from tufnotary.server.storage.engine import make_engine
 
 GUN = "registry.example.com/fast/app"
 UNKNOWN = "registry.example.com/fast/unknown"
@@ -112,3 +114,17 @@ def test_a_timestamp_due_to_be_resigned_is_resigned_by_the_next_read(
     resigned = served_version()  # due: the service re-signs before answering
     assert resigned > first
     assert served_version() > resigned  # the client's snapshot stays due: each read re-signs
+
+
+def test_a_database_error_is_answered_by_the_api(database_url: str, tmp_path: Path) -> None:
+    server = Server.start(tmp_path, database_url)
+    server.new_repo(GUN)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE tuf_files RENAME TO tuf_files_gone"))
+    engine.dispose()
+    response = server.get(GUN, "timestamp.json")
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "UNAVAILABLE"
+    reads_: FastReads = server.app.wsgi_app  # type: ignore[assignment]
+    assert not reads_.cached(server.tuf(GUN, "timestamp.json"))

@@ -183,10 +183,8 @@ class MetadataStore(Store):
         if asked is not None:
             params["role"], params["value"] = asked[0], asked[2]
         query = _gun_read(roles, None if asked is None else asked[1])
-        with self._db.transaction("read") as connection:
-            rows = connection.execute(query, params).all()
         latest, found, signal = {}, None, None
-        for part, row_id, *values in rows:
+        for part, row_id, *values in self._db.read_rows("read", query, params):
             file = StoredFile(*values)
             if part:
                 found = file
