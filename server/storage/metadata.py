@@ -87,18 +87,19 @@ _INSERT_CHANGE = sa.insert(ChangefeedRow)
 _LOOKUP_BATCH = 500  # (gun, role, version) triples per query: SQLite's bound-parameter limit
 
 
-@functools.lru_cache(maxsize=64)
-def _gun_read(roles: tuple[str, ...], asked: str | None) -> sa.CompoundSelect:
-    """``part`` 0: the newest row of each of ``roles`` (bound: ``gun``); ``part`` 1: the row
-    of ``role`` whose ``asked`` column (``sha256`` or ``version``) is bound ``value``."""
+@functools.lru_cache(maxsize=16)
+def _gun_read(roles: int, asked: str | None) -> sa.CompoundSelect:
+    """``part`` 0: the newest row of each role bound as ``role0``, ``role1``... (and ``gun``),
+    one index lookup each; ``part`` 1: the row of ``role`` whose ``asked`` column (``sha256``
+    or ``version``) is bound ``value``. Roles are bound, so that a few statements serve all."""
     newest = [
         sa.select(sa.literal_column("0").label("part"), TufFileRow.id, *_FILE_COLUMNS)
-        .where(TufFileRow.gun == _GUN, TufFileRow.role == role)
+        .where(TufFileRow.gun == _GUN, TufFileRow.role == sa.bindparam(f"role{index}"))
         .order_by(TufFileRow.version.desc())
         .limit(1)
         .subquery()
         .select()
-        for role in roles
+        for index in range(roles)
     ]
     if asked is None:
         return sa.union_all(*newest)
@@ -180,9 +181,10 @@ class MetadataStore(Store):
         self, gun: str, roles: tuple[str, ...], asked: tuple[str, str, str | int] | None = None
     ) -> GunRead:
         params: dict[str, Any] = {"gun": gun}
+        params.update((f"role{index}", role) for index, role in enumerate(roles))
         if asked is not None:
             params["role"], params["value"] = asked[0], asked[2]
-        query = _gun_read(roles, None if asked is None else asked[1])
+        query = _gun_read(len(roles), None if asked is None else asked[1])
         latest, found, signal = {}, None, None
         for part, row_id, *values in self._db.read_rows("read", query, params):
             file = StoredFile(*values)
