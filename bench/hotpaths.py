@@ -77,7 +77,8 @@ class Counter:
     def __init__(self, engine: sa.Engine) -> None:
         self.orm = self.sent = 0
         sa.event.listen(engine, "before_cursor_execute", self._count)
-        sa.event.listen(engine, "checkout", lambda connection, *_: self.watch(connection))
+        sa.event.listen(engine, "connect", lambda connection, _record: self.watch(connection))
+        engine.dispose()  # the pool's connections are made anew, and watched, from now on
 
     def _count(self, *_args: Any) -> None:
         self.orm += 1
