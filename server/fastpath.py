@@ -96,11 +96,12 @@ class FastReads:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return self._wsgi(environ, start_response)
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or "%" in raw.partition("?")[0]:
+            return self._wsgi(environ, start_response)  # encoded paths: the API's checks
         path = get_path_info(environ)
         entry = self._entries.get(path)
-        route = entry.route if entry is not None else self._route(path, environ)
+        route = entry.route if entry is not None else self._route(path)
         if route is None or not self._authorized(environ, route.gun):
             return self._wsgi(environ, start_response)
         cache = "hit"
@@ -121,12 +122,11 @@ class FastReads:
 
     # -- matching ----------------------------------------------------------------------------
 
-    def _route(self, path: str, environ: dict[str, Any]) -> _Route | None:
+    def _route(self, path: str) -> _Route | None:
         """The metadata read ``path`` names, if the API's dispatch would route it there and
         answer it without refusing the name."""
-        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
-        if "%" in raw.partition("?")[0] or api.clean_path(path) != path:
-            return None  # encoded or unclean: the API refuses or redirects
+        if api.clean_path(path) != path:
+            return None  # unclean: the API refuses or redirects
         for method, pattern, handler, _, _ in api.ROUTES:
             match = pattern.fullmatch(path) if method == "GET" else None
             if match is not None:

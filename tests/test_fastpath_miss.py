@@ -128,3 +128,14 @@ def test_a_database_error_is_answered_by_the_api(database_url: str, tmp_path: Pa
     assert error_of(response)["code"] == "UNAVAILABLE"
     reads_: FastReads = server.app.wsgi_app  # type: ignore[assignment]
     assert not reads_.cached(server.tuf(GUN, "timestamp.json"))
+
+
+def test_an_encoded_slash_is_refused_even_when_the_decoded_path_is_cached(tmp_path: Path) -> None:
+    server = Server.start(tmp_path)
+    server.new_repo(GUN)
+    assert server.get(GUN, "root.json").status_code == 200
+    reads_: FastReads = server.app.wsgi_app  # type: ignore[assignment]
+    assert reads_.cached(server.tuf(GUN, "root.json"))
+    encoded = server.tuf(GUN.replace("/app", "%2Fapp"), "root.json")
+    response = server.client.get(encoded)
+    assert response.status_code == 400 and error_of(response)["code"] == "INVALID_GUN"
