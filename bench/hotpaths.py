@@ -3,8 +3,9 @@
 Wall-clock numbers on a shared machine are noise; these are not. Each scenario builds an app
 (as a `serve` worker does) on a fresh SQLite or PostgreSQL database, prepares what it needs,
 then sends N requests straight to the WSGI application (no HTTP, no TLS) and reports per
-request: SQL statements sent through SQLAlchemy, statements on the change-signal connection,
-and Python function calls (cProfile). With ``--callgrind``, run under
+request: SQL statements sent through SQLAlchemy, statements sent on every connection
+(SQLAlchemy's, the change signal's, reads on pooled DB-API connections), and Python function
+calls (cProfile). With ``--callgrind``, run under
 ``valgrind --tool=callgrind --instr-atstart=no``: only the measured requests are counted
 (a helper built with gcc and valgrind's callgrind.h switches collection on and off), so the
 reported total divided by the requests is instructions per request.
@@ -70,29 +71,34 @@ def callgrind_toggle(tmp: Path) -> ctypes.CDLL:
 
 
 class Counter:
-    """Counts statements: SQLAlchemy's, and the DB-API's on the change-signal connection."""
+    """Counts statements: those SQLAlchemy sends, and every statement any connection sends
+    (SQLAlchemy's, the change signal's and reads run on a pooled DB-API connection)."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.orm = self.raw = 0
+        self.orm = self.sent = 0
         sa.event.listen(engine, "before_cursor_execute", self._count)
+        sa.event.listen(engine, "connect", lambda connection, _record: self.watch(connection))
+        engine.dispose()  # the pool's connections are made anew, and watched, from now on
 
     def _count(self, *_args: Any) -> None:
         self.orm += 1
 
-    def watch_raw(self, connection: Any) -> None:
+    def watch(self, connection: Any) -> None:
+        """Count what ``connection`` (a DB-API connection) sends."""
         if isinstance(connection, sqlite3.Connection):
-            connection.set_trace_callback(self._raw)
+            connection.set_trace_callback(self._sent)
         elif isinstance(connection, psycopg.Connection):
-            original = connection.execute
+            counter = self
 
-            def execute(*args: Any, **kwargs: Any) -> Any:
-                self.raw += 1
-                return original(*args, **kwargs)
+            class Counted(psycopg.Cursor):  # type: ignore[type-arg]
+                def execute(self, *args: Any, **kwargs: Any) -> Any:
+                    counter.sent += 1
+                    return super().execute(*args, **kwargs)
 
-            connection.execute = execute  # type: ignore[method-assign]
+            connection.cursor_factory = Counted
 
-    def _raw(self, _statement: str) -> None:
-        self.raw += 1
+    def _sent(self, _statement: str) -> None:
+        self.sent += 1
 
 
 def environ(method: str, path: str, body: bytes = b"", content_type: str = "") -> dict[str, Any]:
@@ -217,8 +223,9 @@ def run(server: Server, args: argparse.Namespace, toggle: ctypes.CDLL | None) ->
             call(wsgi, env)
         environs = environs[2:]
         signals = getattr(wsgi, "_signals", None)
-        counter.watch_raw(getattr(signals, "_connection", None))
-    counter.orm = counter.raw = 0
+        if getattr(signals, "_connection", None) is not None:
+            counter.watch(signals._connection)  # type: ignore[union-attr]
+    counter.orm = counter.sent = 0
     profile = None if toggle else cProfile.Profile()
     if profile is not None:
         profile.enable()
@@ -235,7 +242,7 @@ def run(server: Server, args: argparse.Namespace, toggle: ctypes.CDLL | None) ->
     print(f"{args.scenario}: {count} requests, statuses {sorted(set(statuses))}")
     print(f"  wall-clock ms per request (noisy on a shared machine): {took * 1000 / count:.3f}")
     print(f"  SQLAlchemy statements per request: {counter.orm / count:.2f}")
-    print(f"  change-signal statements per request: {counter.raw / count:.2f}")
+    print(f"  statements per request, every connection: {counter.sent / count:.2f}")
     if profile is not None:
         stats = pstats.Stats(profile, stream=(out := io.StringIO()))
         print(f"  Python function calls per request: {stats.total_calls / count:.0f}")  # type: ignore[attr-defined]

@@ -29,10 +29,11 @@ from multipart import (
     PushMultipartParser,
 )
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.http import http_date, parse_options_header
+from werkzeug.http import parse_options_header
 
 from tufnotary.metadata.keys import KEY_CREATED_HEADER
 from tufnotary.metadata.model import TIMESTAMP, format_expires
+from tufnotary.server import rendering
 from tufnotary.server.auth import required_access
 from tufnotary.server.config import Settings
 from tufnotary.server.context import ServerContext, request_state, server_context
@@ -91,28 +92,16 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(body, status, content_type="application/json")
 
 
-def _cache_headers(response: Response, max_age: int, current: bool) -> None:
-    if max_age > 0:
-        value = f"public, max-age={max_age}, s-maxage={max_age}"
-        response.headers["Cache-Control"] = value + (", must-revalidate" if current else "")
-    else:
-        response.headers["Cache-Control"] = "max-age=0, no-cache, no-store"
-        response.headers["Pragma"] = "no-cache"
+def _send(rendered: rendering.Rendered) -> Response:
+    return Response(rendered.body, rendered.status, headers=rendered.headers)
 
 
 def _metadata(file: StoredFile, current: bool) -> Response:
     """Stored bytes with caching headers; 304 when the client holds this exact version."""
-    settings = _settings()
-    wanted = request.if_none_match
-    not_modified = wanted.star_tag or file.sha256 in wanted
-    response = Response(b"" if not_modified else file.data, 304 if not_modified else 200)
-    if not not_modified:
-        response.content_type = "application/json"
-    response.set_etag(file.sha256)
-    response.headers["Last-Modified"] = http_date(file.created_at)
-    max_age = settings.cache_max_age_current if current else settings.cache_max_age_consistent
-    _cache_headers(response, max_age, current)
-    return response
+    rendered = rendering.metadata(file, current, _settings())
+    if rendering.not_modified(request.headers.get("If-None-Match"), file.sha256):
+        rendered = rendered.not_modified()
+    return _send(rendered)
 
 
 def _key(served: ServedKey) -> Response:
@@ -541,6 +530,4 @@ def _authorize(gun: str | None, actions: tuple[str, ...]) -> None:
 
 
 def render_error(error: ServerError) -> Response:
-    response = Response(error.body(), error.status, content_type="application/json; charset=utf-8")
-    response.headers.extend(getattr(error, "headers", {}))
-    return response
+    return _send(rendering.error(error))

@@ -1,16 +1,16 @@
-"""Cached answers to the hot metadata reads, in front of the Flask application.
+"""The hot metadata reads, answered in front of the Flask application.
 
-A GET of current, by-checksum or by-version metadata is answered from a per-worker cache of
-rendered responses (200s and 404s, headers included) when the entry is still valid: every
-request reads the GUN's change signal (:class:`ChangeSignals`: on SQLite no query while nothing
-was committed, else one indexed query on a dedicated connection) and an entry is valid only
-for the signal read before it was rendered, so a publish, re-sign or deletion made by any
-worker or server is seen by the next request. Current timestamps and snapshots also go back
-through Flask once they are due to be re-signed. Everything else, every
-miss and every request the fast path cannot authorize goes to Flask unchanged, and each miss
-that Flask answers with 200 or 404 fills the cache. Hits keep the access log line and the
-request metric. Large bodies are sent gzip-compressed to clients that accept it, compressed
-once per checksum.
+A GET or HEAD of current, by-checksum or by-version metadata is answered from a per-worker
+cache of rendered responses (200s and 404s) when the entry is still valid: the GUN's change
+signal (:class:`ChangeSignals`: on SQLite no query while nothing was committed, else one
+indexed query on a dedicated connection) must be the one the entry was read with, so a
+publish, re-sign or deletion made by any worker or server is seen by the next request. A miss
+is answered here too, from one statement (:meth:`MetadataStore.read_gun`) that reads the
+signal with the files, rendered by the same code as the API's handlers (server/rendering.py),
+and fills the cache. Current timestamps and snapshots due to be re-signed, database and
+metadata errors, refused tokens, and everything else go to Flask unchanged. Every answer keeps
+the access log line and the request metric. Large bodies are sent gzip-compressed to clients
+that accept it, compressed once per checksum.
 """
 
 from __future__ import annotations
@@ -23,25 +23,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from werkzeug.http import parse_accept_header, parse_etags
+from werkzeug.http import parse_accept_header
 from werkzeug.wsgi import get_host, get_path_info
 
-from tufnotary.server import api
+from tufnotary.server import api, rendering
 from tufnotary.server.auth import required_access
 from tufnotary.server.context import server_context
+from tufnotary.server.errors import MetadataNotFound, ServerError
+from tufnotary.server.names import check_gun
 from tufnotary.server.realm import RealmTokenAuth
-from tufnotary.server.service import LRU, TrustService
-from tufnotary.server.storage.engine import StorageError
+from tufnotary.server.rendering import Rendered
+from tufnotary.server.service import LRU, TrustService, walked_roles
+from tufnotary.server.storage.metadata import GunRead, StoredFile
 from tufnotary.server.storage.signals import ChangeSignals, Signal
 
-GZIP_MIN_BYTES = 1400  # smaller bodies fit one TCP segment: compressing them gains nothing
 _ENTRY_OVERHEAD = 512  # bytes counted per cache entry besides its body
-_CACHED = {api.by_checksum, api.by_version, api.current}
-_CACHED_STATUSES = ("200", "404")
-_DROPPED_HEADERS = {"content-length", "x-request-id"}
+_INT32 = 2**31
+_NOT_FOUND = rendering.error(MetadataNotFound())
 
 StartResponse = Callable[..., Any]
 Record = Callable[[dict[str, Any], float], None]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A GET the fast path may answer: ``asked`` is (column, value) of a by-checksum or
+    by-version read, None for current metadata."""
+
+    gun: str
+    role: str
+    operation: str
+    asked: tuple[str, str | int] | None
 
 
 @dataclass(frozen=True)
@@ -51,31 +63,19 @@ class _Entry:
 
     route: _Route
     signal: Signal
-    status: str
-    headers: list[tuple[str, str]]  # without Content-Length and X-Request-ID
-    body: bytes
-    etag: str | None
+    rendered: Rendered
+    sha256: str | None  # of the file a 200 sends
     refresh_at: float | None
 
     def weight(self) -> int:
-        return len(self.body) + _ENTRY_OVERHEAD
+        return len(self.rendered.body) + _ENTRY_OVERHEAD
 
     def valid(self, signal: Signal, now: float) -> bool:
         return self.signal == signal and (self.refresh_at is None or now < self.refresh_at)
 
 
-@dataclass(frozen=True)
-class _Route:
-    """A GET the fast path may answer."""
-
-    gun: str
-    role: str
-    operation: str
-    current: bool
-
-
 class FastReads:
-    """WSGI middleware answering cached metadata reads in front of ``app``."""
+    """WSGI middleware answering metadata reads in front of ``app``."""
 
     def __init__(
         self,
@@ -90,29 +90,31 @@ class FastReads:
         self._service = service
         self._signals = signals
         self._record = record
+        self._settings = server_context(app).settings
         self._entries: LRU[str, _Entry] = LRU(budget, _Entry.weight)
         self._gzipped: LRU[str, bytes] = LRU(budget // 4, len)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        method = environ.get("REQUEST_METHOD")
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or "%" in raw.partition("?")[0]:
+            return self._wsgi(environ, start_response)  # encoded paths: the API's checks
         path = get_path_info(environ)
-        entry: _Entry | None = None
-        route: _Route | None = None
-        if method in ("GET", "HEAD"):  # a cached path's route is known: no need to match it again
-            entry = self._entries.get(path)
-            route = entry.route if entry is not None else self._route(path)
+        entry = self._entries.get(path)
+        route = entry.route if entry is not None else self._route(path)
         if route is None or not self._authorized(environ, route.gun):
             return self._wsgi(environ, start_response)
+        cache = "hit"
         try:
-            signal = self._signals.read(route.gun)
-        except StorageError:
+            if entry is None or not entry.valid(self._signals.read(route.gun), time.time()):
+                cache, entry = "miss", self._read(route)
+        except Exception:  # database or metadata errors: Flask answers (and logs) as without us
+            entry = None
+        if entry is None:
             return self._wsgi(environ, start_response)
-        if entry is not None and entry.valid(signal, time.time()):
-            return self._hit(environ, start_response, entry, route, path, started)
-        if method != "GET" or "HTTP_IF_NONE_MATCH" in environ:
-            return self._wsgi(environ, start_response)
-        return self._fill(environ, start_response, path, route, signal)
+        if cache == "miss":
+            self._entries.put(path, entry)
+        return self._send(environ, start_response, entry, path, started, cache)
 
     def cached(self, path: str) -> bool:
         """Whether an answer for ``path`` is cached (valid or not): for tests and diagnostics."""
@@ -120,20 +122,34 @@ class FastReads:
 
     # -- matching ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _route(path: str) -> _Route | None:
-        """The metadata read ``path`` names, if the API's dispatch would route it there."""
+    def _route(self, path: str) -> _Route | None:
+        """The metadata read ``path`` names, if the API's dispatch would route it there and
+        answer it without refusing the name."""
         if api.clean_path(path) != path:
-            return None
+            return None  # unclean: the API refuses or redirects
         for method, pattern, handler, _, _ in api.ROUTES:
             match = pattern.fullmatch(path) if method == "GET" else None
             if match is not None:
-                if handler not in _CACHED:
-                    return None
-                operation = api.OPERATIONS[handler]
-                current = handler is api.current
-                return _Route(match["gun"], match["role"], operation, current)
+                return self._known_route(handler, match.groupdict())
         return None
+
+    def _known_route(self, handler: api.Handler, arguments: dict[str, str]) -> _Route | None:
+        gun, role = arguments.get("gun", ""), arguments.get("role", "")
+        prefixes = self._settings.gun_prefixes
+        try:
+            check_gun(gun)
+        except ServerError:
+            return None
+        if prefixes and not gun.startswith(prefixes):
+            return None
+        asked: tuple[str, str | int] | None = None
+        if handler is api.by_checksum:
+            asked = ("sha256", arguments["checksum"].lower())
+        elif handler is api.by_version:
+            asked = ("version", int(arguments["version"]))
+        elif handler is not api.current:
+            return None
+        return _Route(gun, role, api.OPERATIONS[handler], asked)
 
     def _authorized(self, environ: dict[str, Any], gun: str) -> bool:
         """Token auth as the API checks it; False sends the request to Flask, which answers."""
@@ -148,94 +164,88 @@ class FastReads:
             return False
         return True
 
+    # -- reading -----------------------------------------------------------------------------
+
+    def _read(self, route: _Route) -> _Entry | None:
+        """The answer to ``route`` from one statement, or None when Flask must answer (a
+        current timestamp or snapshot due to be re-signed)."""
+        store = self._service.store
+        refresh_at = None
+        if route.asked is None:
+            read = store.read_gun(route.gun, walked_roles(route.role))
+            file, due = self._service.current_of(route.gun, route.role, read.latest)
+            if due is not None:
+                refresh_at = due.timestamp()
+                if time.time() >= refresh_at:
+                    return None
+        else:
+            column, value = route.asked
+            if column == "version" and not 0 < int(value) < _INT32:
+                read = store.read_gun(route.gun, ())  # the signal only: no such version
+            else:
+                read = store.read_gun(route.gun, (), (route.role, column, value))
+            file = read.found
+        return self._entry(route, read, file, refresh_at)
+
+    def _entry(
+        self, route: _Route, read: GunRead, file: StoredFile | None, refresh_at: float | None
+    ) -> _Entry:
+        if file is None:
+            return _Entry(route, read.signal, _NOT_FOUND, None, None)
+        rendered = rendering.metadata(file, route.asked is None, self._settings)
+        return _Entry(route, read.signal, rendered, file.sha256, refresh_at)
+
     # -- answering ---------------------------------------------------------------------------
 
-    def _fill(
-        self,
-        environ: dict[str, Any],
-        start_response: StartResponse,
-        path: str,
-        route: _Route,
-        signal: Signal,
-    ) -> Iterable[bytes]:
-        """Let Flask answer, and cache the answer under the signal read before it."""
-        captured: list[Any] = []
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            captured[:] = [status, headers]
-            return start_response(status, headers, exc_info)
-
-        result = self._wsgi(environ, capture)
-        try:
-            body = b"".join(result)
-        finally:
-            getattr(result, "close", lambda: None)()
-        status, headers = captured
-        if status[:3] in _CACHED_STATUSES:
-            kept = [(k, v) for k, v in headers if k.lower() not in _DROPPED_HEADERS]
-            etag = next((v.strip('"') for k, v in headers if k.lower() == "etag"), None)
-            refresh_at = None
-            if route.current and route.role in ("timestamp", "snapshot") and status[:3] == "200":
-                refresh_at = self._refresh_at(route.gun, signal)
-            entry = _Entry(route, signal, status, kept, body, etag, refresh_at)
-            self._entries.put(path, entry)
-        return [body]
-
-    def _refresh_at(self, gun: str, signal: Signal) -> float | None:
-        """When the current timestamp and snapshot are due (0: now, when unknown); ``signal``
-        names the newest timestamp, whose walk Flask has just done (then no query)."""
-        try:
-            due = self._service.refresh_at(gun, None if signal is None else signal[1])
-        except Exception:  # then the next read goes to Flask again
-            return 0.0
-        return None if due is None else due.timestamp()
-
-    def _hit(
+    def _send(
         self,
         environ: dict[str, Any],
         start_response: StartResponse,
         entry: _Entry,
-        route: _Route,
         path: str,
         started: float,
+        cache: str,
     ) -> Iterable[bytes]:
         request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex
-        status, headers, body = entry.status, list(entry.headers), entry.body
-        wanted = environ.get("HTTP_IF_NONE_MATCH")
-        if wanted and entry.etag and status[:3] == "200":
-            etags = parse_etags(wanted)
-            if etags.star_tag or etags.contains_weak(entry.etag):
-                status, body = "304 NOT MODIFIED", b""
-                headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
-        if status[:3] == "200" and entry.etag and len(body) >= GZIP_MIN_BYTES:
-            headers.append(("Vary", "Accept-Encoding"))
-            if parse_accept_header(environ.get("HTTP_ACCEPT_ENCODING"))["gzip"]:
-                body = self._gzip(entry.etag, body)
-                weak = f'W/"{entry.etag}"'  # another representation of the same bytes
-                headers = [(k, weak if k.lower() == "etag" else v) for k, v in headers]
-                headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
-        headers.append(("X-Request-ID", request_id))
+        rendered = entry.rendered
+        sha256 = entry.sha256
+        if sha256 is not None:
+            if rendering.not_modified(environ.get("HTTP_IF_NONE_MATCH"), sha256):
+                rendered = rendered.not_modified()
+            elif (
+                len(rendered.body) >= rendering.GZIP_MIN_BYTES
+                and parse_accept_header(environ.get("HTTP_ACCEPT_ENCODING"))["gzip"]
+            ):
+                rendered = self._gzip(rendered, sha256)
+        headers = [*rendered.headers, ("X-Request-ID", request_id)]
+        status = rendered.status_line
         start_response(status, headers)
         seconds = time.perf_counter() - started
+        route = entry.route
         fields = {
             "request_id": request_id,
             "remote": environ.get("REMOTE_ADDR"),
             "method": environ["REQUEST_METHOD"],
             "path": path,
-            "status": int(status[:3]),
-            "bytes": len(body),
+            "status": rendered.status,
+            "bytes": len(rendered.body),
             "ms": round(seconds * 1000, 2),
             "operation": route.operation,
             "gun": route.gun,
-            "cache": "hit",
+            "cache": cache,
         }
         self._record(fields, seconds)
-        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [rendered.body]
 
-    def _gzip(self, etag: str, body: bytes) -> bytes:
-        compressed = self._gzipped.get(etag)
+    def _gzip(self, rendered: Rendered, sha256: str) -> Rendered:
+        """Another representation of the same bytes: compressed, with a weak ETag."""
+        compressed = self._gzipped.get(sha256)
         if compressed is None:
-            compressed = gzip.compress(body, compresslevel=6, mtime=0)
-            self._gzipped.put(etag, compressed)
-        return compressed
+            compressed = gzip.compress(rendered.body, compresslevel=6, mtime=0)
+            self._gzipped.put(sha256, compressed)
+        replaced = {
+            "Content-Length": str(len(compressed)),
+            "ETag": f'W/"{sha256}"',
+        }
+        headers = [(name, replaced.get(name, value)) for name, value in rendered.headers]
+        return Rendered(200, [*headers, ("Content-Encoding", "gzip")], compressed)

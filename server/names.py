@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from tufnotary.server.errors import InvalidGun
 
 MAX_GUN_BYTES = 255
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_gun(gun: str) -> None:
@@ -16,7 +19,7 @@ def check_gun(gun: str) -> None:
         problem = "contains '..'"
     elif "" in gun.split("/"):
         problem = "has an empty path segment"
-    elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in gun):
+    elif _CONTROL.search(gun):
         problem = "contains control characters"
     if problem:
         raise InvalidGun(f"invalid repository name: {problem}")

@@ -155,10 +155,13 @@ class TrustService:
         the walk uses them when they are the ones it reaches (they nearly always are).
         """
         if prefetch:
-            candidates = self.store.latest_of(gun, (TIMESTAMP, *prefetch))
-            timestamp = candidates.get(TIMESTAMP)
-        else:
-            candidates, timestamp = {}, self.store.latest(gun, TIMESTAMP)
+            return self._walk_from(gun, self.store.latest_of(gun, (TIMESTAMP, *prefetch)))
+        timestamp = self.store.latest(gun, TIMESTAMP)
+        return None if timestamp is None else self._walk_from(gun, {TIMESTAMP: timestamp})
+
+    def _walk_from(self, gun: str, candidates: Mapping[str, StoredFile]) -> _Current | None:
+        """The walk from the newest files ``candidates`` (the timestamp's among them, if any)."""
+        timestamp = candidates.get(TIMESTAMP)
         if timestamp is None:
             return None
         snapshot = self._reach(gun, timestamp, SNAPSHOT, candidates)
@@ -196,8 +199,7 @@ class TrustService:
         self, gun: str, role: str, current: _Current | None = None
     ) -> StoredFile | None:
         """The version of ``role`` the latest timestamp reaches (``current``: walked already)."""
-        prefetch = (SNAPSHOT,) if role in (TIMESTAMP, SNAPSHOT) else (SNAPSHOT, role)
-        current = current or self._walk(gun, prefetch)
+        current = current or self._walk(gun, walked_roles(role))
         if current is None:
             return None
         if role == TIMESTAMP:
@@ -232,21 +234,20 @@ class TrustService:
 
     # -- refreshing on read (spec 2.8) -------------------------------------------------------
 
-    def refresh_at(self, gun: str, timestamp_sha256: str | None = None) -> datetime | None:
-        """When a read of the current timestamp or snapshot would first re-sign them (None:
-        never, or no such GUN). ``timestamp_sha256``: the newest timestamp's checksum, if the
-        caller knows it; then no query runs when that timestamp was walked already."""
-        if timestamp_sha256 is not None:
-            walked = self._reached.get((gun, timestamp_sha256, SNAPSHOT))
-            parsed = self._parsed.get((TIMESTAMP, timestamp_sha256))
-            if walked is not None and isinstance(parsed, Timestamp):
-                return self._due(parsed, self._parse(walked, Snapshot))
-        with _storage_errors(Unavailable):
-            current = self._walk(gun, (SNAPSHOT,))
-        if current is None or current.snapshot is None:
-            return None
-        timestamp = self._parse(current.timestamp, Timestamp)
-        return self._due(timestamp, self._parse(current.snapshot, Snapshot))
+    def current_of(
+        self, gun: str, role: str, newest: Mapping[str, StoredFile]
+    ) -> tuple[StoredFile | None, datetime | None]:
+        """What :meth:`current` serves, walked from ``newest`` (the newest files of the
+        timestamp and of :func:`walked_roles`), as long as it is not due to be re-signed; and
+        when that is (None: never). Raises StorageError and MetadataError."""
+        current = self._walk_from(gun, newest)
+        if current is None:
+            return None, None
+        due = None
+        if role in (TIMESTAMP, SNAPSHOT) and current.snapshot is not None:
+            timestamp = self._parse(current.timestamp, Timestamp)
+            due = self._due(timestamp, self._parse(current.snapshot, Snapshot))
+        return self.current_file(gun, role, current), due
 
     def _due(self, timestamp: Timestamp, snapshot: Snapshot) -> datetime:
         return min(timestamp.expires_at, snapshot.expires_at) - self.refresh_margin
@@ -414,6 +415,11 @@ class _KeptSigner:
         if data is not None:
             self.signed[data] = signed
         return data
+
+
+def walked_roles(role: str) -> tuple[str, ...]:
+    """The roles whose newest files the walk to the current ``role`` reads with the timestamp."""
+    return (SNAPSHOT,) if role in (TIMESTAMP, SNAPSHOT) else (SNAPSHOT, role)
 
 
 class _StoreState:

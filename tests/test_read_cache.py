@@ -37,6 +37,7 @@ from tufnotary.server.migrate import upgrade
 
 GUN = "registry.example.com/cache/app"
 DEADLINE = 10.0  # seconds a notification may take to arrive on a busy machine
+SERVERS = ("postgresql", "mariadb")
 
 
 @pytest.fixture
@@ -47,23 +48,27 @@ def postgresql_url(postgresql_admin: tuple[sa.Connection, sa.URL]) -> Iterator[s
         yield database
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.engines)])
-def pair(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Server, Server]:
-    """Two apps (two workers' caches) on one fresh database."""
-    settings: dict[str, int] = {}
+@pytest.fixture(
+    params=["sqlite", *(pytest.param(name, marks=pytest.mark.engines) for name in SERVERS)]
+)
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    """Two apps (two workers' caches) on one fresh database; on PostgreSQL they remember signals
+    for a minute, so only a notification shows them a write."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        url = request.getfixturevalue("postgresql_url")
-        settings["read_staleness_ms"] = 60_000  # only a notification shows them a write
-    one, other = (Server.start(tmp_path / name, url, **settings) for name in "ab")
-    return one, other
+        yield Server.start(tmp_path / "a", url), Server.start(tmp_path / "b", url)
+        return
+    with scratch_database(*request.getfixturevalue(f"{request.param}_admin")) as url:
+        upgrade(url)
+        one, other = (Server.start(tmp_path / n, url, read_staleness_ms=60_000) for n in "ab")
+        yield one, other
 
 
 def read_until(
     server: Server, gun: str, name: str, done: Callable[[TestResponse], bool]
 ) -> TestResponse:
-    """Read ``name`` until ``done``: at once on SQLite, on PostgreSQL within DEADLINE."""
+    """Read ``name`` until ``done``: at once on SQLite and MariaDB, on PostgreSQL within
+    DEADLINE."""
     postgresql = server.settings.effective_database_url.startswith("postgresql")
     deadline = time.monotonic() + (DEADLINE if postgresql else 0.0)
     while not done(response := server.get(gun, name)):

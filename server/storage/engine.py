@@ -21,6 +21,7 @@ from tufnotary.server.storage.models import MYSQL
 
 _SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
 _RETURNED = "tufnotary_returned"  # connection record info: when it was last returned to the pool
+_RAW_DIALECTS = ("sqlite", "postgresql")  # read_rows: DB-API parameters need no processing
 PING_AFTER_IDLE = 5.0  # seconds a pooled connection may sit idle before it is pinged on checkout
 
 
@@ -120,10 +121,39 @@ class Database:
         autocommit = {"isolation_level": "AUTOCOMMIT"} if self._autocommit else {}
         self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
         self._committed: list[Callable[[], None]] = []
+        self._raw = engine.dialect.name in _RAW_DIALECTS
+        self._compiled: dict[Any, _RawSelect] = {}
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every write transaction of this process has committed."""
         self._committed.append(callback)
+
+    def read_rows(
+        self, action: str, statement: sa.Select[Any] | sa.CompoundSelect, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a read-only ``statement``, which the caller builds once and reuses.
+
+        On SQLite and PostgreSQL it is compiled once and runs on a pooled DB-API connection
+        (in autocommit), without SQLAlchemy's per-statement work; the columns' result
+        processors still convert the values. Elsewhere it runs as :meth:`transaction` runs it.
+        """
+        if not self._raw:
+            with self.transaction(action) as connection:
+                return [tuple(row) for row in connection.execute(statement, params)]
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled.setdefault(statement, _RawSelect(self.engine, statement))
+        try:
+            pooled = self.engine.raw_connection()
+        except SQLAlchemyError as error:
+            raise StorageError(describe_error(action, error)) from error
+        try:
+            return compiled.rows(pooled.dbapi_connection, params)
+        except Exception as error:  # the DB-API's own errors: this connection is not reused
+            pooled.invalidate()
+            raise StorageError(f"{action} failed: {type(error).__name__}: {error}") from error
+        finally:
+            pooled.close()
 
     @contextmanager
     def transaction(
@@ -169,6 +199,47 @@ class Database:
                 yield connection
         except SQLAlchemyError as error:
             raise StorageError(describe_error(action, error)) from error
+
+
+class _RawSelect:
+    """A SELECT compiled for one dialect: its SQL, how to pass its parameters, and the result
+    processor of each column (parameters need no bind processing on SQLite and PostgreSQL)."""
+
+    def __init__(self, engine: Engine, statement: sa.Select[Any] | sa.CompoundSelect) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        self._sql = compiled.string
+        self._order = compiled.positiontup if dialect.positional else None
+        self._defaults = dict(compiled.params)  # the values bound in the statement
+        self._autocommit = dialect.name == "postgresql"
+        processors = (
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def rows(self, connection: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        values = {**self._defaults, **params}
+        bound = values if self._order is None else [values[name] for name in self._order]
+        if self._autocommit:  # else the pool's reset would cost a ROLLBACK round trip
+            connection.autocommit = True
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self._sql, bound)
+            found = cursor.fetchall()
+            cursor.close()
+        finally:
+            if self._autocommit:
+                connection.autocommit = False
+        if not self._processors:
+            return found
+        rows = []
+        for row in found:
+            values = list(row)
+            for index, process in self._processors:
+                values[index] = process(values[index])
+            rows.append(tuple(values))
+        return rows
 
 
 class Store:

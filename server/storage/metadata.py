@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tufnotary.metadata.model import TIMESTAMP
 from tufnotary.server.storage.audit import AuditEntry, append_audit, audit_row
 from tufnotary.server.storage.engine import StorageError, Store
 from tufnotary.server.storage.models import AuditRow, ChangefeedRow, TufFileRow, columns
@@ -44,6 +45,16 @@ class NewFile:
     role: str
     version: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class GunRead:
+    """One consistent read of a GUN: its change signal (what :meth:`MetadataStore.signal`
+    returns), the newest file of some roles, and the file asked for by checksum or version."""
+
+    signal: tuple[int, str] | None
+    latest: dict[str, StoredFile]
+    found: StoredFile | None = None
 
 
 @dataclass(frozen=True)
@@ -76,20 +87,34 @@ _INSERT_CHANGE = sa.insert(ChangefeedRow)
 _LOOKUP_BATCH = 500  # (gun, role, version) triples per query: SQLite's bound-parameter limit
 
 
-@functools.lru_cache(maxsize=64)
-def _latest_of(roles: tuple[str, ...]) -> sa.CompoundSelect:
-    """The newest row of each of ``roles`` (bound: ``gun``), one index lookup each."""
-    return sa.union_all(
-        *(
-            sa.select(*_FILE_COLUMNS)
-            .where(TufFileRow.gun == _GUN, TufFileRow.role == role)
-            .order_by(TufFileRow.version.desc())
-            .limit(1)
-            .subquery()
-            .select()
-            for role in roles
+@functools.lru_cache(maxsize=16)
+def _gun_read(roles: int, asked: str | None) -> sa.CompoundSelect:
+    """``part`` 0: the newest row of each role bound as ``role0``, ``role1``... (and ``gun``),
+    one index lookup each; ``part`` 1: the row of ``role`` whose ``asked`` column (``sha256``
+    or ``version``) is bound ``value``. Roles are bound, so that a few statements serve all."""
+    newest = [
+        sa.select(sa.literal_column("0").label("part"), TufFileRow.id, *_FILE_COLUMNS)
+        .where(TufFileRow.gun == _GUN, TufFileRow.role == sa.bindparam(f"role{index}"))
+        .order_by(TufFileRow.version.desc())
+        .limit(1)
+        .subquery()
+        .select()
+        for index in range(roles)
+    ]
+    if asked is None:
+        return sa.union_all(*newest)
+    found = (
+        sa.select(sa.literal_column("1").label("part"), TufFileRow.id, *_FILE_COLUMNS)
+        .where(
+            TufFileRow.gun == _GUN,
+            TufFileRow.role == _ROLE,
+            getattr(TufFileRow, asked) == sa.bindparam("value"),
         )
+        .limit(1)
+        .subquery()
+        .select()
     )
+    return sa.union_all(*newest, found)
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,9 +216,7 @@ class MetadataStore(Store):
 
     def latest_of(self, gun: str, roles: Sequence[str]) -> dict[str, StoredFile]:
         """The highest stored version of each of ``roles`` that has one, in one query."""
-        with self._db.transaction("latest") as connection:
-            rows = connection.execute(_latest_of(tuple(roles)), {"gun": gun}).all()
-        return {row.role: StoredFile(**row._mapping) for row in rows}
+        return self._read(gun, tuple(roles)).latest
 
     def by_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
         """The stored version of a role whose bytes have this SHA-256 (lower-case hex)."""
@@ -213,6 +236,32 @@ class MetadataStore(Store):
         with self._db.transaction("signal") as connection:
             row = connection.execute(_SIGNAL, {"gun": gun}).first()
         return None if row is None else (row[0], row[1])
+
+    def read_gun(
+        self, gun: str, roles: Sequence[str], asked: tuple[str, str, str | int] | None = None
+    ) -> GunRead:
+        """In one statement: the signal of ``gun``, the newest file of ``roles`` and of the
+        timestamp and, if ``asked`` is (role, "sha256" or "version", value), that file."""
+        return self._read(gun, (TIMESTAMP, *(role for role in roles if role != TIMESTAMP)), asked)
+
+    def _read(
+        self, gun: str, roles: tuple[str, ...], asked: tuple[str, str, str | int] | None = None
+    ) -> GunRead:
+        params: dict[str, Any] = {"gun": gun}
+        params.update((f"role{index}", role) for index, role in enumerate(roles))
+        if asked is not None:
+            params["role"], params["value"] = asked[0], asked[2]
+        query = _gun_read(len(roles), None if asked is None else asked[1])
+        latest, found, signal = {}, None, None
+        for part, row_id, *values in self._db.read_rows("read", query, params):
+            file = StoredFile(*values)
+            if part:
+                found = file
+            else:
+                latest[file.role] = file
+                if file.role == TIMESTAMP:
+                    signal = (row_id, file.sha256)
+        return GunRead(signal, latest, found)
 
     def update_many(
         self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
