@@ -2,9 +2,11 @@
 
 A GET or HEAD of current, by-checksum or by-version metadata is answered from a per-worker
 cache of rendered responses (200s and 404s) when the entry is still valid: the GUN's change
-signal (:class:`ChangeSignals`: on SQLite no query while nothing was committed, else one
-indexed query on a dedicated connection) must be the one the entry was read with, so a
-publish, re-sign or deletion made by any worker or server is seen by the next request. A miss
+signal (:class:`ChangeSignals`: on SQLite no query while nothing was committed, on PostgreSQL
+none while its notifications are current, else one indexed query on a dedicated connection)
+must be the one the entry was read with, so a publish, re-sign or deletion made by any worker
+or server is seen by the next request (on PostgreSQL, through another worker or server: within
+``read_staleness_ms``). A miss
 is answered here too, from one statement (:meth:`MetadataStore.read_gun`) that reads the
 signal with the files, rendered by the same code as the API's handlers (server/rendering.py),
 and fills the cache. Current timestamps and snapshots due to be re-signed, database and
