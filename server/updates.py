@@ -303,7 +303,8 @@ class UpdateValidator:
         """A delegation may not add targets outside its paths (decision 12)."""
         if role == TARGETS:
             return
-        outside = [name for name in targets.targets if not path_allowed(name, paths)]
+        prefixes = tuple(paths)
+        outside = [name for name in targets.targets if not path_allowed(name, prefixes)]
         if not outside:
             return
         previous = self.state.signed(role, Targets)
