@@ -91,10 +91,11 @@ def _reject_constant(name: str) -> Any:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a document is decoded: the containers of a large
-    one would trigger collections, each walking every young object (decoded JSON holds no
-    reference cycle; it is freed by reference counting)."""
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a document is decoded and read: the containers
+    of a large one would trigger collections, each walking every young object, and move those
+    still in use to the old generation, whose growth triggers full collections (decoded JSON
+    holds no reference cycle: reference counting frees it)."""
     if not gc.isenabled():
         yield
         return
@@ -122,7 +123,7 @@ def loads(data: bytes | str) -> Any:
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        with _collector_paused():
+        with collector_paused():
             value, end = _DECODER.raw_decode(text.lstrip(" \t\r\n"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise JSONFormatError(str(exc) or "nested too deeply") from exc
@@ -226,7 +227,7 @@ def loads_wire(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     if not data.startswith(_WIRE_HEAD):
         return None
     try:
-        with _collector_paused():
+        with collector_paused():
             signed = _WIRE_DECODER.decode(data)["signed"]
             canonical = orjson.dumps(signed, default=_refuse, option=_SORTED_53_BIT)
     except (msgspec.DecodeError, orjson.JSONEncodeError, RecursionError):

@@ -16,7 +16,13 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import msgspec
 
-from tufnotary.metadata.canonical import encode_canonical, encode_wire, loads, loads_wire
+from tufnotary.metadata.canonical import (
+    collector_paused,
+    encode_canonical,
+    encode_wire,
+    loads,
+    loads_wire,
+)
 from tufnotary.metadata.errors import FormatError, HashMismatchError
 from tufnotary.metadata.keys import Key, b64decode, b64encode
 from tufnotary.metadata.signing import Signature, Signer
@@ -538,7 +544,8 @@ class Metadata(Generic[T]):
 
     @classmethod
     def from_bytes(cls, data: bytes, signed_class: type[T]) -> Metadata[T]:
-        return cls.from_envelope(Envelope.from_bytes(data), signed_class)
+        with collector_paused():
+            return cls.from_envelope(Envelope.from_bytes(data), signed_class)
 
     def signing_bytes(self) -> bytes:
         """The bytes signatures cover: as received if parsed, else of ``signed.to_dict()``."""
