@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from tufnotary.metadata.canonical import NumberFormatError, TooManyValuesError, check_value_count
+from tufnotary.metadata.canonical import (
+    NumberFormatError,
+    TooManyValuesError,
+    check_value_count,
+    collector_paused,
+)
 from tufnotary.metadata.errors import FormatError, MetadataError
 from tufnotary.metadata.keys import X509_TYPES, Key, check_certificate
 from tufnotary.metadata.model import (
@@ -32,6 +37,7 @@ from tufnotary.metadata.model import (
     parent_role,
     path_allowed,
     restrict_paths,
+    signed_type,
 )
 from tufnotary.metadata.verify import (
     check_fresh,
@@ -122,11 +128,25 @@ class Limits:
 
 @dataclass(frozen=True)
 class Part:
-    """One uploaded file: its role and its bytes, which are stored verbatim."""
+    """One uploaded file: its role, its bytes (stored verbatim), its version and its typed
+    document, or the MetadataError its ``signed`` part gives, which validation reports.
+
+    The typed document is read at once so that the decoded JSON is freed before validation:
+    kept through the request, a large targets file's tens of thousands of containers would be
+    walked by the garbage collector (the typed form has none: FileMeta is untracked).
+    """
 
     role: str
     data: bytes
-    envelope: Envelope
+    version: int
+    parsed: Metadata[Signed] | MetadataError
+
+    def metadata(self, signed_class: type[S]) -> Metadata[S]:
+        """The typed document (``signed_class`` is the role's), or its MetadataError."""
+        if isinstance(self.parsed, MetadataError):
+            raise self.parsed
+        assert isinstance(self.parsed.signed, signed_class)
+        return self.parsed  # type: ignore[return-value]
 
     @classmethod
     def parse(cls, filename: str, data: bytes, limits: Limits) -> Part:
@@ -141,13 +161,20 @@ class Part:
             check_value_count(data, limits.max_json_values)
         except TooManyValuesError as exc:
             raise TooLarge(f"{role}: {exc} (max_json_values)", log=f"{role}: {exc}") from exc
-        try:
-            envelope = Envelope.from_bytes(data)
-        except NumberFormatError as exc:
-            raise invalid(f"{role}: {exc}") from exc
-        except FormatError as exc:
-            raise MalformedJSON(log=f"{role}: {exc}") from exc
-        return cls(role, data, envelope)
+        with collector_paused():
+            try:
+                envelope = Envelope.from_bytes(data)
+            except NumberFormatError as exc:
+                raise invalid(f"{role}: {exc}") from exc
+            except FormatError as exc:
+                raise MalformedJSON(log=f"{role}: {exc}") from exc
+            try:
+                parsed: Metadata[Signed] | MetadataError = Metadata.from_envelope(
+                    envelope, signed_type(role)
+                )
+            except MetadataError as exc:
+                parsed = exc
+            return cls(role, data, envelope.version, parsed)
 
 
 @dataclass
@@ -181,7 +208,7 @@ class UpdateValidator:
         )
         for role in uploaded:
             self._check_targets(root, parts[role])
-            files.append(NewFile(role, parts[role].envelope.version, parts[role].data))
+            files.append(NewFile(role, parts[role].version, parts[role].data))
         if SNAPSHOT in parts:
             snapshot = self._check_snapshot(root, root_data, parts[SNAPSHOT])
         else:
@@ -203,13 +230,13 @@ class UpdateValidator:
                 raise invalid("no pre-existing root and no root provided in update.")
             return stored, stored_data
         current = stored.version if stored else 1
-        if part.envelope.version not in (current, current + 1):
+        if part.version not in (current, current + 1):
             raise bad_root(
                 "Root modifications must increment the version. "
-                f"Current {current}, new {part.envelope.version}"
+                f"Current {current}, new {part.version}"
             )
         try:
-            metadata = Metadata.from_envelope(part.envelope, Root)
+            metadata = part.metadata(Root)
             signers = metadata.signed.root_key_ids() | (stored.root_key_ids() if stored else set())
             check_signature_count(metadata, signers, ROOT, self.limits.max_signatures)
             verify_root(metadata, self.gun, previous=stored, min_version=current, now=self.now)
@@ -256,7 +283,7 @@ class UpdateValidator:
     def _check_targets(self, root: Root, part: Part) -> None:
         role = part.role
         try:
-            metadata: Metadata[Targets] = Metadata.from_envelope(part.envelope, Targets)
+            metadata = part.metadata(Targets)
             targets = metadata.signed
             if role == TARGETS:
                 keys, threshold, paths = (
@@ -303,7 +330,8 @@ class UpdateValidator:
         """A delegation may not add targets outside its paths (decision 12)."""
         if role == TARGETS:
             return
-        outside = [name for name in targets.targets if not path_allowed(name, paths)]
+        prefixes = tuple(paths)
+        outside = [name for name in targets.targets if not path_allowed(name, prefixes)]
         if not outside:
             return
         previous = self.state.signed(role, Targets)
@@ -322,7 +350,7 @@ class UpdateValidator:
 
     def _check_snapshot(self, root: Root, root_data: bytes, part: Part) -> NewFile:
         try:
-            metadata: Metadata[Snapshot] = Metadata.from_envelope(part.envelope, Snapshot)
+            metadata = part.metadata(Snapshot)
             threshold = root.roles[SNAPSHOT].threshold
             keyids = root.roles[SNAPSHOT].keyids
             check_signature_count(metadata, keyids, SNAPSHOT, self.limits.max_signatures)
