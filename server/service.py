@@ -344,7 +344,7 @@ class TrustService:
         kept = dict(signed)
         uploaded = parts.get(SNAPSHOT)
         if uploaded is not None:
-            kept[uploaded.data] = Metadata.from_envelope(uploaded.envelope, Snapshot).signed
+            kept[uploaded.data] = uploaded.metadata(Snapshot).signed  # validated: no error
         for file in files:
             found = kept.get(file.data)
             if found is not None:
