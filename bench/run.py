@@ -786,6 +786,10 @@ def add_repositories(
             " VALUES (?, ?, ?, ?, ?, ?)",
             (row for index in range(start, stop) for row in repo_rows(index)),
         )
+    with sqlite3.connect(database, timeout=30) as db:
+        # A server's WAL stays small (SQLite checkpoints every 1,000 pages); a bulk insert's
+        # does not, and readers then search its whole index for every page they read.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def worker_rss_mb(master: int) -> str:
