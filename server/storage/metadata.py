@@ -118,24 +118,24 @@ def _gun_read(roles: int, asked: str | None) -> sa.CompoundSelect:
 
 
 @functools.lru_cache(maxsize=64)
-def _newer(roles: int) -> sa.Select[Any]:
+def _newer(roles: int) -> sa.CompoundSelect:
     """A row of role ``r{i}`` at version ``v{i}`` or higher, i < ``roles`` (bound: ``gun``,
-    ``r0``, ``v0``...)."""
-    return (
-        sa.select(TufFileRow.role, TufFileRow.version)
-        .where(
-            TufFileRow.gun == _GUN,
-            sa.or_(
-                *(
-                    sa.and_(
-                        TufFileRow.role == sa.bindparam(f"r{i}"),
-                        TufFileRow.version >= sa.bindparam(f"v{i}"),
-                    )
-                    for i in range(roles)
-                )
-            ),
+    ``r0``, ``v0``...): one range lookup in the (gun, role, version) index per role, so that
+    the check costs the same however many versions a repository holds."""
+    return sa.union_all(
+        *(
+            sa.select(TufFileRow.role, TufFileRow.version)
+            .where(
+                TufFileRow.gun == _GUN,
+                TufFileRow.role == sa.bindparam(f"r{i}"),
+                TufFileRow.version >= sa.bindparam(f"v{i}"),
+            )
+            .order_by(TufFileRow.version.desc())  # the planner takes the version index
+            .limit(1)
+            .subquery()
+            .select()
+            for i in range(roles)
         )
-        .limit(1)
     )
 
 
