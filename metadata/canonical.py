@@ -157,6 +157,10 @@ def _refuse(value: Any) -> Any:
     raise _Unencodable()
 
 
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse
+)
+"""``json.dumps`` with these options builds this encoder on every call; it keeps no state."""
 _BACKSLASHES_THEN_B_OR_F = re.compile(r"(\\+)([bf])")
 _GO_ESCAPE = {"b": "\\u0008", "f": "\\u000c"}
 
@@ -174,9 +178,7 @@ def canonical_text(value: Any) -> str:
     if isinstance(value, float):
         raise NumberFormatError("signed", value)
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse
-        )
+        text = _CANONICAL_ENCODER.encode(value)
     except _Unencodable as exc:
         check_numbers(value)
         raise FormatError("value has no JSON form") from exc
@@ -251,12 +253,15 @@ def loads_wire(data: bytes) -> tuple[dict[str, Any], bytes] | None:
 
 def encode_wire(signed: Mapping[str, Any], signatures: Iterable[Mapping[str, str]]) -> bytes:
     """The stored and served bytes of a document, exactly as the Go code writes them."""
+    return wire_bytes(encode_canonical(signed), signatures)
+
+
+def wire_bytes(signing_bytes: bytes, signatures: Iterable[Mapping[str, str]]) -> bytes:
+    """:func:`encode_wire` of the document whose ``signed`` has these canonical bytes."""
     sigs = ",".join(
         "{"
         + ",".join(f'"{name}":{canonical_text(sig[name])}' for name in ("keyid", "method", "sig"))
         + "}"
         for sig in signatures
     )
-    return (
-        b'{"signed":' + html_safe(encode_canonical(signed)) + f',"signatures":[{sigs}]}}'.encode()
-    )
+    return b'{"signed":' + html_safe(signing_bytes) + f',"signatures":[{sigs}]}}'.encode()

@@ -133,7 +133,12 @@ class Key:
         return certs
 
     def public_key(self) -> PublicKey:
-        """The cryptography public key; FormatError for unknown or unreadable keys."""
+        """The cryptography public key, loaded once per Key (its fields never change);
+        FormatError for unknown or unreadable keys (tried again on every call)."""
+        return self._public_key
+
+    @cached_property
+    def _public_key(self) -> PublicKey:
         try:
             if self.keytype in X509_TYPES:
                 key = self.certificates()[0].public_key()

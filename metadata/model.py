@@ -7,6 +7,7 @@ of a parsed document reproduces the bytes a Go producer wrote.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -88,7 +89,14 @@ def path_allowed(target: str, paths: Sequence[str]) -> bool:
 
 def parse_expires(text: Any) -> tuple[str, datetime]:
     """Parse Go's RFC 3339 time; return (Go's re-serialised text, aware datetime)."""
-    if not isinstance(text, str) or not (match := _RFC3339.match(text)):
+    if not isinstance(text, str):
+        raise FormatError(f"expires is not an RFC 3339 time: {text!r}")
+    return _parse_rfc3339(text)
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function: a publish reads each expiry 3 times
+def _parse_rfc3339(text: str) -> tuple[str, datetime]:
+    if not (match := _RFC3339.match(text)):
         raise FormatError(f"expires is not an RFC 3339 time: {text!r}")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     fraction = (fraction or "")[:9].rstrip("0")

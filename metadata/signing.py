@@ -63,6 +63,15 @@ def _curve_bytes(curve: ec.EllipticCurve) -> int:
     return (curve.key_size + 7) // 8
 
 
+_PREHASHED = Prehashed(hashes.SHA256())
+_ECDSA_PREHASHED = ec.ECDSA(_PREHASHED)
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
+_RSA_PADDINGS: dict[str, padding.AsymmetricPadding] = {
+    RSAPSS_METHOD: _PSS,
+    RSA_PKCS1_METHOD: padding.PKCS1v15(),
+}
+
+
 def verify_signature(key: Key, signature: Signature, message: bytes | Message) -> bool:
     """True if ``signature`` is a valid signature of ``message`` by ``key``.
 
@@ -74,26 +83,19 @@ def verify_signature(key: Key, signature: Signature, message: bytes | Message) -
     except FormatError:
         return False
     message = message if isinstance(message, Message) else Message(message)
-    prehashed = Prehashed(hashes.SHA256())
     value = signature.value
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            size = _curve_bytes(public.curve)
-            if signature.method != ECDSA_METHOD or len(value) != 2 * size:
+            if signature.method != ECDSA_METHOD or len(value) != 2 * ((public.key_size + 7) // 8):
                 return False
-            public.verify(der_ecdsa(signature), message.sha256, ec.ECDSA(prehashed))
+            public.verify(der_ecdsa(signature), message.sha256, _ECDSA_PREHASHED)
         elif isinstance(public, rsa.RSAPublicKey):
             if public.key_size < MIN_RSA_BITS or len(value) < MIN_RSA_BITS // 8:
                 return False
-            if signature.method == RSAPSS_METHOD:
-                scheme: padding.AsymmetricPadding = padding.PSS(
-                    mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH
-                )
-            elif signature.method == RSA_PKCS1_METHOD:
-                scheme = padding.PKCS1v15()
-            else:
+            scheme = _RSA_PADDINGS.get(signature.method)
+            if scheme is None:
                 return False
-            public.verify(value, message.sha256, scheme, prehashed)
+            public.verify(value, message.sha256, scheme, _PREHASHED)
         else:
             if signature.method != EDDSA_METHOD or len(value) != 64:
                 return False
@@ -153,8 +155,7 @@ class PrivateKey:
             der = key.sign(message, ec.ECDSA(hashes.SHA256()))
             return Signature(keyid, ECDSA_METHOD, _raw_ecdsa(der, key.curve))
         if isinstance(key, rsa.RSAPrivateKey):
-            scheme = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
-            return Signature(keyid, RSAPSS_METHOD, key.sign(message, scheme, hashes.SHA256()))
+            return Signature(keyid, RSAPSS_METHOD, key.sign(message, _PSS, hashes.SHA256()))
         return Signature(keyid, EDDSA_METHOD, key.sign(message))
 
 

@@ -21,9 +21,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from tufnotary.metadata.canonical import encode_canonical, wire_bytes
 from tufnotary.metadata.keys import Key
-from tufnotary.metadata.model import Metadata, Root, Signed
-from tufnotary.metadata.signing import PrivateKey, Signer
+from tufnotary.metadata.model import Root, Signed
+from tufnotary.metadata.signing import PrivateKey, Signature, Signer
 from tufnotary.server.keybackend import PROBE, Pkcs11Token, uri_signer
 from tufnotary.server.storage.audit import AuditEntry
 from tufnotary.server.storage.keys import ServerKeyStore, StoredKey
@@ -279,10 +280,13 @@ class ServerKeys:
         keys = self.held(gun, role, root)
         if len(keys) < root.roles[role].threshold:
             return None
-        metadata = Metadata(signed)
+        message = encode_canonical(signed.to_dict())  # encoded once for every key and the wire
+        signatures: dict[str, Signature] = {}
         for key in keys:
-            metadata.sign(key.private, key.key_id)
+            signature = key.private.sign(message, key.key_id)
+            signatures.pop(signature.keyid, None)  # a key listed twice signs once, last
+            signatures[signature.keyid] = signature
             if key.key_id not in self._used:
                 self._store.mark_key_used(key.key_id)
                 self._used.add(key.key_id)
-        return metadata.to_bytes()
+        return wire_bytes(message, [signature.to_dict() for signature in signatures.values()])

@@ -232,6 +232,32 @@ def test_sign_and_verify(algorithm: str) -> None:
         assert len(signature.value) == 64
 
 
+@pytest.mark.parametrize("algorithm", ["ecdsa", "ed25519", "rsa"])
+def test_a_key_loads_its_public_key_once(algorithm: str) -> None:
+    """The cache of decoded public keys: one per Key value, never another key's."""
+    key, other = PrivateKey.generate(algorithm), PrivateKey.generate(algorithm)
+    copy = Key(key.public.keytype, key.public.public)  # equal, not loaded yet
+    loaded = copy.public_key()
+    assert copy.public_key() is loaded
+    assert copy == key.public and hash(copy) == hash(key.public)
+    assert Key(other.public.keytype, other.public.public).public_key() != loaded
+    signature, forged = key.sign(b"m"), other.sign(b"m")
+    for _ in range(2):  # verified with the loaded key, each answer stays the same
+        assert verify_signature(copy, signature, b"m")
+        assert not verify_signature(copy, signature, b"n")
+        assert not verify_signature(
+            copy, Signature(signature.keyid, forged.method, forged.value), b"m"
+        )
+
+
+def test_an_unreadable_key_fails_on_every_use() -> None:
+    key = Key("ecdsa", b"not a key")
+    for _ in range(2):
+        with pytest.raises(FormatError, match="unreadable ecdsa key"):
+            key.public_key()
+        assert not verify_signature(key, Signature(key.key_id, "ecdsa", b"x" * 64), b"m")
+
+
 def test_ecdsa_der_signatures_are_rejected() -> None:
     key = PrivateKey.generate()
     der = key.crypto_key.sign(b"m", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, union-attr]
@@ -444,6 +470,20 @@ def test_expires_is_normalised_like_go() -> None:
     assert when == datetime(2116, 7, 3, 23, 8, 8, 423870, tzinfo=UTC)
     with pytest.raises(FormatError):
         parse_expires("2030-01-01 00:00:00Z")
+
+
+def test_parsed_expiry_times_are_cached_by_their_text() -> None:
+    """The cache of parse_expires: each text its own result; errors raised on every call."""
+    first = parse_expires("2031-02-03T04:05:06.700+01:00")
+    assert parse_expires("2031-02-03T04:05:06.700+01:00") is first
+    assert first == ("2031-02-03T04:05:06.7+01:00", datetime(2031, 2, 3, 3, 5, 6, 700000, UTC))
+    assert parse_expires("2031-02-03T04:05:06.700Z")[1] == first[1] + timedelta(hours=1)
+    for bad in ("2031-02-30T00:00:00Z", "soon", "soon"):
+        with pytest.raises(FormatError, match="expires is not"):
+            parse_expires(bad)
+    for unhashable in ([], {}):
+        with pytest.raises(FormatError, match="RFC 3339"):
+            parse_expires(unhashable)
 
 
 def test_delegation_roles_null_is_empty_and_paths_omitted_when_empty() -> None:

@@ -212,3 +212,22 @@ def test_a_worker_keeps_the_c_wait_of_psycopg_whatever_the_import_order() -> Non
         [sys.executable, "-c", _GEVENT_WAITS], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.split() == ["True"], result.stderr
+
+
+def test_server_signed_files_are_go_wire_bytes_signed_once_per_key(tmp_path: Path) -> None:
+    """The server encodes what it signs once, for every key and the wire: the stored bytes are
+    what re-encoding the parsed file gives, and a key root lists twice signs once."""
+    server = Server.start(tmp_path)
+    repo = RepoBuilder(GUN, server.server_key(GUN, "timestamp"), server.server_key(GUN, "snapshot"))
+    for role in (SNAPSHOT, TIMESTAMP):
+        keys = repo.root.roles[role].keyids
+        repo.root.roles[role].keyids = keys + keys
+    assert server.upload(GUN, repo.first_publish()).status_code == 200
+    for role, signed_class in ((SNAPSHOT, Snapshot), (TIMESTAMP, Timestamp)):
+        data = server.get(GUN, f"{role}.json").data
+        metadata = Metadata.from_bytes(data, signed_class)
+        assert [signature.keyid for signature in metadata.signatures] == [
+            repo.root.roles[role].keyids[0]
+        ]
+        assert metadata.to_bytes() == data
+        verify_threshold(metadata, repo.root.role_keys(role), 1, role)
