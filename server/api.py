@@ -21,13 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from multipart import (
-    MultipartError,
-    MultipartSegment,
-    ParserError,
-    ParserLimitReached,
-    PushMultipartParser,
-)
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.http import parse_options_header
 
@@ -50,6 +43,7 @@ from tufnotary.server.errors import (
     TooLarge,
     TooManyLogins,
 )
+from tufnotary.server.formdata import LimitReached, MultipartError, PartReader
 from tufnotary.server.names import check_gun
 from tufnotary.server.realm import RealmTokenAuth
 from tufnotary.server.service import Requester, TrustService
@@ -309,17 +303,6 @@ def changefeed(gun: str | None = None) -> Response:
 # -- uploads ----------------------------------------------------------------------------------
 
 
-class _PartParser(PushMultipartParser):
-    """The ``multipart`` package's incremental parser (no regular expression built per
-    boundary), taking a part whatever its Content-Disposition (as Go's reader does: without
-    one, it is a part without a file name); a part with no headers at all is malformed."""
-
-    def _create_segment(self, headerlist: list[tuple[str, str]]) -> MultipartSegment:
-        if not headerlist:
-            raise ParserError("a part without headers")
-        return MultipartSegment(headerlist)
-
-
 @functools.lru_cache(maxsize=256)  # a pure function; clients send the same few values
 def _filename(disposition: str) -> str | None:
     """The raw ``filename`` parameter of a Content-Disposition value (no path stripping or
@@ -354,10 +337,10 @@ def _multipart_files(
 ) -> list[tuple[str, bytes]]:
     """(filename, body) of each part in order; nothing is read past ``limit`` bytes. A part
     without a file name is NO_FILENAME as soon as its headers are read."""
-    parser = _PartParser(boundary, max_segment_count=max_parts)
-    files: list[tuple[str, bytearray]] = []
-    received = 0
-    while not parser.closed:
+    reader = PartReader(boundary, max_parts)
+    files: list[tuple[str, list[bytes]]] = []
+    received = size = 0
+    while not reader.closed:
         chunk = request.stream.read(_CHUNK)
         received += len(chunk)
         if received > limit:
@@ -365,16 +348,18 @@ def _multipart_files(
         if not received:
             raise MalformedUpload(log="empty body")
         guard.received(received)
-        for event in parser.parse(chunk):  # an empty chunk ends the body
-            if isinstance(event, MultipartSegment):
-                filename = _filename(event.header("Content-Disposition", ""))
+        for event in reader.parse(chunk):  # an empty chunk ends the body
+            if isinstance(event, bytes):
+                files[-1][1].append(event)
+                size += len(event)
+                guard.part(files[-1][0], size)
+            elif event is not None:  # a new part's Content-Disposition
+                filename = _filename(event)
                 if not filename:
-                    raise NoFilename(log=f"part {event.name!r} has no filename")
-                files.append((filename, bytearray()))
-            elif event is not None:
-                files[-1][1].extend(event)
-                guard.part(files[-1][0], len(files[-1][1]))
-    return [(name, bytes(body)) for name, body in files]
+                    raise NoFilename(log=f"a part has no filename: {event!r}")
+                files.append((filename, []))
+                size = 0
+    return [(name, b"".join(pieces)) for name, pieces in files]
 
 
 def _read_parts(held: ExitStack) -> dict[str, Part]:
@@ -391,7 +376,7 @@ def _read_parts(held: ExitStack) -> dict[str, Part]:
     guard = _BodyGuard(limits, _context().upload_slots, held)
     try:
         files = _multipart_files(boundary, settings.max_body_bytes, settings.max_parts, guard)
-    except ParserLimitReached as exc:
+    except LimitReached as exc:
         raise TooLarge(log=f"multipart body: {exc}") from exc
     except MultipartError as exc:
         raise MalformedUpload(log=f"unreadable multipart body: {exc}") from exc

@@ -407,12 +407,16 @@ def test_the_filename_is_read_raw(server: Server, disposition: bytes, filename: 
     }
 
 
-def test_line_breaks_must_be_crlf(server: Server) -> None:
-    """RFC 7578 (every Go, curl and requests client writes CRLF): a body with bare LF line
-    breaks is MALFORMED_UPLOAD."""
-    body = multipart([("targets", b"{}")], boundary="b")[0]
+def test_bare_lf_line_breaks_publish(server: Server) -> None:
+    """As with the reference's Go reader, a body whose first delimiter line ends in a bare LF
+    uses bare LF line breaks throughout (tests/test_formdata.py compares with the reference)."""
+    repo = server.new_repo(GUN, server_snapshot=True)
+    repo.add_target("v1", b"v1")
+    document = repo.targets_bytes()
+    body = multipart([("targets", document)], boundary="b")[0]
     response = _post(server, body.replace(b"\r\n", b"\n"))
-    assert error_of(response)["code"] == "MALFORMED_UPLOAD"
+    assert response.status_code == 200, response.data
+    assert server.get(GUN, "targets.json").data == document
 
 
 @pytest.mark.parametrize(
