@@ -14,8 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -90,20 +89,23 @@ def _reject_constant(name: str) -> Any:
     raise JSONFormatError(f"{name} is not valid JSON")
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
+class collector_paused:
     """The cyclic garbage collector off while a document is decoded and read: the containers
     of a large one would trigger collections, each walking every young object, and move those
     still in use to the old generation, whose growth triggers full collections (decoded JSON
-    holds no reference cycle: reference counting frees it)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    holds no reference cycle: reference counting frees it). Nested uses leave it to the
+    outermost; a class rather than a generator, as it runs several times per upload."""
+
+    __slots__ = ("_paused",)
+
+    def __enter__(self) -> None:
+        self._paused = gc.isenabled()
+        if self._paused:
+            gc.disable()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._paused:
+            gc.enable()
 
 
 _DECODER = json.JSONDecoder(
@@ -230,7 +232,8 @@ def loads_wire(data: bytes) -> tuple[dict[str, Any], bytes] | None:
         return None
     try:
         with collector_paused():
-            signed = _WIRE_DECODER.decode(data)["signed"]
+            document = _WIRE_DECODER.decode(data)
+            signed = document["signed"]
             canonical = orjson.dumps(signed, default=_refuse, option=_SORTED_53_BIT)
     except (msgspec.DecodeError, orjson.JSONEncodeError, RecursionError):
         return None
@@ -241,14 +244,31 @@ def loads_wire(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     end = len(_WIRE_HEAD) + len(wire := html_safe(canonical))
     if not data.startswith(wire, len(_WIRE_HEAD)) or not data.startswith(_WIRE_SIGNATURES, end):
         return None
-    try:
-        text = data[end + len(_WIRE_SIGNATURES) :].decode("utf-8")
-        signatures, stop = _DECODER.raw_decode(text)
-    except (ValueError, FormatError, RecursionError):
-        return None
-    if text[stop:].rstrip(" \t\r\n") != "}":
-        return None
+    start = end + len(_WIRE_SIGNATURES)
+    signatures = _signatures_as_decoded(document["signatures"], data, start)
+    if signatures is None:
+        try:
+            text = data[start:].decode("utf-8")
+            signatures, stop = _DECODER.raw_decode(text)
+        except (ValueError, FormatError, RecursionError):
+            return None
+        if text[stop:].rstrip(" \t\r\n") != "}":
+            return None
     return {"signed": signed, "signatures": signatures}, canonical
+
+
+def _signatures_as_decoded(signatures: Any, data: bytes, start: int) -> Any:
+    """``signatures`` as msgspec decoded them when ``data[start:]`` is exactly their compact
+    encoding (member order kept, integers within +/-(2**53-1)) and the closing ``}``: then it
+    holds no duplicate member and means what the strict parser reads; None otherwise."""
+    try:
+        encoded = orjson.dumps(signatures, default=_refuse, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return None
+    stop = start + len(encoded)
+    if not data.startswith(encoded, start) or data[stop:].rstrip(b" \t\r\n") != b"}":
+        return None
+    return signatures
 
 
 def encode_wire(signed: Mapping[str, Any], signatures: Iterable[Mapping[str, str]]) -> bytes:

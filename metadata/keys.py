@@ -43,6 +43,10 @@ def b64decode(text: Any, what: str) -> bytes:
     """Strict standard base64, or FormatError naming ``what``."""
     if not isinstance(text, str):
         raise FormatError(f"{what} must be a base64 string")
+    try:  # the common case in one C call (it accepts a subset of what b64decode does)
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:
+        pass
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -6,7 +6,6 @@ of a parsed document reproduces the bytes a Go producer wrote.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import hashlib
 import re
@@ -208,15 +207,10 @@ class FileMeta(msgspec.Struct, gc=False):
     def from_dict(cls, data: Any, what: str) -> FileMeta:
         if not isinstance(data, dict):
             raise FormatError(f"{what} must be an object")
-        hashes = {}
-        for name, value in _collection(data, "hashes", dict, what).items():
-            try:  # base64.b64decode(value, validate=True) in one call; a message only if bad
-                if isinstance(value, str):
-                    hashes[name] = binascii.a2b_base64(value, strict_mode=True)
-                    continue
-            except ValueError:
-                pass
-            hashes[name] = b64decode(value, f"{what}.hashes.{name}")
+        hashes = {
+            name: b64decode(value, f"{what}.hashes.{name}")
+            for name, value in _collection(data, "hashes", dict, what).items()
+        }
         length = data.get("length", 0)
         if isinstance(length, bool) or not isinstance(length, int):
             raise FormatError(f"{what}.length must be an integer")
@@ -260,13 +254,16 @@ class FileMeta(msgspec.Struct, gc=False):
         return value.hex() if value is not None else None
 
 
+_FILE_METAS = dict[str, FileMeta]
+
+
 def _file_metas(data: Any, name: str, what: str, label: str) -> dict[str, FileMeta]:
     """A map member of FileMeta (see :func:`_map_of`): in one msgspec call when every entry
     has a ``length`` and base64 ``hashes``, as nearly all have; entry by entry otherwise,
     which accepts the rest (``hashes: null``, no ``length``) or names the error."""
     members = _collection(data, name, dict, what)
     try:
-        return msgspec.convert(members, dict[str, FileMeta])
+        return msgspec.convert(members, _FILE_METAS)
     except msgspec.ValidationError:
         return {key: FileMeta.from_dict(value, label.format(key)) for key, value in members.items()}
 

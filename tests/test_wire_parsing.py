@@ -12,6 +12,7 @@ import gc
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from tufnotary.metadata.canonical import (
     MAX_SAFE_INTEGER,
     UnencodableNumber,
+    _signatures_as_decoded,
     encode_canonical,
     encode_wire,
     loads,
@@ -203,6 +205,49 @@ def test_members_after_the_signatures_get_the_strict_answer(tail: bytes) -> None
     data = encode_wire({"_type": "Targets", "version": 2}, SIGNATURES)
     data = data[:-1] + tail + b"}" if tail.startswith(b",") else data + tail
     assert_agrees(data)
+
+
+@PROPERTY
+@given(st.lists(_JSON, max_size=3), st.lists(st.tuples(st.floats(0, 1), _EDITS), max_size=3))
+@example([{"keyid": "k"}], [(0.5, b'"keyid":"l",')])  # a repeated member
+@example([{"n": MAX_SAFE_INTEGER - 1, "m": MAX_SAFE_INTEGER}], [])
+def test_signatures_are_taken_as_decoded_only_when_their_bytes_say_exactly_that(
+    signatures: list[Any], edits: list[tuple[float, bytes]]
+) -> None:
+    """The one pass keeps the decoded signatures when re-encoding them gives their bytes:
+    anything else (escapes, spacing, repeated members, floats, large numbers...) is read by
+    the strict parser or refused as it refuses it."""
+    try:
+        data = encode_wire({"_type": "Targets"}, [])[: -len("[]}")]
+        data += json.dumps(signatures, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return
+    start = len(data) - 1
+    for where, text in edits:
+        cut = start + int(where * (len(data) - start))
+        data = data[:cut] + text + data[cut:]
+    fast = loads_wire(data + b"}")
+    if fast is not None:
+        assert _typed(fast) == _typed(strict(data + b"}"))
+
+
+def test_go_written_signatures_are_taken_as_decoded() -> None:
+    data = encode_wire({"_type": "Targets"}, SIGNATURES)
+    decoded = msgspec.json.decode(data)["signatures"]
+    assert _signatures_as_decoded(decoded, data, data.index(b"[")) is decoded
+    escaped = data.replace(b'"k"', b'"\\u006b"')  # the same value, other bytes
+    assert _signatures_as_decoded(decoded, escaped, escaped.index(b"[")) is None
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with each UnencodableNumber as its text, tagged (they compare by identity)."""
+    if isinstance(value, UnencodableNumber):
+        return (UnencodableNumber, value.text)
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_typed(item) for item in value]
+    return value
 
 
 def test_duplicate_members_in_signatures_are_refused() -> None:
