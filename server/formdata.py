@@ -48,13 +48,20 @@ class PartReader:
 
     def __init__(self, boundary: str, max_parts: int) -> None:
         self._dash = b"--" + boundary.encode()
-        self._break = b"\r\n"
         self._max_parts = max_parts
         self._parts = 0
         self._state = _PREAMBLE
         self._buffer = b""
-        self._headers: list[list[bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._in_body = False  # some of the current part's body was yielded
+        self._set_break(b"\r\n")
+
+    def _set_break(self, line_break: bytes) -> None:
+        self._break = line_break
+        self._delimiter = line_break + self._dash  # where a part's body ends
+        # the usual delimiter line, recognised at once when no longer than Go's line buffer
+        short = len(self._dash) + len(line_break) <= MAX_LINE
+        self._part_line = self._dash + line_break if short else None
 
     @property
     def closed(self) -> bool:
@@ -70,10 +77,44 @@ class PartReader:
         while True:
             state = self._state
             if state == _BODY:
-                offset, done = yield from self._body(buffer, offset, end)
-                if not done:
-                    break
-            elif state == _HEADERS:
+                if not self._in_body:  # its first bytes may be a delimiter: an empty part
+                    after = self._at_body_start(buffer, offset, end)
+                    if after == 0:
+                        break
+                    if after > 0:
+                        yield None
+                        self._state = _DELIMITER
+                        continue
+                delimiter = self._delimiter
+                index = buffer.find(delimiter, offset)
+                while index >= 0:
+                    after = _after_delimiter(buffer, index + len(delimiter), end)
+                    if after >= 0:
+                        break
+                    index = buffer.find(delimiter, index + len(delimiter))
+                if index >= 0:
+                    if index > offset:
+                        self._in_body = True
+                        yield buffer[offset:index]
+                    if after == 0:
+                        offset = index
+                        break
+                    yield None
+                    self._state = _DELIMITER
+                    offset = index + len(self._break)
+                    continue
+                if end:
+                    raise MultipartError("the body ends in a part")
+                # keep what may be the start of a delimiter; the rest is body
+                keep = buffer.rfind(delimiter[0], max(offset, len(buffer) - len(delimiter) + 1))
+                if keep < 0 or not delimiter.startswith(buffer[keep:]):
+                    keep = len(buffer)
+                if keep > offset:
+                    self._in_body = True
+                    yield buffer[offset:keep] if offset or keep < len(buffer) else buffer
+                offset = keep
+                break
+            if state == _HEADERS:
                 newline = buffer.find(b"\n", offset)
                 if newline < 0:
                     if len(buffer) - offset > MAX_HEADER_LINE:
@@ -89,34 +130,43 @@ class PartReader:
                 else:
                     yield self._disposition()
                     self._state, self._in_body = _BODY, False
-            elif state == _CLOSED:
+                continue
+            if state == _CLOSED:
                 break
-            else:  # _PREAMBLE or _DELIMITER: a line that must be (or may be, before the first
-                # part) a delimiter line
-                newline = buffer.find(b"\n", offset)
-                stop = len(buffer) if newline < 0 else newline + 1
-                if stop - offset > MAX_LINE or (newline < 0 and stop - offset == MAX_LINE):
-                    raise MultipartError(f"a line of the body is longer than {MAX_LINE} bytes")
-                if newline < 0 and not end:
-                    break
-                line, offset = buffer[offset:stop], stop
-                self._delimiter_line(line, last=newline < 0)
+            # _PREAMBLE or _DELIMITER: a line that must be (before the first part: may be) a
+            # delimiter line
+            part_line = self._part_line
+            if part_line is not None and buffer.startswith(part_line, offset):
+                offset += len(part_line)
+                self._start_part()
+                continue
+            newline = buffer.find(b"\n", offset)
+            stop = len(buffer) if newline < 0 else newline + 1
+            if stop - offset > MAX_LINE or (newline < 0 and stop - offset == MAX_LINE):
+                raise MultipartError(f"a line of the body is longer than {MAX_LINE} bytes")
+            if newline < 0 and not end:
+                break
+            line, offset = buffer[offset:stop], stop
+            self._delimiter_line(line, last=newline < 0)
         self._buffer = buffer[offset:] if offset < len(buffer) else b""
+
+    def _start_part(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise LimitReached(f"more than {self._max_parts} parts")
+        self._headers = []
+        self._state = _HEADERS
 
     def _delimiter_line(self, line: bytes, *, last: bool) -> None:
         """Act on a line (with its break; ``last``: the body's end, without one) where a
         delimiter line may start: start a part, close the body, skip it or refuse it."""
         dash = self._dash
-        rest = line[len(dash) :].lstrip(_LWSP) if line.startswith(dash) else None
-        if rest is not None and not last:
+        if not last and line.startswith(dash):
+            rest = line[len(dash) :].lstrip(_LWSP)
             if self._state == _PREAMBLE and rest == b"\n":
-                self._break = b"\n"
+                self._set_break(b"\n")
             if rest == self._break:
-                self._parts += 1
-                if self._parts > self._max_parts:
-                    raise LimitReached(f"more than {self._max_parts} parts")
-                self._headers = []
-                self._state = _HEADERS
+                self._start_part()
                 return
         if line.startswith(dash + b"--"):
             rest = line[len(dash) + 2 :].lstrip(_LWSP)
@@ -134,19 +184,19 @@ class PartReader:
         if line[0] in _LWSP:  # a continuation
             if not headers:
                 raise MultipartError("a part's first header line starts with white space")
-            previous = headers[-1]
-            previous[1] += b" " + line.strip(_LWSP)
-            if len(previous[0]) + len(previous[1]) > MAX_HEADER_LINE:
+            name, value = headers[-1]
+            headers[-1] = name, value + b" " + line.strip(_LWSP)
+            if len(name) + len(headers[-1][1]) > MAX_HEADER_LINE:
                 raise LimitReached("a part header line is longer than allowed")
             return
         if len(line) > MAX_HEADER_LINE:
             raise LimitReached("a part header line is longer than allowed")
         if len(headers) >= MAX_HEADERS:
             raise LimitReached(f"a part has more than {MAX_HEADERS} header lines")
-        name, colon, value = line.strip(_LWSP).partition(b":")
+        name, colon, value = line.partition(b":")
         if not colon:
             raise MultipartError(f"a part header line has no colon: {line[:80]!r}")
-        headers.append([name, value.lstrip(_LWSP)])
+        headers.append((name, value.strip(_LWSP)))
 
     def _disposition(self) -> str:
         """The first Content-Disposition value of the part whose headers were read."""
@@ -160,47 +210,18 @@ class PartReader:
                     raise MultipartError("a Content-Disposition that is not UTF-8") from exc
         return ""
 
-    def _body(self, buffer: bytes, offset: int, end: bool) -> Iterator[Event]:
-        """Yield the body of the current part found in ``buffer[offset:]``; return (new
-        offset, whether the part ended)."""
+    def _at_body_start(self, buffer: bytes, offset: int, end: bool) -> int:
+        """Go's verdict on a part's body starting at ``buffer[offset]`` with no line break
+        before a delimiter: 1 if it does (the part is empty), 0 if more bytes decide, -1 if
+        not."""
         dash = self._dash
-        if not self._in_body:  # the part's first bytes may be its delimiter: an empty part
-            if buffer.startswith(dash, offset):
-                after = _after_delimiter(buffer, offset + len(dash), end)
-                if after > 0:
-                    yield None
-                    self._state = _DELIMITER
-                    return offset, True
-                if after == 0:
-                    return offset, False
-            elif dash.startswith(buffer[offset:]):
-                if end:
-                    raise MultipartError("the body ends in a part")
-                return offset, False
-        delimiter = self._break + dash
-        index = buffer.find(delimiter, offset)
-        while index >= 0:
-            after = _after_delimiter(buffer, index + len(delimiter), end)
-            if after >= 0:
-                if index > offset:
-                    self._in_body = True
-                    yield buffer[offset:index]
-                if after == 0:
-                    return index, False
-                yield None
-                self._state = _DELIMITER
-                return index + len(self._break), True
-            index = buffer.find(delimiter, index + len(delimiter))
-        if end:
-            raise MultipartError("the body ends in a part")
-        # keep what may be the start of a delimiter; the rest is body
-        keep = buffer.rfind(delimiter[0], max(offset, len(buffer) - len(delimiter) + 1))
-        if keep < 0 or not delimiter.startswith(buffer[keep:]):
-            keep = len(buffer)
-        if keep > offset:
-            self._in_body = True
-            yield buffer[offset:keep] if offset or keep < len(buffer) else buffer
-        return keep, False
+        if buffer.startswith(dash, offset):
+            return _after_delimiter(buffer, offset + len(dash), end)
+        if len(buffer) - offset < len(dash) and dash.startswith(buffer[offset:]):
+            if end:
+                raise MultipartError("the body ends in a part")
+            return 0
+        return -1
 
 
 def _after_delimiter(buffer: bytes, at: int, end: bool) -> int:
