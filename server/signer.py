@@ -284,7 +284,7 @@ class ServerKeys:
         signatures: dict[str, Signature] = {}
         for key in keys:
             signature = key.private.sign(message, key.key_id)
-            signatures.pop(signature.keyid, None)  # a key listed twice signs once, last
+            signatures.pop(signature.keyid, None)  # a key root lists twice: its last signature
             signatures[signature.keyid] = signature
             if key.key_id not in self._used:
                 self._store.mark_key_used(key.key_id)

@@ -191,6 +191,12 @@ def test_part_count_cap() -> None:
 # -- against the reference ----------------------------------------------------------------------
 
 GUN = "example.com/formdata"
+CONTENT_TYPE = "multipart/form-data; boundary=b"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    return Server.start(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +283,33 @@ def test_refused_like_the_reference(reference: ServerInfo, tmp_path: Path, layou
         content_type="multipart/form-data; boundary=b",
     )
     assert error_of(response)["code"] == "MALFORMED_UPLOAD"
+
+
+BOGUS = b'Content-Disposition: form-data; filename="bogus"'
+HEADERS = {
+    "lower-case name": BOGUS.lower(),
+    "folded value": b"Content-Disposition: form-data;\r\n\tfilename=bogus",
+    "odd header name": b"X-Odd\x01Name: x\r\n" + BOGUS,
+    "non-utf-8 value": b"X-Other: \xff\r\n" + BOGUS,
+    "bad content-length": b"Content-Length: nope\r\n" + BOGUS,
+    "two dispositions": BOGUS + b"\r\nContent-Disposition: x",
+    "space before the colon": BOGUS.replace(b":", b" :", 1),
+}
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+def test_part_headers_read_like_the_reference(
+    reference: ServerInfo, server: Server, headers: str
+) -> None:
+    """The same answer for each: the part's file name (or none) read as Go reads headers."""
+    body = b"--b\r\n" + HEADERS[headers] + b"\r\n\r\n{}\r\n--b--\r\n"
+    response = requests.post(
+        f"{reference.url}/v2/{GUN}/_trust/tuf/",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+        verify=str(reference.ca_cert),
+        timeout=30,
+    )
+    expected = response.json()["errors"][0]
+    ours = error_of(server.client.post(server.tuf(GUN), data=body, content_type=CONTENT_TYPE))
+    assert (ours["code"], ours.get("detail")) == (expected["code"], expected.get("detail"))
