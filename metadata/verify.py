@@ -73,11 +73,10 @@ def check_signature_count(
         raise SignatureCountError(
             f"{role} carries {count} signatures, more than the {limit} accepted"
         )
-    repeated = Counter(signature.keyid for signature in metadata.signatures).most_common(1)
-    if repeated and repeated[0][1] > 1:
-        raise SignatureCountError(
-            f"{role} carries {repeated[0][1]} signatures by key {repeated[0][0]}"
-        )
+    signers = [signature.keyid for signature in metadata.signatures]
+    if len(set(signers)) < count:
+        keyid, repeats = Counter(signers).most_common(1)[0]
+        raise SignatureCountError(f"{role} carries {repeats} signatures by key {keyid}")
 
 
 def check_fresh(signed: Signed, role: str, now: datetime | None = None) -> None:
