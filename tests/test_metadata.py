@@ -22,6 +22,7 @@ from tufnotary.metadata.canonical import (
     check_value_count,
     encode_canonical,
     encode_wire,
+    html_safe,
     loads,
 )
 from tufnotary.metadata.errors import (
@@ -141,6 +142,14 @@ def test_canonical_encoding_follows_go() -> None:
         b'{"signed":{"n":"a\\u003cb\\u003e\\u0026c \xc3\xa9"},'
         b'"signatures":[{"keyid":"k","method":"ecdsa","sig":"c2ln"}]}'
     )
+
+
+def test_html_safe_escapes_what_go_escapes() -> None:
+    text = "<a>&\u2028\u2029 \u2020\u2027\u202a\u3028 é"  # others with the same lead byte stay
+    assert html_safe(text.encode()) == (
+        b"\\u003ca\\u003e\\u0026\\u2028\\u2029 " + "\u2020\u2027\u202a\u3028 é".encode()
+    )
+    assert html_safe(b"plain") == b"plain"
 
 
 @pytest.mark.parametrize(
