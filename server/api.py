@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.http import parse_options_header
 
@@ -54,7 +54,6 @@ from tufnotary.server.storage.engine import StorageError
 from tufnotary.server.storage.metadata import StoredFile
 from tufnotary.server.updates import Limits, Part
 
-bp = Blueprint("notary", __name__)
 log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "HEAD", "DELETE"]
@@ -466,13 +465,25 @@ def _prefix_filter(gun: str, handler: Handler) -> None:
         raise NoRoute()
 
 
-@bp.route("/", defaults={"path": ""}, methods=METHODS, provide_automatic_options=False)
-@bp.route("/<everything:path>", methods=METHODS, provide_automatic_options=False)
+def install(app: Flask) -> None:
+    """Send every request to :func:`dispatch`: rules of the app itself (a blueprint's would be
+    looked up on every request for its hooks). The app's ``everything`` converter must exist."""
+    for rule, defaults in (("/", {"path": ""}), ("/<everything:path>", None)):
+        app.add_url_rule(
+            rule,
+            view_func=dispatch,
+            defaults=defaults,
+            methods=METHODS,
+            provide_automatic_options=False,
+        )
+
+
 def dispatch(path: str) -> Response:
     """Match the decoded path against the route table in order; the first match wins."""
     path = request.path
     cleaned = clean_path(path)
-    raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or path
+    environ = request.environ
+    raw_path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or path
     _refuse_unclean_gun(path, cleaned, raw_path.partition("?")[0])
     if cleaned != path:
         query = request.query_string.decode("latin-1")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, request
+from flask.sessions import NullSession, SessionInterface
 from gunicorn import glogging
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -60,6 +61,26 @@ class _EverythingConverter(BaseConverter):
 
     regex = ".*"
     part_isolating = False
+
+
+class _Sessionless(SessionInterface):
+    """No cookie sessions (the API has none): every request shares one null session, instead
+    of a signing-key check and a new null session per request."""
+
+    _NULL = NullSession()
+
+    def open_session(self, app: Flask, request: Any) -> NullSession:
+        return self._NULL
+
+
+class _App(Flask):
+    """Flask minus per-request work this server has no use for: sessions, and the check of
+    every hook, view and error handler for a coroutine (all of them are plain functions)."""
+
+    session_interface = _Sessionless()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return func
 
 
 class JSONFormatter(logging.Formatter):
@@ -159,7 +180,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
         )
         start_background(stores, background, settings.resign_interval)
 
-    app = Flask(__name__, instance_path=str(settings.data_dir.absolute()))
+    app = _App(__name__, instance_path=str(settings.data_dir.absolute()))
     app.wsgi_app = trust_proxies(  # type: ignore[method-assign]
         app.wsgi_app, settings.trusted_proxies, settings.forwarded_header
     )
@@ -180,7 +201,7 @@ def create_app(settings: Settings | None = None, *, preflight: bool = True) -> F
     else:
         context.auth = _token_auth(settings)
     context.install(app)
-    app.register_blueprint(api.bp)
+    api.install(app)
     _install_hooks(app)
     if settings.response_cache_bytes:
         budget = settings.response_cache_bytes
@@ -262,9 +283,10 @@ def _install_hooks(app: Flask) -> None:
         state = request_state()
         seconds = time.perf_counter() - state.started
         response.headers["X-Request-ID"] = state.request_id
+        environ = request.environ
         fields = {
             "request_id": state.request_id,
-            "remote": request.remote_addr,
+            "remote": environ.get("REMOTE_ADDR"),  # what request.remote_addr reads
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
@@ -298,7 +320,7 @@ def record_request(fields: dict[str, Any], seconds: float) -> None:
         return
     # What those handlers would write, without a LogRecord and the handler chain per request.
     entry = _entry(time.time(), "info", access_log.name, "request")
-    entry.update((k, v) for k, v in fields.items() if v is not None)
+    entry.update({k: v for k, v in fields.items() if v is not None})
     line = _ENCODE(entry) + "\n"
     for handler in handlers:
         with handler.lock:  # type: ignore[union-attr]  # a StreamHandler always has one
