@@ -635,3 +635,40 @@ def test_update_times_are_utc_in_any_session_time_zone(database_url: str) -> Non
         assert before <= store.metadata.changes(GUN, 0, 1)[0].created_at <= after
     finally:
         store.engine.dispose()
+
+
+def test_migration_0009_compresses_new_metadata_with_lz4(database_url: str) -> None:
+    """On PostgreSQL built with lz4, large metadata files are stored lz4-compressed from
+    revision 0009 on; its downgrade restores the server's default for new ones."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("column compression is PostgreSQL's")
+    engine = make_engine(database_url)
+    store = Stores.on(engine)
+    large = b"".join(b'"sha256:%064d": {"length": %d},' % (i, i) for i in range(2000))
+
+    def stored_with(version: int) -> tuple[str, bytes]:
+        query = "SELECT pg_column_compression(data), data FROM tuf_files WHERE version = %(v)s"
+        with engine.connect() as connection:
+            method, data = connection.exec_driver_sql(query, {"v": version}).one()
+        return method, data
+
+    try:
+        upgrade(engine)
+        with engine.connect() as connection:
+            methods = connection.exec_driver_sql(
+                "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+            ).scalar()
+            default = connection.exec_driver_sql("SHOW default_toast_compression").scalar()
+        if methods is None or "lz4" not in methods:
+            pytest.skip("needs PostgreSQL 14+ built with lz4")
+        store.metadata.update_many(GUN, [new("targets", 1, large)])
+        assert stored_with(1) == ("lz4", large)
+        downgrade(engine, "0008")
+        store.metadata.update_many(GUN, [new("targets", 2, large)])
+        assert stored_with(2) == (default, large)
+        assert stored_with(1) == ("lz4", large)  # stored values keep their compression
+        upgrade(engine)
+        store.metadata.update_many(GUN, [new("targets", 3, large)])
+        assert stored_with(3) == ("lz4", large)
+    finally:
+        engine.dispose()
