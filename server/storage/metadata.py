@@ -75,11 +75,15 @@ class ChangefeedEntry:
 
 _FILE_COLUMNS = columns(TufFileRow, StoredFile)
 _CHANGE_COLUMNS = columns(ChangefeedRow, ChangefeedEntry)
-SIGNAL = (  # MetadataStore.signal, also run by storage/signals.py
+# MetadataStore.signal, also run by storage/signals.py on every cached read: its constants are
+# written in the SQL, not bound (each bound value costs the driver a conversion per run).
+SIGNAL = (
     sa.select(TufFileRow.id, TufFileRow.sha256)
-    .where(TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == "timestamp")
+    .where(
+        TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == sa.literal_column("'timestamp'")
+    )
     .order_by(TufFileRow.version.desc())
-    .limit(1)
+    .limit(sa.literal_column("1"))
 )
 _GUN, _ROLE = sa.bindparam("gun"), sa.bindparam("role")
 # Built once: composing a statement per call costs more than running it on a warm connection.
