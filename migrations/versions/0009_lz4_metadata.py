@@ -7,8 +7,8 @@ Create Date: 2026-12-02
 PostgreSQL compresses a large ``tuf_files.data`` value (over ~2 KB) when it stores it, by default
 with pglz; lz4 compresses several times faster (storing a 1.2 MB targets file: 36 ms with pglz,
 9 ms with lz4). Only values stored from then on use it; both kinds read back alike. It needs
-PostgreSQL 14 or newer built with lz4; elsewhere, and on other databases, nothing changes (the
-migration logs why). The downgrade restores the server's default compression
+PostgreSQL 14 or newer built with lz4: on another PostgreSQL nothing changes and the migration
+logs why; other databases have nothing to choose. The downgrade restores the server's default
 (``default_toast_compression``, pglz unless configured).
 """
 
