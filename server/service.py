@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -348,7 +347,7 @@ class TrustService:
         for file in files:
             found = kept.get(file.data)
             if found is not None:
-                self._parsed.put((file.role, hashlib.sha256(file.data).hexdigest()), found)
+                self._parsed.put((file.role, file.sha256), found)
 
     def delete(self, gun: str, by: Requester) -> int:
         with _storage_errors(UpdateFailed):

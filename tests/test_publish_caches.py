@@ -168,8 +168,10 @@ def test_workers_publishing_in_turn_build_on_each_others_files(
     tmp_path: Path, migrated_url: str, server_snapshot: bool
 ) -> None:
     """Each worker keeps the parsed files of its own publishes: the next publish through the
-    other worker must still build on the newest stored state."""
-    workers = [Server.start(tmp_path, migrated_url) for _ in range(2)]
+    other worker must still build on the newest stored state. (Reads query the change signal
+    every time: with a staleness window, another worker's publish is seen once its
+    notification arrives, which may be after the next read.)"""
+    workers = [Server.start(tmp_path, migrated_url, read_staleness_ms=0) for _ in range(2)]
     repo = workers[0].new_repo(GUN, server_snapshot=server_snapshot)
     for index in range(4):
         worker = workers[index % 2]

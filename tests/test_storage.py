@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.exc import IntegrityError
 
 from tufnotary.server.migrate import downgrade, upgrade
 from tufnotary.server.storage import Stores
@@ -332,7 +331,9 @@ def test_unique_index_stops_a_racing_writer(migrated_url: str, store: Stores) ->
     assert len(outcomes) == 1
     assert isinstance(outcomes[0], VersionConflict)
     if store.engine.dialect.name != "sqlite":  # SQLite writers are serialised at BEGIN
-        assert isinstance(outcomes[0].__cause__, IntegrityError)
+        cause = outcomes[0].__cause__  # PostgreSQL: the DB-API's own (no SQLAlchemy around it)
+        unique = store.engine.dialect.loaded_dbapi.IntegrityError
+        assert isinstance(getattr(cause, "orig", cause), unique)
     assert newest(store, "timestamp").data == b"winner"
     assert [change.version for change in store.metadata.changes(GUN, 0, 100)] == [1]
 
@@ -559,3 +560,115 @@ def test_add_versions_refuses_other_history_and_writes_nothing(store: Stores) ->
     assert versions(store)["targets"] is None
     with pytest.raises(VersionConflict):
         store.metadata.add_versions(GUN, [new("targets", 1), new("targets", 1)])
+
+
+def test_new_files_carry_their_checksum() -> None:
+    assert new("root", 1).sha256 == sha256(b"root v1")
+    assert new("root", 1) == new("root", 1) != new("root", 1, b"other")
+
+
+def test_commit_callbacks_follow_every_stored_update(store: Stores) -> None:
+    """The read caches and change signals learn of a write through on_commit: it runs once
+    the update is committed, before update_many returns."""
+    seen: list[tuple[int, str] | None] = []
+    store.database.on_commit(lambda: seen.append(store.metadata.signal(GUN)))
+    store.metadata.update_many(GUN, [new("root", 1), new("timestamp", 1)])
+    assert seen == [store.metadata.signal(GUN)] != [None]
+    store.metadata.update_many(GUN, [new("timestamp", 2)])
+    assert seen[1:] == [store.metadata.signal(GUN)] != seen[:1]
+
+
+def test_a_failed_update_reports_its_cause_and_writes_nothing(store: Stores) -> None:
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce the length of a VARCHAR")
+    long_gun = "example.com/" + "x" * 1100  # longer than the column, also in bytes on MariaDB
+    with pytest.raises(StorageError, match=f"^update of {long_gun} failed: ") as failure:
+        store.metadata.update_many(long_gun, [new("root", 1), new("timestamp", 1)])
+    assert not isinstance(failure.value, VersionConflict)
+    assert "\n" not in str(failure.value)
+    store.metadata.update_many(GUN, [new("timestamp", 1)])  # the pool serves another connection
+    assert store.metadata.changes(None, 0, 10)[0].gun == GUN
+
+
+def test_an_update_on_a_dropped_connection_fails_once(
+    store: Stores, migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write on a pooled connection the database dropped fails alone, with a StorageError;
+    that connection is discarded, not returned to the pool: the next write succeeds."""
+    if not migrated_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL can drop a client's connections")
+    admin = sa.create_engine(migrated_url, isolation_level="AUTOCOMMIT")
+    monkeypatch.setattr(storage_engine, "PING_AFTER_IDLE", 3600.0)
+    store.metadata.update_many(GUN, [new("timestamp", 1)])
+    with admin.connect() as connection:
+        connection.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(StorageError, match=f"^update of {GUN} failed: ") as failure:
+        store.metadata.update_many(GUN, [new("timestamp", 2)])
+    assert not isinstance(failure.value, VersionConflict)
+    store.metadata.update_many(GUN, [new("timestamp", 2)])
+    assert [change.version for change in store.metadata.changes(GUN, 0, 10)] == [1, 2]
+    admin.dispose()
+
+
+def test_update_times_are_utc_in_any_session_time_zone(database_url: str) -> None:
+    """Stored times are UTC whatever the database session's time zone (PostgreSQL: the one
+    statement of an update binds its time as UTC, as SQLAlchemy's types do)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the session time zone is PostgreSQL's")
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    name = sa.make_url(database_url).database
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Tokyo'")
+    admin.dispose()
+    upgrade(database_url)
+    store = Stores.from_url(database_url)
+    try:
+        before = datetime.now(UTC)
+        audit = AuditEntry("alice", "upload", GUN, {}, "::1", "req-1")
+        (change,) = store.metadata.update_many(GUN, [new("timestamp", 1)], audit)
+        after = datetime.now(UTC)
+        assert before <= newest(store, "timestamp").created_at == change.created_at <= after
+        assert before <= store.audit.records()[0].created_at <= after
+        assert before <= store.metadata.changes(GUN, 0, 1)[0].created_at <= after
+    finally:
+        store.engine.dispose()
+
+
+def test_migration_0009_compresses_new_metadata_with_lz4(database_url: str) -> None:
+    """On PostgreSQL built with lz4, large metadata files are stored lz4-compressed from
+    revision 0009 on; its downgrade restores the server's default for new ones."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("column compression is PostgreSQL's")
+    engine = make_engine(database_url)
+    store = Stores.on(engine)
+    large = b"".join(b'"sha256:%064d": {"length": %d},' % (i, i) for i in range(2000))
+
+    def stored_with(version: int) -> tuple[str, bytes]:
+        query = "SELECT pg_column_compression(data), data FROM tuf_files WHERE version = %(v)s"
+        with engine.connect() as connection:
+            method, data = connection.exec_driver_sql(query, {"v": version}).one()
+        return method, data
+
+    try:
+        upgrade(engine)
+        with engine.connect() as connection:
+            methods = connection.exec_driver_sql(
+                "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+            ).scalar()
+            default = connection.exec_driver_sql("SHOW default_toast_compression").scalar()
+        if methods is None or "lz4" not in methods:
+            pytest.skip("needs PostgreSQL 14+ built with lz4")
+        store.metadata.update_many(GUN, [new("targets", 1, large)])
+        assert stored_with(1) == ("lz4", large)
+        downgrade(engine, "0008")
+        store.metadata.update_many(GUN, [new("targets", 2, large)])
+        assert stored_with(2) == (default, large)
+        assert stored_with(1) == ("lz4", large)  # stored values keep their compression
+        upgrade(engine)
+        store.metadata.update_many(GUN, [new("targets", 3, large)])
+        assert stored_with(3) == ("lz4", large)
+    finally:
+        engine.dispose()

@@ -21,7 +21,7 @@ from tufnotary.server.storage.models import MYSQL
 
 _SQLITE_READ = "tufnotary_sqlite_read"  # execution option: SQLite read, needs no write lock
 _RETURNED = "tufnotary_returned"  # connection record info: when it was last returned to the pool
-_RAW_DIALECTS = ("sqlite", "postgresql")  # read_rows: DB-API parameters need no processing
+_RAW_DIALECTS = ("sqlite", "postgresql")  # read_rows runs raw statements on these
 PING_AFTER_IDLE = 5.0  # seconds a pooled connection may sit idle before it is pinged on checkout
 
 
@@ -94,8 +94,8 @@ def _sqlite_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _is_unique_violation(error: IntegrityError) -> bool:
-    orig = error.orig
+def _is_unique_violation(orig: BaseException | None) -> bool:
+    """Whether the DB-API error ``orig`` is a unique-index violation."""
     return (
         getattr(orig, "sqlstate", None) == "23505"  # PostgreSQL
         or getattr(orig, "sqlite_errorname", None)
@@ -104,7 +104,8 @@ def _is_unique_violation(error: IntegrityError) -> bool:
     )
 
 
-def describe_error(action: str, error: SQLAlchemyError) -> str:
+def describe_error(action: str, error: Exception) -> str:
+    """A one-line message for a SQLAlchemy error or the DB-API error under it."""
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
     return f"{action} failed: {type(cause).__name__}: {lines[0][:200] if lines else ''}"
@@ -122,7 +123,7 @@ class Database:
         self._read_options: dict[str, Any] = {_SQLITE_READ: True, **autocommit}
         self._committed: list[Callable[[], None]] = []
         self._raw = engine.dialect.name in _RAW_DIALECTS
-        self._compiled: dict[Any, _RawSelect] = {}
+        self._compiled: dict[Any, RawStatement] = {}
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every write transaction of this process has committed."""
@@ -140,47 +141,86 @@ class Database:
         if not self._raw:
             with self.transaction(action) as connection:
                 return [tuple(row) for row in connection.execute(statement, params)]
+        return self._run(action, statement, params)
+
+    def write_rows(
+        self,
+        action: str,
+        statement: sa.Select[Any] | sa.CompoundSelect,
+        params: dict[str, Any],
+        clash: type[StorageError],
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``statement``, which writes (data-modifying CTEs) and is atomic by itself;
+        the caller builds it once and reuses it. Errors and commit callbacks as in
+        :meth:`transaction` with ``write`` and ``clash``.
+
+        On PostgreSQL it runs as :meth:`read_rows` runs reads, its parameters bound through
+        their types (one round trip: no BEGIN or COMMIT; the commit is as durable); elsewhere
+        in a transaction.
+        """
+        if not self._autocommit:
+            with self.transaction(action, write=True, clash=clash) as connection:
+                return [tuple(row) for row in connection.execute(statement, params)]
+        rows = self._run(action, statement, params, clash)
+        self._after_commit()
+        return rows
+
+    def _run(
+        self,
+        action: str,
+        statement: sa.Select[Any] | sa.CompoundSelect,
+        params: dict[str, Any],
+        clash: type[StorageError] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Run ``statement`` (compiled once) on a pooled DB-API connection, in autocommit on
+        PostgreSQL; a connection that failed otherwise than by a clash is not reused."""
         compiled = self._compiled.get(statement)
         if compiled is None:
-            compiled = self._compiled.setdefault(statement, _RawSelect(self.engine, statement))
+            raw = RawStatement(self.engine.dialect, statement, typed=clash is not None)
+            compiled = self._compiled.setdefault(statement, raw)
         try:
             pooled = self.engine.raw_connection()
         except SQLAlchemyError as error:
             raise StorageError(describe_error(action, error)) from error
+        connection = pooled.dbapi_connection
         try:
-            return compiled.rows(pooled.dbapi_connection, params)
-        except Exception as error:  # the DB-API's own errors: this connection is not reused
-            pooled.invalidate()
-            raise StorageError(f"{action} failed: {type(error).__name__}: {error}") from error
+            if self._autocommit:  # else the pool's reset would cost a ROLLBACK round trip
+                connection.autocommit = True
+            rows = compiled.rows(connection, params)
+            if self._autocommit:
+                connection.autocommit = False
+            return rows
+        except Exception as error:  # the DB-API's own errors
+            if clash is not None and _is_unique_violation(error):
+                connection.autocommit = False  # the statement failed alone: no transaction left
+                raise _clashed(action, clash) from error
+            pooled.invalidate()  # broken, or in a state unknown: closed, not reused
+            raise StorageError(describe_error(action, error)) from error
         finally:
             pooled.close()
 
+    def _after_commit(self) -> None:
+        for callback in self._committed:
+            callback()
+
     @contextmanager
     def transaction(
-        self,
-        action: str,
-        *,
-        write: bool = False,
-        clash: type[StorageError] | None = None,
-        one_statement: bool = False,
+        self, action: str, *, write: bool = False, clash: type[StorageError] | None = None
     ) -> Iterator[Connection]:
         """One transaction; SQLAlchemy errors become StorageError, and unique violations
-        become ``clash`` if given. ``one_statement``: the body writes with a single statement,
-        atomic by itself, which then runs in autocommit where reads do (PostgreSQL: no BEGIN
-        and COMMIT round trips; the commit is as durable)."""
+        become ``clash`` if given."""
         try:
-            if write and not (one_statement and self._autocommit):
+            if write:
                 with self.engine.begin() as connection:
                     yield connection
             else:
                 with self.engine.connect() as connection:
                     yield connection.execution_options(**self._read_options)
             if write:
-                for callback in self._committed:
-                    callback()
+                self._after_commit()
         except IntegrityError as error:
-            if clash is not None and _is_unique_violation(error):
-                raise clash(f"{action}: a concurrent writer stored it first") from error
+            if clash is not None and _is_unique_violation(error.orig):
+                raise _clashed(action, clash) from error
             raise StorageError(describe_error(action, error)) from error
         except SQLAlchemyError as error:
             raise StorageError(describe_error(action, error)) from error
@@ -201,17 +241,33 @@ class Database:
             raise StorageError(describe_error(action, error)) from error
 
 
-class _RawSelect:
-    """A SELECT compiled for one dialect: its SQL, how to pass its parameters, and the result
-    processor of each column (parameters need no bind processing on SQLite and PostgreSQL)."""
+def _clashed(action: str, clash: type[StorageError]) -> StorageError:
+    return clash(f"{action}: a concurrent writer stored it first")
 
-    def __init__(self, engine: Engine, statement: sa.Select[Any] | sa.CompoundSelect) -> None:
-        dialect = engine.dialect
+
+class RawStatement:
+    """A statement compiled once for one dialect (SQLite or PostgreSQL), run on a DB-API
+    connection: its SQL, how to pass its parameters, and the result processor of each column.
+
+    ``typed``: the parameters go through their types' bind processors (a timestamp needs
+    one); otherwise they are passed as given, as reads bind only strings and numbers.
+    """
+
+    def __init__(
+        self, dialect: Dialect, statement: sa.Select[Any] | sa.CompoundSelect, typed: bool = False
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
         self._sql = compiled.string
         self._order = compiled.positiontup if dialect.positional else None
+        binds = (
+            (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+            for name, bind in (compiled.binds.items() if typed else ())
+        )
+        self._binds = [(name, process) for name, process in binds if process is not None]
         self._defaults = dict(compiled.params)  # the values bound in the statement
-        self._autocommit = dialect.name == "postgresql"
+        for name, process in self._binds:
+            if self._defaults.get(name) is not None:
+                self._defaults[name] = process(self._defaults[name])
         processors = (
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in statement.selected_columns
@@ -219,26 +275,23 @@ class _RawSelect:
         self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
 
     def rows(self, connection: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run on ``connection`` (its transaction state as the caller set it); the rows."""
         values = {**self._defaults, **params}
+        for name, process in self._binds:
+            if name in params:
+                values[name] = process(params[name])
         bound = values if self._order is None else [values[name] for name in self._order]
-        if self._autocommit:  # else the pool's reset would cost a ROLLBACK round trip
-            connection.autocommit = True
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self._sql, bound)
-            found = cursor.fetchall()
-            cursor.close()
-        finally:
-            if self._autocommit:
-                connection.autocommit = False
+        cursor = connection.execute(self._sql, bound)
+        found = cursor.fetchall()
+        cursor.close()
         if not self._processors:
             return found
         rows = []
         for row in found:
-            values = list(row)
+            converted = list(row)
             for index, process in self._processors:
-                values[index] = process(values[index])
-            rows.append(tuple(values))
+                converted[index] = process(converted[index])
+            rows.append(tuple(converted))
         return rows
 
 

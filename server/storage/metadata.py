@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,11 +40,15 @@ class StoredFile:
 
 @dataclass(frozen=True)
 class NewFile:
-    """A metadata file to store; its sha256 is computed by the store."""
+    """A metadata file to store, with the SHA-256 (lower-case hex) of its bytes."""
 
     role: str
     version: int
     data: bytes
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,15 @@ class ChangefeedEntry:
 
 _FILE_COLUMNS = columns(TufFileRow, StoredFile)
 _CHANGE_COLUMNS = columns(ChangefeedRow, ChangefeedEntry)
-_SIGNAL = (
+# MetadataStore.signal, also run by storage/signals.py on every cached read: its constants are
+# written in the SQL, not bound (each bound value costs the driver a conversion per run).
+SIGNAL = (
     sa.select(TufFileRow.id, TufFileRow.sha256)
-    .where(TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == "timestamp")
+    .where(
+        TufFileRow.gun == sa.bindparam("gun"), TufFileRow.role == sa.literal_column("'timestamp'")
+    )
     .order_by(TufFileRow.version.desc())
-    .limit(1)
+    .limit(sa.literal_column("1"))
 )
 _GUN, _ROLE = sa.bindparam("gun"), sa.bindparam("role")
 # Built once: composing a statement per call costs more than running it on a warm connection.
@@ -234,7 +242,7 @@ class MetadataStore(Store):
         against a row id reused after a deletion.
         """
         with self._db.transaction("signal") as connection:
-            row = connection.execute(_SIGNAL, {"gun": gun}).first()
+            row = connection.execute(SIGNAL, {"gun": gun}).first()
         return None if row is None else (row[0], row[1])
 
     def read_gun(
@@ -288,7 +296,7 @@ class MetadataStore(Store):
                 "gun": gun,
                 "role": file.role,
                 "version": file.version,
-                "sha256": hashlib.sha256(file.data).hexdigest(),
+                "sha256": file.sha256,
                 "data": file.data,
             }
             for file in sorted(files, key=lambda file: (file.role, file.version))
@@ -330,10 +338,7 @@ class MetadataStore(Store):
         if audit is not None:
             params |= {f"{name}_audit": value for name, value in audit_row(audit, now).items()}
         statement = _update_statement(len(lowest), len(rows), audit is not None)
-        with self._db.transaction(
-            f"update of {gun}", write=True, clash=VersionConflict, one_statement=True
-        ) as connection:
-            outcome = connection.execute(statement, params).all()
+        outcome = self._db.write_rows(f"update of {gun}", statement, params, VersionConflict)
         changes = []
         for role, version, sha256, change_id in outcome:
             if change_id is None:
@@ -356,7 +361,7 @@ class MetadataStore(Store):
         now = datetime.now(UTC)
         rows = [
             dict(created_at=now, gun=gun, role=file.role, version=file.version)
-            | {"sha256": hashlib.sha256(file.data).hexdigest(), "data": file.data}
+            | {"sha256": file.sha256, "data": file.data}
             for _, file in sorted(wanted.items())
         ]
         with self._db.transaction(

@@ -4,6 +4,7 @@ migrations create."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,13 @@ class ExactString(TypeDecorator[str]):
 
     def process_result_value(self, value: str | bytes | None, dialect: Dialect) -> str | None:
         return value.decode("utf-8") if isinstance(value, bytes) else value
+
+    # Elsewhere the text is stored as given: no processor (a call per value on every read).
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        return super().bind_processor(dialect) if dialect.name in MYSQL else None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        return super().result_processor(dialect, coltype) if dialect.name in MYSQL else None
 
 
 class UTCDateTime(TypeDecorator[datetime]):

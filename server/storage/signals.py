@@ -30,10 +30,9 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from tufnotary.server.storage.engine import Database, StorageError
+from tufnotary.server.storage.engine import Database, RawStatement, StorageError
 from tufnotary.server.storage.listener import Forget, Listener
-from tufnotary.server.storage.metadata import MetadataStore
-from tufnotary.server.storage.models import TufFileRow
+from tufnotary.server.storage.metadata import SIGNAL, MetadataStore
 
 Signal = tuple[int, str] | None
 
@@ -44,12 +43,6 @@ LISTEN_RETRY = 60.0
 DRAIN_INTERVAL = 5.0
 """Seconds between reads of the notifications of a listener that no request reads: PostgreSQL
 keeps every notification until each listener has taken it, and a full queue refuses writes."""
-
-_QUERY = (
-    f"SELECT id, sha256 FROM {TufFileRow.__tablename__} WHERE gun = {{}} AND role = 'timestamp'"
-    " ORDER BY version DESC LIMIT 1"
-)
-_PARAMETER = {"sqlite": "?", "postgresql": "%s"}
 
 
 class Watch(Protocol):
@@ -103,7 +96,7 @@ class ChangeSignals:
         self._sqlite = dialect == "sqlite"
         self._raw = dialect == "postgresql" or (self._sqlite and file_backed)
         self._staleness = staleness if dialect == "postgresql" else 0.0
-        self._query = _QUERY.format(_PARAMETER.get(dialect, ""))
+        self._query = RawStatement(database.engine.dialect, SIGNAL)
         self._lock = threading.Lock()
         self._connection: Any = None
         self._pid = 0
@@ -133,10 +126,8 @@ class ChangeSignals:
         if watch is not None and watch.current() and gun in self._known:
             return self._known[gun]
         mark = None if watch is None else watch.mark()
-        cursor = connection.execute(self._query, (gun,))
-        row = cursor.fetchone()
-        cursor.close()
-        signal = None if row is None else (row[0], row[1])
+        rows = self._query.rows(connection, {"gun": gun})
+        signal = (rows[0][0], rows[0][1]) if rows else None
         if watch is not None and watch.settled(mark):
             if len(self._known) >= KNOWN_LIMIT:
                 self._known.clear()
