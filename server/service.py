@@ -273,7 +273,10 @@ class TrustService:
         stored = {file.role: file.version for file in files}
         try:
             self.store.update_many(
-                gun, files, by.entry("resign", gun, stored=stored) if by else None
+                gun,
+                files,
+                by.entry("resign", gun, stored=stored) if by else None,
+                base=current.timestamp.sha256,
             )
         except VersionConflict:
             files = []  # another reader or a publish stored a newer timestamp: serve that
@@ -329,7 +332,9 @@ class TrustService:
             files = UpdateValidator(gun, state, signer, self.limits).validate(parts)
             stored = {file.role: file.version for file in files}
             try:
-                self.store.update_many(gun, files, by.entry("upload", gun, stored=stored))
+                self.store.update_many(
+                    gun, files, by.entry("upload", gun, stored=stored), base=state.base
+                )
             except VersionConflict as exc:
                 raise VersionConflictError(log=str(exc)) from exc
         self._keep_parsed(files, signer.signed, parts)
@@ -430,6 +435,11 @@ class _StoreState:
         self._gun = gun
         self._walked = service._walk(gun, prefetch=(SNAPSHOT, ROOT))
         self._files: dict[str, StoredFile | None] = {}
+
+    @property
+    def base(self) -> str | None:
+        """The sha256 of the timestamp this view was read at (None: the GUN had none)."""
+        return None if self._walked is None else self._walked.timestamp.sha256
 
     def _file(self, role: str) -> StoredFile | None:
         if self._walked is None:

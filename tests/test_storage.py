@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -672,3 +673,103 @@ def test_migration_0009_compresses_new_metadata_with_lz4(database_url: str) -> N
         assert stored_with(3) == ("lz4", large)
     finally:
         engine.dispose()
+
+
+def test_an_update_needs_the_timestamp_it_was_made_from(store: Stores) -> None:
+    store.metadata.update_many(GUN, [new("root", 1), new("timestamp", 1)])
+    base = newest(store, "timestamp").sha256
+    store.metadata.delete_gun(GUN)
+    with pytest.raises(VersionConflict, match="timestamp it was made from"):
+        store.metadata.update_many(GUN, [new("targets", 2), new("timestamp", 2)], base=base)
+    assert set(versions(store).values()) == {None}
+    store.metadata.update_many(GUN, [new("root", 1), new("timestamp", 1, b"another history")])
+    with pytest.raises(VersionConflict, match="timestamp it was made from"):
+        store.metadata.update_many(GUN, [new("targets", 2), new("timestamp", 2)], base=base)
+    again = newest(store, "timestamp").sha256
+    store.metadata.update_many(GUN, [new("targets", 2), new("timestamp", 2)], base=again)
+    assert versions(store) == {"root": 1, "targets": 2, "snapshot": None, "timestamp": 2}
+
+
+def _rival_waits_for(
+    rival: Stores, action: Callable[[sa.Connection], None], wait: Callable[[], None]
+) -> None:
+    """Run ``action`` in an open transaction of ``rival``, then ``wait`` in a thread, which
+    must block until the transaction commits; re-raise what the thread raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            wait()
+        except BaseException as error:
+            errors.append(error)
+
+    try:
+        with rival.engine.begin() as connection:
+            action(connection)
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # blocked by the open transaction
+        thread.join(30)
+    finally:
+        rival.engine.dispose()
+    if errors:
+        raise errors[0]
+
+
+def test_a_deletion_waits_for_an_update_and_removes_its_rows(
+    migrated_url: str, store: Stores
+) -> None:
+    store.metadata.update_many(GUN, [new("root", 1), new("timestamp", 1)])
+    base = newest(store, "timestamp")
+
+    def update_in_flight(connection: sa.Connection) -> None:  # what update_many holds
+        lock = sa.select(TufFileRow.id).where(TufFileRow.id == base_id(connection, base))
+        connection.execute(lock.with_for_update(read=True, key_share=True)).all()
+        connection.execute(
+            sa.insert(TufFileRow).values(
+                created_at=datetime.now(UTC),
+                gun=GUN,
+                role="timestamp",
+                version=2,
+                sha256=sha256(b"t2"),
+                data=b"t2",
+            )
+        )
+
+    _rival_waits_for(
+        Stores.from_url(migrated_url), update_in_flight, lambda: store.metadata.delete_gun(GUN)
+    )
+    assert set(versions(store).values()) == {None}
+
+
+def test_an_update_waits_for_a_deletion_and_then_stores_nothing(
+    migrated_url: str, store: Stores
+) -> None:
+    store.metadata.update_many(GUN, [new("root", 1), new("timestamp", 1)])
+    base = newest(store, "timestamp").sha256
+
+    def deletion_in_flight(connection: sa.Connection) -> None:  # what delete_gun holds
+        timestamps = sa.select(TufFileRow.id).where(
+            TufFileRow.gun == GUN, TufFileRow.role == "timestamp"
+        )
+        connection.execute(timestamps.with_for_update()).all()
+        connection.execute(sa.delete(TufFileRow).where(TufFileRow.gun == GUN))
+
+    def update() -> None:
+        store.metadata.update_many(GUN, [new("targets", 2), new("timestamp", 2)], base=base)
+
+    with pytest.raises(VersionConflict, match="timestamp it was made from"):
+        _rival_waits_for(Stores.from_url(migrated_url), deletion_in_flight, update)
+    assert set(versions(store).values()) == {None}
+
+
+def base_id(connection: sa.Connection, file: StoredFile) -> int:
+    found = connection.execute(
+        sa.select(TufFileRow.id).where(
+            TufFileRow.gun == file.gun,
+            TufFileRow.role == file.role,
+            TufFileRow.sha256 == file.sha256,
+        )
+    ).scalar_one()
+    return int(found)

@@ -92,6 +92,11 @@ _LATEST = _FILES.order_by(TufFileRow.version.desc()).limit(1)
 _BY_CHECKSUM = _FILES.where(TufFileRow.sha256 == sa.bindparam("sha256")).limit(1)
 _BY_VERSION = _FILES.where(TufFileRow.version == sa.bindparam("version")).limit(1)
 _INSERT_CHANGE = sa.insert(ChangefeedRow)
+_TIMESTAMPS_LOCKED = (
+    sa.select(TufFileRow.id)
+    .where(TufFileRow.gun == _GUN, TufFileRow.role == TIMESTAMP)
+    .with_for_update()
+)
 _LOOKUP_BATCH = 500  # (gun, role, version) triples per query: SQLite's bound-parameter limit
 
 
@@ -147,6 +152,21 @@ def _newer(roles: int) -> sa.CompoundSelect:
     )
 
 
+_BASE = sa.select(TufFileRow.id).where(
+    TufFileRow.gun == _GUN,
+    TufFileRow.role == TIMESTAMP,
+    TufFileRow.sha256 == sa.bindparam("base"),
+)
+"""The timestamp an update was made from, bound as ``base`` (its sha256)."""
+_ROW_SHARED = (
+    sa.select(TufFileRow.id)
+    .where(TufFileRow.id == sa.bindparam("id"))
+    .with_for_update(read=True, key_share=True)
+)
+"""A row locked against deletion until the transaction ends (by primary key: on MariaDB a
+record lock only, no gap lock that concurrent inserts would deadlock on)."""
+
+
 def _bound(table: sa.Table, names: Sequence[str], suffix: str = "") -> list[sa.BindParameter[Any]]:
     """Typed bound parameters for ``table``'s columns ``names``, named ``name + suffix``."""
     return [sa.bindparam(name + suffix, type_=table.c[name].type) for name in names]
@@ -157,15 +177,23 @@ _AUDIT = tuple(column.key for column in AuditRow.__table__.c if column.key != "i
 
 
 @functools.lru_cache(maxsize=64)
-def _update_statement(roles: int, files: int, audited: bool) -> sa.CompoundSelect:
-    """An update as one statement, for PostgreSQL (data-modifying CTEs): ``_newer(roles)``,
-    and only if it finds nothing, the ``files`` new rows (bound: ``created_at``, ``gun``,
-    ``role0``, ``version0``, ``sha2560``, ``data0``...), the audit entry if ``audited`` (bound: its
-    columns) and a changefeed row per new timestamp. Its rows: the stored (role, version) that
-    clashes, or (NULL, version, sha256, id) of each changefeed row added."""
+def _update_statement(roles: int, files: int, audited: bool, based: bool) -> sa.CompoundSelect:
+    """An update as one statement, for PostgreSQL (data-modifying CTEs): ``_newer(roles)``
+    (and if ``based``, ``_BASE``), and only if it finds nothing (and the base), the ``files``
+    new rows (bound: ``created_at``, ``gun``, ``role0``, ``version0``, ``sha2560``, ``data0``...),
+    the audit entry if ``audited`` (bound: its columns) and a changefeed row per new timestamp.
+    Its rows: the stored (role, version) that clashes, ("timestamp", NULL...) if the base is
+    gone, or (NULL, version, sha256, id) of each changefeed row added."""
     files_table, changes_table = TufFileRow.__table__, ChangefeedRow.__table__
     stored = _newer(roles).cte("stored")
     clear = ~sa.exists(stored.select())
+    gone = None
+    if based:
+        base = _BASE.with_for_update(read=True, key_share=True).cte("base")
+        clear = sa.and_(clear, sa.exists(base.select()))
+        gone = sa.select(sa.literal(TIMESTAMP), sa.null(), sa.null(), sa.null()).where(
+            ~sa.exists(base.select())
+        )
     new = sa.union_all(
         *(
             sa.select(
@@ -200,6 +228,7 @@ def _update_statement(roles: int, files: int, audited: bool) -> sa.CompoundSelec
     outcome = sa.union_all(
         sa.select(stored.c.role, stored.c.version, sa.null(), sa.null()),
         sa.select(sa.null(), changes.c.version, changes.c.sha256, changes.c.id),
+        *([] if gone is None else [gone]),
     )
     if audited:
         audit_table = AuditRow.__table__
@@ -272,10 +301,16 @@ class MetadataStore(Store):
         return GunRead(signal, latest, found)
 
     def update_many(
-        self, gun: str, files: Sequence[NewFile], audit: AuditEntry | None = None
+        self,
+        gun: str,
+        files: Sequence[NewFile],
+        audit: AuditEntry | None = None,
+        base: str | None = None,
     ) -> list[ChangefeedEntry]:
         """Store all files (and the audit entry) or none (spec 2.9); returns the changefeed
-        rows of the timestamps.
+        rows of the timestamps. ``base``: the sha256 of the timestamp the files were made
+        from, which must still be stored (else :class:`VersionConflict`): a deletion of the
+        GUN between the read and this write would otherwise leave a repository without root.
 
         Concurrent writers: the version check sees what was committed when it ran, and two
         writers of one (role, version) clash on the unique index, the second getting
@@ -301,14 +336,20 @@ class MetadataStore(Store):
             }
             for file in sorted(files, key=lambda file: (file.role, file.version))
         ]
-        check = {"gun": gun}
+        check: dict[str, Any] = {"gun": gun}
         for i, role in enumerate(sorted(lowest)):
             check |= {f"r{i}": role, f"v{i}": lowest[role]}
+        if base is not None:
+            check["base"] = base
         if rows and self._db.engine.dialect.name == "postgresql":
             return self._update_in_one_statement(gun, rows, check, lowest, audit, now)
         with self._db.transaction(
             f"update of {gun}", write=True, clash=VersionConflict
         ) as connection:
+            if base is not None:
+                found = connection.execute(_BASE, check).scalar()
+                if found is None or connection.execute(_ROW_SHARED, {"id": found}).first() is None:
+                    raise _base_gone(gun)
             if rows:
                 stored = connection.execute(_newer(len(lowest)), check).first()
                 if stored is not None:
@@ -337,10 +378,12 @@ class MetadataStore(Store):
             params |= {f"{name}{i}": row[name] for name in _NEW_FILE}
         if audit is not None:
             params |= {f"{name}_audit": value for name, value in audit_row(audit, now).items()}
-        statement = _update_statement(len(lowest), len(rows), audit is not None)
+        statement = _update_statement(len(lowest), len(rows), audit is not None, "base" in check)
         outcome = self._db.write_rows(f"update of {gun}", statement, params, VersionConflict)
         changes = []
         for role, version, sha256, change_id in outcome:
+            if version is None:
+                raise _base_gone(gun)
             if change_id is None:
                 raise _conflict(gun, role, version, lowest)
             changes.append(ChangefeedEntry(change_id, now, gun, version, sha256, "update"))
@@ -377,6 +420,8 @@ class MetadataStore(Store):
         number of rows removed."""
         now = datetime.now(UTC)
         with self._db.transaction(f"delete of {gun}", write=True) as connection:
+            # Waits for updates holding a timestamp (_BASE); the DELETE then sees their rows.
+            connection.execute(_TIMESTAMPS_LOCKED, {"gun": gun}).all()
             removed = connection.execute(
                 sa.delete(TufFileRow).where(TufFileRow.gun == gun)
             ).rowcount
@@ -443,6 +488,10 @@ def add_missing_versions(
     if changes:
         connection.execute(_INSERT_CHANGE, changes)
     return added
+
+
+def _base_gone(gun: str) -> VersionConflict:
+    return VersionConflict(f"update of {gun}: the timestamp it was made from is not stored")
 
 
 def _conflict(gun: str, role: str, version: int, lowest: dict[str, int]) -> VersionConflict:
