@@ -2,7 +2,8 @@
 
 PostgreSQL and MariaDB are reached through admin URLs (override with TUFNOTARY_TEST_POSTGRES_URL
 and TUFNOTARY_TEST_MARIADB_URL); each test gets its own database, dropped afterwards. An
-unreachable server skips those tests, or fails them when CI=true.
+unreachable server skips those tests, or fails them when CI=true. A migrated SQLite or MariaDB
+database is a copy of one migrated once per session (the migrations' tests use ``database_url``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import NoReturn
 import pytest
 import sqlalchemy as sa
 
-from support.databases import scratch_database
+from support.databases import copy_database, scratch_database
 from support.softhsm import SoftHSM, make_token, softhsm_available
 from tufnotary.server.migrate import upgrade
 from tufnotary.server.storage import Stores
@@ -84,10 +85,31 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite database migrated to head, to copy."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('template') / 'tufnotary.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def mariadb_template(mariadb_admin: tuple[sa.Connection, sa.URL]) -> Iterator[str]:
+    """A MariaDB database migrated to head, to copy."""
+    with scratch_database(*mariadb_admin) as url:
+        upgrade(url)
+        yield url
+
+
 @pytest.fixture
-def migrated_url(database_url: str) -> str:
-    """``database_url`` with the schema migrated to head."""
-    upgrade(database_url)
+def migrated_url(request: pytest.FixtureRequest, database_url: str) -> str:
+    """``database_url`` with the schema migrated to head: on SQLite and MariaDB a copy of the
+    session's template, which is faster than migrating."""
+    engine_id = request.node.callspec.params["database_url"]
+    if engine_id == "postgresql":
+        upgrade(database_url)
+    else:
+        copy_database(request.getfixturevalue(f"{engine_id}_template"), database_url)
     return database_url
 
 

@@ -34,7 +34,13 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from support.server import free_port, launched, server_environment, wait_until_healthy
+from support.server import (
+    STOP_TIMEOUT,
+    free_port,
+    launched,
+    server_environment,
+    wait_until_healthy,
+)
 from tufnotary.server.cli import serve
 from tufnotary.server.config import Settings
 from tufnotary.server.storage.engine import make_engine
@@ -373,7 +379,8 @@ def test_compose_stack_runs(
     server_log, proxy_log = volumes.root / "server.log", volumes.root / "proxy.log"
     port = free_port()
     url = f"https://127.0.0.1:{port}"
-    with launched(command, server_log, server_environment(env)) as server:
+    env = server_environment(env)
+    with launched(command, server_log, env, stop_timeout=STOP_TIMEOUT) as server:
         wait_for_healthcheck(server, server_service, volumes, server_log)
         printed = dict(re.findall(r"^(ca_cert|cert|key)=(.+)$", server_log.read_text(), re.M))
         proxy_env = proxy_service["environment"]

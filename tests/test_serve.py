@@ -17,6 +17,7 @@ from cryptography import x509
 
 from support.databases import scratch_database
 from support.server import (
+    STOP_TIMEOUT,
     free_port,
     launched,
     running_server,
@@ -50,7 +51,7 @@ def served_certificate(port: int, ca_cert: Path) -> str:
 
 
 def test_serve_prints_ca_and_answers_over_verified_tls(tmp_path: Path) -> None:
-    with running_server(tmp_path) as server:
+    with running_server(tmp_path, stop_timeout=STOP_TIMEOUT) as server:
         assert server.ca_cert == (server.data_dir / "tls" / "ca.crt").absolute()
         output = server.log.read_text()
         assert (

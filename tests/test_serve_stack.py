@@ -24,7 +24,14 @@ import pytest
 import requests
 
 from support.clients import NotaryCLI, require_cli
-from support.server import ServerInfo, free_port, launched, server_environment, wait_until_healthy
+from support.server import (
+    STOP_TIMEOUT,
+    ServerInfo,
+    free_port,
+    launched,
+    server_environment,
+    wait_until_healthy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STALENESS_BOUND = 1.0  # seconds: the documented bound for current metadata
@@ -46,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     env = server_environment({"TUFNOTARY_KEY_PASSPHRASE": "stack test passphrase"})
     log = tmp / "stack.log"
     url = f"https://127.0.0.1:{port}"
-    with launched(command, log, env) as process:
+    with launched(command, log, env, stop_timeout=STOP_TIMEOUT) as process:
         ca_cert = wait_until_healthy(process, url, log)
         yield ServerInfo(url, ca_cert, process, data_dir, log)
     assert process.returncode == 0, log.read_text()  # SIGTERM stops both cleanly

@@ -18,7 +18,10 @@ import requests
 
 HEALTH_PATH = "/_notary_server/health"
 STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0  # for a test that asserts a clean exit: longer than gunicorn's 20 s grace
+# Otherwise a stop waits this long for the exit and then kills the process group: a gunicorn
+# worker still booting when SIGTERM comes ignores it until the arbiter's 20 s graceful timeout.
+QUICK_STOP = 5.0
 _PRINTED_CA = re.compile(r"TLS CA certificate: (.+?) \(pass it to clients with --tlscacert\)")
 
 
@@ -52,11 +55,12 @@ def server_environment(env: Mapping[str, str] | None) -> dict[str, str]:
 
 @contextmanager
 def launched(
-    command: Sequence[str], log: Path, env: Mapping[str, str]
+    command: Sequence[str], log: Path, env: Mapping[str, str], *, stop_timeout: float = QUICK_STOP
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `command` in its own process group with output to `log`; stop it at exit.
 
-    Stopping sends SIGTERM and waits for a graceful exit, then kills the whole group.
+    Stopping sends SIGTERM and waits `stop_timeout` seconds for an exit, then kills the whole
+    group (pass STOP_TIMEOUT to assert on a clean exit).
     """
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -73,7 +77,7 @@ def launched(
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=STOP_TIMEOUT)
+                process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -138,17 +142,19 @@ def running_server(
     *extra_args: str,
     env: Mapping[str, str] | None = None,
     ca_cert: Path | None = None,
+    stop_timeout: float = QUICK_STOP,
 ) -> Iterator[ServerInfo]:
     """`tufnotary-server serve` on a free port of 127.0.0.1 with data in `tmp_path/data`.
 
     Pass `ca_cert` when `extra_args` give --tls-cert/--tls-key; otherwise the generated
-    development CA is used. The server is healthy on entry and stopped (SIGTERM) on exit.
+    development CA is used. The server is healthy on entry and stopped (SIGTERM, see
+    `launched`) on exit.
     """
     port = free_port()
     data_dir = tmp_path / "data"
     log = tmp_path / f"server-{port}.log"
     command = serve_command(port, data_dir, *extra_args)
     url = f"https://127.0.0.1:{port}"
-    with launched(command, log, server_environment(env)) as process:
+    with launched(command, log, server_environment(env), stop_timeout=stop_timeout) as process:
         ca_cert = wait_until_healthy(process, url, log, ca_cert=ca_cert)
         yield ServerInfo(url, ca_cert, process, data_dir, log)
