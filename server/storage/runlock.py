@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,25 +34,31 @@ def exclusive(engine: Engine, name: str) -> Iterator[bool]:
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except sa.exc.SQLAlchemyError as exc:
         raise StorageError(describe_error(f"lock {name}", exc)) from exc
+    key = f"{engine.url.database}/{name}"
+    held = False
     try:
-        yield _try_lock(connection, f"{engine.url.database}/{name}")
+        held = _lock_call(connection, key, take=True)
+        yield held
     finally:
-        connection.invalidate()  # ends the session, and with it the lock
+        if held:  # at once: the server notices a closed session only later (MariaDB)
+            with suppress(StorageError):  # the session's end below releases it anyway
+                _lock_call(connection, key, take=False)
+        connection.invalidate()  # ends the session, and with it any lock left
         connection.close()
 
 
-def _try_lock(connection: Connection, key: str) -> bool:
-    """Take the lock ``key`` (database/name: MariaDB's lock names are server-wide) in this
-    session without waiting."""
+def _lock_call(connection: Connection, key: str, *, take: bool) -> bool:
+    """Take (without waiting) or release the lock ``key`` (database/name: MariaDB's lock names
+    are server-wide) in this session; whether it succeeded."""
     digest = hashlib.sha256(key.encode()).digest()
     try:
         if connection.dialect.name in MYSQL:
-            query = sa.text("SELECT GET_LOCK(:name, 0)")
-            return bool(connection.execute(query, {"name": _PREFIX + digest.hex()[:40]}).scalar())
-        query = sa.text("SELECT pg_try_advisory_lock(:key)")
-        return bool(
-            connection.execute(query, {"key": int.from_bytes(digest[:8], signed=True)}).scalar()
-        )
+            call = "GET_LOCK(:name, 0)" if take else "RELEASE_LOCK(:name)"
+            params: dict[str, object] = {"name": _PREFIX + digest.hex()[:40]}
+        else:
+            call = "pg_try_advisory_lock(:name)" if take else "pg_advisory_unlock(:name)"
+            params = {"name": int.from_bytes(digest[:8], signed=True)}
+        return bool(connection.execute(sa.text(f"SELECT {call}"), params).scalar())
     except sa.exc.SQLAlchemyError as exc:
         raise StorageError(describe_error(f"lock {key}", exc)) from exc
 
