@@ -205,17 +205,22 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
         yield info
 
 
+def _reference_answer(info: ServerInfo, gun: str, body: bytes) -> requests.Response:
+    """POST ``body`` (boundary ``b``) as an upload to the reference."""
+    return requests.post(
+        f"{info.url}/v2/{gun}/_trust/tuf/",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+        verify=str(info.ca_cert),
+        timeout=30,
+    )
+
+
 def _post_reference(info: ServerInfo, gun: str, body: bytes) -> int | None:
     """The reference's status for ``body``, None when it closes the connection unanswered
     (it panics on a body its multipart reader refuses)."""
     try:
-        response = requests.post(
-            f"{info.url}/v2/{gun}/_trust/tuf/",
-            data=body,
-            headers={"Content-Type": "multipart/form-data; boundary=b"},
-            verify=str(info.ca_cert),
-            timeout=30,
-        )
+        response = _reference_answer(info, gun, body)
     except requests.ConnectionError:
         return None
     return response.status_code
@@ -303,13 +308,6 @@ def test_part_headers_read_like_the_reference(
 ) -> None:
     """The same answer for each: the part's file name (or none) read as Go reads headers."""
     body = b"--b\r\n" + HEADERS[headers] + b"\r\n\r\n{}\r\n--b--\r\n"
-    response = requests.post(
-        f"{reference.url}/v2/{GUN}/_trust/tuf/",
-        data=body,
-        headers={"Content-Type": "multipart/form-data; boundary=b"},
-        verify=str(reference.ca_cert),
-        timeout=30,
-    )
-    expected = response.json()["errors"][0]
+    expected = _reference_answer(reference, GUN, body).json()["errors"][0]
     ours = error_of(server.client.post(server.tuf(GUN), data=body, content_type=CONTENT_TYPE))
     assert (ours["code"], ours.get("detail")) == (expected["code"], expected.get("detail"))

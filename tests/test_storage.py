@@ -44,6 +44,12 @@ def newest(store: Stores, role: str) -> StoredFile:
     return file
 
 
+def insert_timestamp(connection: sa.Connection, version: int, data: bytes) -> None:
+    """A timestamp row of GUN written directly, as another writer's transaction would."""
+    row = dict(gun=GUN, role="timestamp", version=version, sha256=sha256(data), data=data)
+    connection.execute(sa.insert(TufFileRow).values(created_at=datetime.now(UTC), **row))
+
+
 def versions(store: Stores, gun: str = GUN) -> dict[str, int | None]:
     """The latest version of every top-level role (None when absent)."""
     latest = {
@@ -311,16 +317,7 @@ def test_unique_index_stops_a_racing_writer(migrated_url: str, store: Stores) ->
 
     try:
         with rival.engine.begin() as connection:
-            connection.execute(
-                sa.insert(TufFileRow).values(
-                    created_at=datetime.now(UTC),
-                    gun=GUN,
-                    role="timestamp",
-                    version=2,
-                    sha256=sha256(b"winner"),
-                    data=b"winner",
-                )
-            )
+            insert_timestamp(connection, 2, b"winner")
             thread = threading.Thread(target=publish)
             thread.start()
             thread.join(0.5)
@@ -726,16 +723,7 @@ def test_a_deletion_waits_for_an_update_and_removes_its_rows(
     def update_in_flight(connection: sa.Connection) -> None:  # what update_many holds
         lock = sa.select(TufFileRow.id).where(TufFileRow.id == base_id(connection, base))
         connection.execute(lock.with_for_update(read=True, key_share=True)).all()
-        connection.execute(
-            sa.insert(TufFileRow).values(
-                created_at=datetime.now(UTC),
-                gun=GUN,
-                role="timestamp",
-                version=2,
-                sha256=sha256(b"t2"),
-                data=b"t2",
-            )
-        )
+        insert_timestamp(connection, 2, b"t2")
 
     _rival_waits_for(
         Stores.from_url(migrated_url), update_in_flight, lambda: store.metadata.delete_gun(GUN)
