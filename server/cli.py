@@ -41,7 +41,7 @@ from tufnotary.server.files import loose_permissions, private_dir, secret_files
 from tufnotary.server.startup import StartupError, open_token, open_vault, preflight
 from tufnotary.server.storage import Stores
 from tufnotary.server.tls import ensure_self_signed
-from tufnotary.server.worker import tls_context
+from tufnotary.server.worker import default_exit_signals, tls_context
 
 # prometheus_client chooses its multiprocess mode when it is first imported, so what imports it
 # (tufnotary.server.api and .app) is imported only after `serve` set METRICS_ENV.
@@ -176,6 +176,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
             "proc_name": PROG,
             "when_ready": when_ready,
             "child_exit": child_exit,
+            "post_fork": default_exit_signals,
         },
     ).run()
 

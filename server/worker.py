@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
+import signal
 import ssl
 import time
 import warnings
@@ -46,6 +47,15 @@ def tls_context(
         context.wrap_socket, do_handshake_on_connect=False
     )
     return context
+
+
+def default_exit_signals(_arbiter: Any, _worker: Any) -> None:
+    """Gunicorn's ``post_fork`` hook: until the worker installs its own handlers, SIGTERM, SIGINT
+    and SIGQUIT end it. The handlers inherited from the arbiter would queue the signal in the
+    arbiter's copied state, lost in the worker: a worker still booting when the server was
+    stopped kept running until the graceful timeout killed it."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
 
 
 class _DeadlineBody:

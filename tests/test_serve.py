@@ -6,6 +6,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,12 @@ from support.server import (
     free_port,
     launched,
     running_server,
+    serve_command,
     server_environment,
     wait_until_healthy,
 )
 from tufnotary.server.app import create_app
+from tufnotary.server.cli import GRACEFUL_TIMEOUT
 from tufnotary.server.config import Settings
 from tufnotary.server.signer import KeyDecryptionError, KeyVault, ServerKeys, check_keys, rekey
 from tufnotary.server.startup import StartupError
@@ -65,6 +68,20 @@ def test_serve_prints_ca_and_answers_over_verified_tls(tmp_path: Path) -> None:
             assert response.json() == {}
         assert (server.data_dir / "tufnotary.db").is_file()  # SQLite migrated automatically
     assert server.process.returncode == 0  # SIGTERM is a clean shutdown
+
+
+def test_a_server_stopped_while_its_workers_boot_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM as soon as the server listens (its workers still booting) ends every worker:
+    none waits for the graceful timeout, after which gunicorn would kill it."""
+    log = tmp_path / "serve.log"
+    command = serve_command(free_port(), tmp_path / "data", "--workers", "2")
+    env = server_environment({"TUFNOTARY_KEY_PASSPHRASE": "test passphrase"})
+    with launched(command, log, env, stop_timeout=STOP_TIMEOUT) as process:
+        while "listening on" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.01)
+        process.terminate()
+        assert process.wait(timeout=GRACEFUL_TIMEOUT / 2) == 0, log.read_text()
 
 
 def test_certificate_is_reused_on_restart(tmp_path: Path) -> None:
