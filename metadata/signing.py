@@ -59,8 +59,9 @@ class Message:
         return hashlib.sha256(self.data).digest()
 
 
-def _curve_bytes(curve: ec.EllipticCurve) -> int:
-    return (curve.key_size + 7) // 8
+def _curve_bytes(key_size: int) -> int:
+    """Bytes of one ECDSA signature half (r or s) for a curve of ``key_size`` bits."""
+    return (key_size + 7) // 8
 
 
 _PREHASHED = Prehashed(hashes.SHA256())
@@ -86,7 +87,7 @@ def verify_signature(key: Key, signature: Signature, message: bytes | Message) -
     value = signature.value
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            if signature.method != ECDSA_METHOD or len(value) != 2 * ((public.key_size + 7) // 8):
+            if signature.method != ECDSA_METHOD or len(value) != 2 * _curve_bytes(public.key_size):
                 return False
             public.verify(der_ecdsa(signature), message.sha256, _ECDSA_PREHASHED)
         elif isinstance(public, rsa.RSAPublicKey):
@@ -194,5 +195,5 @@ def _raw_ecdsa(der: bytes, curve: ec.EllipticCurve) -> bytes:
         r, s = decode_dss_signature(der)
     except ValueError as exc:
         raise FormatError("ECDSA signature is not DER") from exc
-    size = _curve_bytes(curve)
+    size = _curve_bytes(curve.key_size)
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
